@@ -1,0 +1,27 @@
+"""Pure geometry: chip grids, pixel-to-map transforms, box maths and the seam merge.
+
+Nothing here opens a file or imports torch.
+"""
+
+from geodetect.geometry.boxes import (
+    box_centres,
+    intersection_over_smaller,
+    pixel_boxes_to_map,
+    pixel_boxes_to_map_coords,
+)
+from geodetect.geometry.grid import Chip, ChipGrid, axis_offsets, chip_grid, owned_mask
+from geodetect.geometry.merge import MERGE_METRICS, nms_polygons
+
+__all__ = [
+    "Chip",
+    "ChipGrid",
+    "MERGE_METRICS",
+    "axis_offsets",
+    "box_centres",
+    "chip_grid",
+    "intersection_over_smaller",
+    "nms_polygons",
+    "owned_mask",
+    "pixel_boxes_to_map",
+    "pixel_boxes_to_map_coords",
+]

@@ -1,0 +1,1 @@
+"""Reading scenes, mosaics and vector layers; writing GIS outputs."""

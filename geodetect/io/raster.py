@@ -1,0 +1,306 @@
+"""Scenes and mosaics: finding input rasters, grouping them onto shared pixel grids, and
+windowed reads that return a chip plus its validity mask.
+
+A *mosaic grid* is one virtual raster over all input files that share a CRS, a
+resolution and a pixel lattice: chips are cut from it as if it were one file, so an
+object that crosses a file boundary is read whole. Nothing reads a whole file at once.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.windows import Window
+
+from geodetect.errors import InputError, RasterError
+
+log = logging.getLogger(__name__)
+
+RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
+_ALIGN_TOL = 1e-6  # pixels: files closer than this to the shared lattice are "aligned"
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Turn paths, globs and folders into a sorted, de-duplicated list of raster files.
+
+    Raises:
+        InputError: an input matches nothing, or a folder holds no rasters.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        if any(ch in text for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            if not matches:
+                raise InputError(f"{text}: no file matches this pattern; check the path")
+            found.extend(m for m in matches if m.is_file())
+        elif Path(text).is_dir():
+            files = sorted(p for p in Path(text).rglob("*")
+                           if p.suffix.lower() in RASTER_SUFFIXES and p.is_file())
+            if not files:
+                raise InputError(
+                    f"{text}: folder holds no rasters ({', '.join(sorted(RASTER_SUFFIXES))})"
+                )
+            found.extend(files)
+        elif Path(text).exists():
+            found.append(Path(text))
+        else:
+            raise InputError(f"{text}: no such file; check the path")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        raise InputError("no input rasters given")
+    return unique
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What geodetect needs to know about one raster file (no pixel data)."""
+
+    path: Path
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    alpha_band: int | None  # 1-based index of an alpha band, if any
+    mask_kind: str  # "none", "nodata", "mask" (internal/per-dataset or alpha)
+
+    @property
+    def data_bands(self) -> list[int]:
+        """1-based bands that carry image data (alpha excluded)."""
+        return [b for b in range(1, self.count + 1) if b != self.alpha_band]
+
+    @property
+    def gsd(self) -> float:
+        """Pixel size along x in CRS units (the longer side for non-square pixels)."""
+        t = self.transform
+        return max(math.hypot(t.a, t.d), math.hypot(t.b, t.e))
+
+
+def _mask_kind(ds: rasterio.DatasetReader) -> str:
+    flags = {f for band_flags in ds.mask_flag_enums for f in band_flags}
+    if MaskFlags.alpha in flags or MaskFlags.per_dataset in flags:
+        return "mask"
+    if MaskFlags.nodata in flags:
+        return "nodata"
+    return "none"
+
+
+def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneInfo:
+    """Open ``path`` just long enough to describe it.
+
+    Raises:
+        RasterError: not a raster GDAL can read, no georeferencing, or no CRS (unless
+            ``allow_no_crs``).
+    """
+    path = Path(path)
+    try:
+        with rasterio.open(path) as ds:
+            crs = ds.crs
+            transform = ds.transform
+            gcps, gcp_crs = ds.gcps
+            alpha = next((i + 1 for i, ci in enumerate(ds.colorinterp)
+                          if ci == ColorInterp.alpha), None)
+            info = SceneInfo(path, crs, transform, ds.width, ds.height, ds.count,
+                             ds.dtypes[0], ds.nodata, alpha, _mask_kind(ds))
+    except RasterioIOError as exc:
+        raise RasterError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from None
+    if transform.is_identity and gcps:
+        raise RasterError(
+            f"{path}: georeferenced only by ground control points; warp it to a grid first "
+            "(e.g. `gdalwarp -r bilinear in.tif out.tif`)"
+        )
+    if crs is None and not allow_no_crs:
+        raise RasterError(
+            f"{path}: has no CRS, so detections cannot be placed on a map; assign one "
+            "(e.g. `gdal_edit.py -a_srs EPSG:XXXX`) or pass --allow-no-crs for a layer "
+            "in pixel/unknown coordinates"
+        )
+    if transform.is_identity and not allow_no_crs:
+        raise RasterError(f"{path}: has no geotransform; georeference it first")
+    return info
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Member:
+    """A file's place in a mosaic grid: its pixel offset and size on the shared lattice."""
+
+    info: SceneInfo
+    row_off: int
+    col_off: int
+
+
+@dataclass
+class MosaicGrid:
+    """A virtual raster over aligned files: one pixel lattice, one CRS, one band layout."""
+
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    members: list[Member]
+    bands: list[int] = field(default_factory=list)  # 1-based, in model order
+
+    @property
+    def count(self) -> int:
+        return len(self.bands)
+
+    @property
+    def dtype(self) -> str:
+        return self.members[0].info.dtype
+
+    @property
+    def gsd(self) -> float:
+        return self.members[0].info.gsd
+
+    @property
+    def paths(self) -> list[Path]:
+        return [m.info.path for m in self.members]
+
+    def members_in(self, row_off: int, col_off: int, height: int, width: int) -> list[Member]:
+        """Members whose footprint intersects the window."""
+        return [m for m in self.members
+                if m.row_off < row_off + height and row_off < m.row_off + m.info.height
+                and m.col_off < col_off + width and col_off < m.col_off + m.info.width]
+
+
+def _same_lattice(a: Affine, b: Affine) -> tuple[bool, float, float]:
+    """Whether ``b``'s pixels sit on ``a``'s lattice; returns (ok, col_off, row_off)."""
+    if not all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+               for x, y in zip(a[:2] + a[3:5], b[:2] + b[3:5], strict=True)):
+        return False, 0.0, 0.0
+    col, row = ~a * (b.c, b.f)
+    ok = abs(col - round(col)) < _ALIGN_TOL and abs(row - round(row)) < _ALIGN_TOL
+    return ok, col, row
+
+
+def build_mosaics(infos: Sequence[SceneInfo]) -> list[MosaicGrid]:
+    """Group scenes into mosaic grids: same CRS, pixel size, rotation, lattice and bands.
+
+    Files that cannot share a lattice with others (another CRS or resolution, a shifted
+    lattice) get a grid of their own; their overlaps are still merged later in map
+    coordinates.
+    """
+    groups: list[list[tuple[SceneInfo, int, int]]] = []
+    for info in infos:
+        for group in groups:
+            ref = group[0][0]
+            if info.crs != ref.crs or info.count != ref.count or info.dtype != ref.dtype:
+                continue
+            ok, col, row = _same_lattice(ref.transform, info.transform)
+            if ok:
+                group.append((info, round(row), round(col)))
+                break
+        else:
+            groups.append([(info, 0, 0)])
+    grids = []
+    for group in groups:
+        min_row = min(r for _, r, _ in group)
+        min_col = min(c for _, _, c in group)
+        ref = group[0][0]
+        members = [Member(i, r - min_row, c - min_col) for i, r, c in group]
+        height = max(m.row_off + m.info.height for m in members)
+        width = max(m.col_off + m.info.width for m in members)
+        transform = ref.transform * Affine.translation(min_col, min_row)
+        grids.append(MosaicGrid(ref.crs, transform, width, height, members,
+                                bands=list(ref.data_bands)))
+    return grids
+
+
+def open_mosaics(inputs: Iterable[str | os.PathLike], *, allow_no_crs: bool = False
+                 ) -> list[MosaicGrid]:
+    """Expand inputs and group them into mosaic grids (see :func:`build_mosaics`)."""
+    return build_mosaics([scene_info(p, allow_no_crs=allow_no_crs)
+                          for p in expand_inputs(inputs)])
+
+
+class GridReader:
+    """Windowed reads from a mosaic grid; pads outside the files and reports validity.
+
+    Each process opens its own dataset handles on first use (handles are dropped when
+    the reader is pickled into a DataLoader worker).
+    """
+
+    def __init__(self, grid: MosaicGrid) -> None:
+        self.grid = grid
+        self._handles: dict[Path, rasterio.DatasetReader] = {}
+
+    def __getstate__(self) -> dict:
+        return {"grid": self.grid, "_handles": {}}
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    def _open(self, path: Path) -> rasterio.DatasetReader:
+        if path not in self._handles:
+            self._handles[path] = rasterio.open(path)
+        return self._handles[path]
+
+    def read(self, row_off: int, col_off: int, height: int, width: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Read a window of the grid.
+
+        Returns:
+            data: array [C, height, width] in the files' dtype, bands in ``grid.bands``
+                order, zero where no file covers the window or data is masked.
+            valid: bool array [height, width], True where a pixel holds real data.
+
+        Raises:
+            RasterError: a file cannot be read in this window (damaged data).
+        """
+        grid = self.grid
+        data = np.zeros((grid.count, height, width), dtype=grid.dtype)
+        valid = np.zeros((height, width), dtype=bool)
+        for member in grid.members_in(row_off, col_off, height, width):
+            info = member.info
+            r0 = max(row_off, member.row_off)
+            c0 = max(col_off, member.col_off)
+            r1 = min(row_off + height, member.row_off + info.height)
+            c1 = min(col_off + width, member.col_off + info.width)
+            window = Window(c0 - member.col_off, r0 - member.row_off, c1 - c0, r1 - r0)
+            dst = (slice(r0 - row_off, r1 - row_off), slice(c0 - col_off, c1 - col_off))
+            try:
+                ds = self._open(info.path)
+                block = ds.read(grid.bands, window=window)
+                block_valid = self._valid(ds, info, block, window)
+            except (RasterioError, OSError) as exc:
+                raise RasterError(
+                    f"{info.path}: cannot read window (col {window.col_off}, row "
+                    f"{window.row_off}, {window.width}x{window.height}): {_first_line(exc)}; "
+                    "the file may be damaged (re-copy it, or pass --skip-bad-chips)"
+                ) from None
+            block[:, ~block_valid] = 0
+            data[(slice(None), *dst)] = np.where(block_valid, block, data[(slice(None), *dst)])
+            valid[dst] |= block_valid
+        return data, valid
+
+    @staticmethod
+    def _valid(ds, info: SceneInfo, block: np.ndarray, window: Window) -> np.ndarray:
+        if info.mask_kind == "mask":
+            return ds.read_masks(1, window=window) > 0
+        finite = np.isfinite(block).all(axis=0) if block.dtype.kind == "f" else True
+        if info.mask_kind == "nodata" and info.nodata is not None:
+            nodata = info.nodata
+            is_nodata = np.isnan(block) if math.isnan(nodata) else block == nodata
+            return ~is_nodata.all(axis=0) & finite
+        return np.ones(block.shape[1:], dtype=bool) & finite

@@ -1,0 +1,203 @@
+"""Building the detector: torchvision's RetinaNet on a ResNet + FPN, configured by a ModelSpec."""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.retinanet import (
+    RetinaNetClassificationHead,
+    RetinaNetHead,
+    RetinaNetRegressionHead,
+)
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import sigmoid_focal_loss
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.misc import Conv2dNormActivation
+
+from geodetect.model.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+_RESNET_WEIGHTS = {
+    "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
+    "resnet50": models.ResNet50_Weights.IMAGENET1K_V2,
+    "resnet101": models.ResNet101_Weights.IMAGENET1K_V2,
+    "resnet152": models.ResNet152_Weights.IMAGENET1K_V2,
+}
+
+
+class ChipTransform(GeneralizedRCNNTransform):
+    """Batches already-normalised, equal-size chips without resizing or re-normalising.
+
+    torchvision's default transform resizes every image to 800 px and normalises with
+    ImageNet statistics; geodetect chips are already at the model's size and
+    normalised with the model's own band statistics, so both steps are skipped.
+    """
+
+    def __init__(self, chip_size: int) -> None:
+        super().__init__(chip_size, chip_size, [0.0], [1.0], size_divisible=32)
+
+    def forward(self, images, targets=None):
+        batch = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
+        height, width = batch.shape[-2:]
+        if height % 32 or width % 32:
+            raise ValueError(f"chip height and width must be multiples of 32, got {height}x{width}")
+        return ImageList(batch, [(int(height), int(width))] * batch.shape[0]), targets
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        return result
+
+
+def _conv_stack(channels: int, depth: int) -> nn.Sequential:
+    # GroupNorm trains well from scratch with the small batches a laptop affords.
+    norm = partial(nn.GroupNorm, min(32, channels // 4))
+    stack = nn.Sequential(
+        *[Conv2dNormActivation(channels, channels, norm_layer=norm) for _ in range(depth)]
+    )
+    for layer in stack.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.normal_(layer.weight, std=0.01)
+    return stack
+
+
+class ClassificationHead(RetinaNetClassificationHead):
+    """RetinaNet classification branch with a configurable depth and focal-loss α/γ."""
+
+    def __init__(self, channels, num_anchors, num_classes, *, depth, alpha, gamma):
+        super().__init__(channels, num_anchors, num_classes)
+        self.conv = _conv_stack(channels, depth)
+        self.alpha = alpha
+        self.gamma = gamma
+
+    def compute_loss(self, targets, head_outputs, matched_idxs):
+        total = head_outputs["cls_logits"].new_zeros(())
+        for target, logits, matched in zip(
+            targets, head_outputs["cls_logits"], matched_idxs, strict=True
+        ):
+            foreground = matched >= 0
+            wanted = torch.zeros_like(logits)
+            wanted[foreground, target["labels"][matched[foreground]]] = 1.0
+            considered = matched != self.BETWEEN_THRESHOLDS
+            loss = sigmoid_focal_loss(
+                logits[considered], wanted[considered], self.alpha, self.gamma, "sum"
+            )
+            total = total + loss / max(1, int(foreground.sum()))
+        return total / max(1, len(targets))
+
+
+class RegressionHead(RetinaNetRegressionHead):
+    """RetinaNet box branch with a configurable depth and box loss."""
+
+    def __init__(self, channels, num_anchors, *, depth, loss):
+        super().__init__(channels, num_anchors)
+        self.conv = _conv_stack(channels, depth)
+        self._loss_type = loss
+
+
+def _imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor] | None:
+    """ImageNet weights from torch's local cache, or None; never downloads."""
+    weights = _RESNET_WEIGHTS[backbone]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        return None
+    try:
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged cache must not stop training from scratch
+        log.warning("ignoring unreadable ImageNet weights at %s: %s", cached, exc)
+        return None
+
+
+def _adapt_first_conv(resnet: nn.Module, in_channels: int) -> None:
+    """Give the stem ``in_channels`` inputs, reusing RGB filters where they exist."""
+    old = resnet.conv1
+    if old.in_channels == in_channels:
+        return
+    new = nn.Conv2d(in_channels, old.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
+    with torch.no_grad():
+        mean_filter = old.weight.mean(dim=1, keepdim=True)
+        for band in range(in_channels):
+            source = old.weight[:, band : band + 1] if band < old.in_channels else mean_filter
+            new.weight[:, band : band + 1] = source * (old.in_channels / in_channels)
+    resnet.conv1 = new
+
+
+def build_backbone(spec: ModelSpec, *, pretrained: str = "auto") -> BackboneWithFPN:
+    """ResNet body + FPN (P3-P7) with trainable BatchNorm.
+
+    Args:
+        pretrained: ``"auto"`` uses ImageNet weights found in torch's local cache,
+            ``"imagenet"`` requires them, ``"none"`` starts from scratch.
+    """
+    resnet = getattr(models, spec.backbone)(weights=None, norm_layer=nn.BatchNorm2d)
+    if pretrained != "none":
+        state = _imagenet_state_dict(spec.backbone)
+        if state is None and pretrained == "imagenet":
+            raise FileNotFoundError(
+                f"ImageNet weights for {spec.backbone} are not in torch's cache "
+                f"({torch.hub.get_dir()}/checkpoints); run with pretrained='none'"
+            )
+        if state is not None:
+            resnet.load_state_dict(state)
+            log.info("backbone %s starts from cached ImageNet weights", spec.backbone)
+    _adapt_first_conv(resnet, spec.num_bands)
+    wide = spec.backbone in ("resnet50", "resnet101", "resnet152")
+    stage_channels = [512, 1024, 2048] if wide else [128, 256, 512]
+    return BackboneWithFPN(
+        resnet,
+        return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
+        in_channels_list=stage_channels,
+        out_channels=spec.fpn_channels,
+        extra_blocks=LastLevelP6P7(spec.fpn_channels, spec.fpn_channels),
+    )
+
+
+def build_anchor_generator(spec: ModelSpec) -> AnchorGenerator:
+    sizes = tuple(tuple(base * s for s in spec.anchor_scales) for base in spec.anchor_base_sizes)
+    ratios = (tuple(spec.anchor_ratios),) * len(sizes)
+    return AnchorGenerator(sizes, ratios)
+
+
+def build_retinanet(spec: ModelSpec, *, pretrained: str = "auto") -> RetinaNet:
+    """A torchvision RetinaNet configured entirely by ``spec``.
+
+    Input contract: a float tensor [N, C, S, S] (S = ``spec.chip_size``, C = bands),
+    already normalised; no internal resize. Output in eval mode: one dict per chip with
+    ``boxes`` (FloatTensor[K, 4], xyxy chip pixels, 0 <= x1 < x2 <= S), ``scores`` and
+    ``labels`` (indices into ``spec.classes``).
+    """
+    backbone = build_backbone(spec, pretrained=pretrained)
+    anchors = build_anchor_generator(spec)
+    num_anchors = anchors.num_anchors_per_location()[0]
+    head = RetinaNetHead(spec.fpn_channels, num_anchors, len(spec.classes))
+    head.classification_head = ClassificationHead(
+        spec.fpn_channels, num_anchors, len(spec.classes),
+        depth=spec.head_convs, alpha=spec.focal_alpha, gamma=spec.focal_gamma,
+    )
+    head.regression_head = RegressionHead(
+        spec.fpn_channels, num_anchors, depth=spec.head_convs, loss=spec.box_loss
+    )
+    # Start the classifier at the focal-loss prior (p = 0.01 for every anchor).
+    nn.init.constant_(head.classification_head.cls_logits.bias, -math.log((1 - 0.01) / 0.01))
+    model = RetinaNet(
+        backbone,
+        num_classes=len(spec.classes),
+        anchor_generator=anchors,
+        head=head,
+        min_size=spec.chip_size,
+        max_size=spec.chip_size,
+        score_thresh=0.05,
+        detections_per_img=300,
+    )
+    model.transform = ChipTransform(spec.chip_size)
+    return model

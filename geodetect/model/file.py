@@ -1,0 +1,140 @@
+"""The model file: one safetensors file holding the weights and a JSON ModelSpec.
+
+Loading parses a length-prefixed JSON header and raw tensor bytes; nothing in the file
+is ever unpickled or executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from geodetect.errors import ModelFileError, OutputError
+from geodetect.model.build import build_retinanet
+from geodetect.model.spec import ModelSpec
+
+METADATA_KEY = "geodetect"
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass
+class LoadedModel:
+    """A detector ready to run, with its spec and a short content hash as its id."""
+
+    model: nn.Module
+    spec: ModelSpec
+    model_id: str
+    path: Path
+
+
+def file_id(path: str | os.PathLike) -> str:
+    """First 12 hex digits of the file's SHA-256: a stable id for provenance columns."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _sniff(path: Path) -> None:
+    """Refuse files that are plainly not safetensors, naming what they look like."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: model file not found; check the --model path") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{path}: is a folder, not a model file") from None
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read model file ({exc.strerror})") from None
+    if size >= 9:
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 0 < header_len <= min(size - 8, _MAX_HEADER) and head[8:9] == b"{":
+            return
+    if head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
+        raise ModelFileError(
+            f"{path}: looks like a pickled PyTorch checkpoint; geodetect never unpickles "
+            "model files (they can run code). Use a geodetect .model file (safetensors)"
+        )
+    raise ModelFileError(
+        f"{path}: not a geodetect model file (no valid safetensors header; truncated or "
+        "another format); re-copy it or write a new one with `geodetect train`"
+    )
+
+
+def read_spec(path: str | os.PathLike) -> ModelSpec:
+    """The ModelSpec stored in a model file, without loading the weights."""
+    path = Path(path)
+    _sniff(path)
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+        meta = header.get("__metadata__") or {}
+        text = meta[METADATA_KEY]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        raise ModelFileError(
+            f"{path}: a safetensors file without geodetect metadata (classes, bands, "
+            "scaling); only models written by `geodetect train` can be used"
+        ) from None
+    try:
+        return ModelSpec.from_json(text)
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: unusable geodetect metadata: {exc}") from None
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the detector stored in ``path`` (eval mode, on ``device``).
+
+    Raises:
+        ModelFileError: the file is missing, truncated, corrupt, a pickle, or its
+            weights do not fit its own description.
+    """
+    path = Path(path)
+    spec = read_spec(path)
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: damaged model weights ({exc}); re-copy the file") from None
+    model = build_retinanet(spec, pretrained="none")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelFileError(
+            f"{path}: the weights do not match the architecture its metadata describes "
+            f"({first}); the file was altered or written by an incompatible tool"
+        ) from None
+    model.eval().to(device)
+    return LoadedModel(model=model, spec=spec, model_id=file_id(path), path=path)
+
+
+def save_model(model: nn.Module, spec: ModelSpec, path: str | os.PathLike, *,
+               overwrite: bool = False) -> Path:
+    """Write weights + spec to one safetensors file, atomically (temp file, then rename)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={METADATA_KEY: spec.to_json()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
