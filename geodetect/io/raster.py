@@ -304,3 +304,31 @@ class GridReader:
             is_nodata = np.isnan(block) if math.isnan(nodata) else block == nodata
             return ~is_nodata.all(axis=0) & finite
         return np.ones(block.shape[1:], dtype=bool) & finite
+
+
+def grid_band_stats(grid: MosaicGrid, *, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std of a mosaic grid's valid pixels, from decimated reads.
+
+    Each file is read once at a reduced resolution (GDAL uses overviews when present),
+    so memory stays bounded whatever the mosaic size.
+    """
+    sums = np.zeros(grid.count)
+    sq = np.zeros(grid.count)
+    n = 0
+    for member in grid.members:
+        info = member.info
+        scale = max(1.0, max(info.width, info.height) / max_side)
+        shape = (max(1, int(info.height / scale)), max(1, int(info.width / scale)))
+        with rasterio.open(info.path) as ds:
+            data = ds.read(grid.bands, out_shape=(grid.count, *shape)).astype(np.float64)
+            valid = GridReader._valid(ds, info, data, None) if info.mask_kind != "mask" else (
+                ds.read_masks(1, out_shape=shape) > 0)
+        pixels = data[:, valid]
+        sums += pixels.sum(axis=1)
+        sq += (pixels**2).sum(axis=1)
+        n += pixels.shape[1]
+    if n == 0:
+        return np.zeros(grid.count), np.ones(grid.count)
+    mean = sums / n
+    std = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
+    return mean, np.where(std > 0, std, 1.0)

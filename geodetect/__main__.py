@@ -1,0 +1,5 @@
+"""`python -m geodetect` runs the command line."""
+
+from geodetect.cli import main
+
+main()

@@ -1,0 +1,355 @@
+"""The detection pipeline: mosaic grids -> chips -> RetinaNet -> owned map boxes -> merged layer.
+
+Reading runs in DataLoader workers (each with its own open datasets) while the model
+works on the previous batch; chips travel as their raw dtype and are normalised on the
+model's device. Memory holds a few batches of chips plus the detections, never a scene.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from geodetect.errors import RasterError
+from geodetect.geometry import Chip, chip_grid, nms_polygons, owned_mask, pixel_boxes_to_map
+from geodetect.io.export import area_m2
+from geodetect.io.raster import GridReader, MosaicGrid, grid_band_stats, open_mosaics
+from geodetect.model import LoadedModel, ModelSpec, autocast_dtype, load_model, resolve_device
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["class", "score", "area_m2", "source", "model_id"]
+
+
+@dataclass(frozen=True)
+class ChipJob:
+    """One chip to read: which mosaic grid it comes from and where."""
+
+    grid_index: int
+    chip: Chip
+
+
+@dataclass
+class DetectionReport:
+    """What happened during a run besides the detections themselves."""
+
+    chips_total: int = 0
+    chips_read: int = 0
+    chips_empty: int = 0
+    skipped_windows: list[str] = field(default_factory=list)
+
+
+class ChipDataset(Dataset):
+    """Chips of one or more mosaic grids, read on demand.
+
+    Item: ``(job_index, data, has_data, error)`` where data is a tensor [C, S, S] in the
+    source dtype (uint8 stays uint8 so it travels cheaply) and ``has_data`` is False for
+    chips wholly nodata, which the pipeline skips.
+    """
+
+    def __init__(self, grids: Sequence[MosaicGrid], jobs: Sequence[ChipJob], *,
+                 skip_bad_chips: bool = False) -> None:
+        self.readers = [GridReader(g) for g in grids]
+        self.jobs = list(jobs)
+        self.skip_bad_chips = skip_bad_chips
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int):
+        job = self.jobs[index]
+        chip = job.chip
+        try:
+            data, valid = self.readers[job.grid_index].read(
+                chip.row_off, chip.col_off, chip.height, chip.width)
+        except RasterError as exc:
+            if not self.skip_bad_chips:
+                raise
+            return index, None, False, str(exc)
+        if data.dtype not in (np.uint8, np.float32):
+            data = data.astype(np.float32)
+        return index, torch.from_numpy(data), bool(valid.any()), None
+
+
+def _collate(items):
+    keep = [it for it in items if it[2]]
+    indices = [it[0] for it in keep]
+    batch = torch.stack([it[1] for it in keep]) if keep else None
+    skipped = [it[3] for it in items if it[3]]
+    return indices, batch, len(items) - len(keep) - len(skipped), skipped
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # readers decode; the main process owns the cores for compute
+
+
+def plan_chips(grids: Sequence[MosaicGrid], *, chip_size: int, overlap: int) -> list[ChipJob]:
+    """Every chip of every grid that touches at least one file (gaps are never read)."""
+    jobs = []
+    for gi, grid in enumerate(grids):
+        chips = chip_grid(height=grid.height, width=grid.width, chip_size=chip_size,
+                          overlap=overlap, transform=grid.transform)
+        for chip in chips:
+            if grid.members_in(chip.row_off, chip.col_off, chip.height, chip.width):
+                jobs.append(ChipJob(gi, chip))
+    return jobs
+
+
+def default_overlap(spec: ModelSpec, chip_size: int) -> int:
+    """Enough overlap that the largest object the model was trained on fits in the seam
+    strip (then ownership alone yields each object once, whole), capped at half a chip."""
+    largest = spec.max_object_px or chip_size / 4
+    overlap = int(np.ceil(largest * 1.2 / 8.0) * 8)
+    return int(min(max(overlap, 32), chip_size // 2))
+
+
+class Normaliser:
+    """``(x - mean) / std`` per band on the model's device (inputs stay raw until here)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return (batch.float() - self.mean) / self.std
+
+
+def _band_scaling(grid: MosaicGrid, spec: ModelSpec) -> tuple[list[float], list[float]]:
+    if np.dtype(grid.dtype) == np.dtype(spec.input_dtype):
+        return spec.band_mean, spec.band_std
+    # Another radiometry than the training data: match each band's distribution to the
+    # training statistics instead of assuming a fixed range.
+    scene_mean, scene_std = grid_band_stats(grid)
+    log.warning(
+        "%s is %s but the model was trained on %s; scaling bands by their own statistics",
+        grid.paths[0].name, grid.dtype, spec.input_dtype,
+    )
+    # z = (x - m_s)/s_s  ==  (x - mean)/std with mean = m_s, std = s_s
+    return scene_mean.tolist(), scene_std.tolist()
+
+
+def _check_bands(grid: MosaicGrid, spec: ModelSpec, bands: Sequence[int] | None) -> None:
+    first = grid.members[0].info
+    if bands is not None:
+        bad = [b for b in bands if not 1 <= b <= first.count]
+        if bad:
+            raise RasterError(f"{first.path}: has {first.count} band(s); --bands {bad} "
+                              f"does not exist (choose from 1..{first.count})")
+        grid.bands = list(bands)
+    if grid.count != spec.num_bands:
+        names = ", ".join(spec.band_names)
+        raise RasterError(
+            f"{first.path}: has {grid.count} data band(s) but the model expects "
+            f"{spec.num_bands} ({names}); choose bands with --bands, e.g. --bands "
+            + ",".join(str(i) for i in range(1, spec.num_bands + 1))
+        )
+
+
+def _source_of(grid: MosaicGrid, chip: Chip, boxes: np.ndarray) -> list[str]:
+    """Name of the file under each box centre (the chip's first file if in a gap)."""
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2 + chip.col_off
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2 + chip.row_off
+    names = []
+    for x, y in zip(cx, cy, strict=True):
+        hit = grid.members_in(int(y), int(x), 1, 1) or grid.members
+        names.append(hit[0].info.path.name)
+    return names
+
+
+def detect(
+    inputs: Iterable[str | os.PathLike] | Sequence[MosaicGrid],
+    model: str | os.PathLike | LoadedModel,
+    *,
+    chip_size: int | None = None,
+    overlap: int | None = None,
+    threshold: float | None = None,
+    nms_iou: float = 0.5,
+    merge_metric: str = "iou",
+    bands: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    workers: int | None = None,
+    allow_no_crs: bool = False,
+    skip_bad_chips: bool = False,
+    progress: bool = True,
+    report: DetectionReport | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> gpd.GeoDataFrame:
+    """Detect objects over scenes and mosaics and return one merged layer.
+
+    Args:
+        inputs: raster paths, globs or folders (files sharing a CRS and pixel lattice
+            are read as one mosaic), or mosaic grids from :func:`open_mosaics`.
+        model: a model file path or a :class:`LoadedModel`.
+        chip_size: chip edge in pixels (default: the model's); a multiple of 32.
+        overlap: chip overlap in pixels (default: from the largest training object).
+        threshold: minimum score (default: the model's).
+        nms_iou: overlap above which same-class detections are merged.
+        merge_metric: ``"iou"`` or ``"ios"`` (intersection over the smaller box).
+        bands: 1-based raster bands in the model's band order (default: non-alpha bands).
+
+    Returns:
+        GeoDataFrame of Polygons in the (first) mosaic CRS with columns ``class``,
+        ``score``, ``area_m2``, ``source`` (file name) and ``model_id``, sorted by score.
+    """
+    dev = resolve_device(device)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=dev)
+    loaded.model.to(dev).eval()
+    spec = loaded.spec
+    grids = list(inputs) if _all_grids(inputs) else open_mosaics(inputs, allow_no_crs=allow_no_crs)
+    chip_size = chip_size or spec.chip_size
+    if chip_size % 32:
+        raise RasterError(f"--chip-size {chip_size}: must be a multiple of 32")
+    overlap = default_overlap(spec, chip_size) if overlap is None else overlap
+    if not 0 <= overlap < chip_size:
+        raise RasterError(f"--overlap {overlap}: must be between 0 and chip size {chip_size}")
+    threshold = spec.score_threshold if threshold is None else threshold
+    for grid in grids:
+        _check_bands(grid, spec, bands)
+        if grid.crs is not None and spec.gsd and not 0.67 < grid.gsd / spec.gsd < 1.5:
+            log.warning("%s has %.3g m pixels but the model was trained at %.3g m; "
+                        "expect poorer results (resample the imagery to match)",
+                        grid.paths[0].name, grid.gsd, spec.gsd)
+    net = loaded.model
+    net.score_thresh = threshold
+    net.nms_thresh = nms_iou
+    normalisers = [Normaliser(*_band_scaling(g, spec), dev) for g in grids]
+    jobs = plan_chips(grids, chip_size=chip_size, overlap=overlap)
+    report = report if report is not None else DetectionReport()
+    report.chips_total = len(jobs)
+
+    batch_size = batch_size or (32 if dev.type == "cuda" else 8)
+    if workers is None:
+        workers = min(8, max(1, (os.cpu_count() or 2) - 1))
+    dataset = ChipDataset(grids, jobs, skip_bad_chips=skip_bad_chips)
+    # Batches must not mix grids (each has its own scaling): order jobs by grid already.
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=_collate, pin_memory=dev.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+        multiprocessing_context="fork" if workers and hasattr(os, "fork") else None,
+    )
+    amp = autocast_dtype(dev)
+    parts: list[pd.DataFrame] = []
+    found = 0
+    bar = tqdm(total=len(jobs), unit="chip", disable=not progress, desc="detect",
+               dynamic_ncols=True, file=None)
+    try:
+        with torch.inference_mode():
+            for indices, batch, empty, skipped in loader:
+                report.chips_empty += empty
+                for message in skipped:
+                    report.skipped_windows.append(message)
+                    log.warning("skipped: %s", message)
+                n_items = len(indices) + empty + len(skipped)
+                if batch is not None:
+                    report.chips_read += len(indices)
+                    parts.extend(_run_batch(net, batch, indices, jobs, grids, normalisers,
+                                            dev, amp))
+                    found = sum(len(p) for p in parts)
+                bar.update(n_items)
+                bar.set_postfix(objects=found, refresh=False)
+                if on_batch:
+                    on_batch(n_items)
+    finally:
+        bar.close()
+    merged = _merge(parts, grids, threshold=nms_iou, metric=merge_metric)
+    return to_layer(merged, spec, loaded.model_id)
+
+
+def _all_grids(inputs) -> bool:
+    return isinstance(inputs, list | tuple) and bool(inputs) and all(
+        isinstance(g, MosaicGrid) for g in inputs)
+
+
+def _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp) -> list[pd.DataFrame]:
+    """Run one batch (possibly spanning grids) and keep the detections each chip owns."""
+    batch = batch.to(dev, non_blocking=True)
+    grid_ids = np.array([jobs[i].grid_index for i in indices])
+    normed = torch.empty(batch.shape, dtype=torch.float32, device=dev)
+    for gi in np.unique(grid_ids):
+        sel = torch.as_tensor(np.flatnonzero(grid_ids == gi), device=dev)
+        normed[sel] = normalisers[gi](batch[sel])
+    ctx = torch.autocast(dev.type, dtype=amp) if amp else nullcontext()
+    with ctx:
+        outputs = net(normed)
+    frames = []
+    for job_index, out in zip(indices, outputs, strict=True):
+        job = jobs[job_index]
+        boxes = out["boxes"].float().cpu().numpy().astype(np.float64)
+        if len(boxes) == 0:
+            continue
+        grid = grids[job.grid_index]
+        chip = job.chip
+        # Clip to the grid's data extent: a scene smaller than a chip is padded.
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, grid.width - chip.col_off)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, grid.height - chip.row_off)
+        keep = owned_mask(boxes, chip.core) & (boxes[:, 2] > boxes[:, 0]) & (
+            boxes[:, 3] > boxes[:, 1])
+        if not keep.any():
+            continue
+        boxes = boxes[keep]
+        frames.append(pd.DataFrame({
+            "grid": job.grid_index,
+            "geometry": pixel_boxes_to_map(boxes, chip.transform),
+            "score": out["scores"].float().cpu().numpy()[keep].astype(np.float64),
+            "label": out["labels"].cpu().numpy()[keep],
+            "source": _source_of(grid, chip, boxes),
+        }))
+    return frames
+
+
+def _merge(parts, grids, *, threshold, metric) -> gpd.GeoDataFrame:
+    crs = grids[0].crs if grids else None
+    target_crs = crs.to_wkt() if crs is not None else None
+    columns = ["geometry", "score", "label", "source"]
+    frames = []
+    for gi, grid in enumerate(grids):
+        rows = [p for p in parts if p["grid"].iat[0] == gi]
+        if not rows:
+            continue
+        frame = gpd.GeoDataFrame(pd.concat(rows, ignore_index=True)[columns],
+                                 geometry="geometry",
+                                 crs=grid.crs.to_wkt() if grid.crs is not None else None)
+        if grid.crs is not None and crs is not None and grid.crs != crs:
+            log.warning("%s is in another CRS than %s; its detections are reprojected",
+                        grid.paths[0].name, grids[0].paths[0].name)
+            frame = frame.to_crs(target_crs)
+        frames.append(frame)
+    if frames:
+        gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry",
+                               crs=target_crs)
+    else:
+        gdf = gpd.GeoDataFrame({c: [] for c in columns}, geometry="geometry", crs=target_crs)
+    keep = nms_polygons(gdf.geometry.values, gdf["score"].to_numpy(),
+                        gdf["label"].to_numpy(), threshold=threshold, metric=metric)
+    return gdf.iloc[keep].reset_index(drop=True)
+
+
+def to_layer(gdf: gpd.GeoDataFrame, spec: ModelSpec, model_id: str) -> gpd.GeoDataFrame:
+    """Attach the published attribute columns to merged detections."""
+    classes = np.asarray(spec.classes, dtype=object)
+    labels = gdf["label"].to_numpy(dtype=np.int64) if len(gdf) else np.empty(0, np.int64)
+    layer = gpd.GeoDataFrame(
+        {
+            "class": classes[labels] if len(labels) else np.empty(0, dtype=object),
+            "score": gdf["score"].to_numpy(dtype=np.float64).round(4),
+            "area_m2": area_m2(gdf.geometry.values, gdf.crs).round(3),
+            "source": gdf["source"].astype(str).to_numpy(),
+            "model_id": np.full(len(gdf), model_id, dtype=object),
+        },
+        geometry=gdf.geometry.values,
+        crs=gdf.crs,
+    )
+    return layer
