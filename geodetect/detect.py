@@ -57,8 +57,9 @@ class ChipDataset(Dataset):
     chips wholly nodata, which the pipeline skips.
     """
 
-    def __init__(self, grids: Sequence[MosaicGrid], jobs: Sequence[ChipJob], *,
-                 skip_bad_chips: bool = False) -> None:
+    def __init__(
+        self, grids: Sequence[MosaicGrid], jobs: Sequence[ChipJob], *, skip_bad_chips: bool = False
+    ) -> None:
         self.readers = [GridReader(g) for g in grids]
         self.jobs = list(jobs)
         self.skip_bad_chips = skip_bad_chips
@@ -71,7 +72,8 @@ class ChipDataset(Dataset):
         chip = job.chip
         try:
             data, valid = self.readers[job.grid_index].read(
-                chip.row_off, chip.col_off, chip.height, chip.width)
+                chip.row_off, chip.col_off, chip.height, chip.width
+            )
         except RasterError as exc:
             if not self.skip_bad_chips:
                 raise
@@ -97,8 +99,13 @@ def plan_chips(grids: Sequence[MosaicGrid], *, chip_size: int, overlap: int) -> 
     """Every chip of every grid that touches at least one file (gaps are never read)."""
     jobs = []
     for gi, grid in enumerate(grids):
-        chips = chip_grid(height=grid.height, width=grid.width, chip_size=chip_size,
-                          overlap=overlap, transform=grid.transform)
+        chips = chip_grid(
+            height=grid.height,
+            width=grid.width,
+            chip_size=chip_size,
+            overlap=overlap,
+            transform=grid.transform,
+        )
         for chip in chips:
             if grid.members_in(chip.row_off, chip.col_off, chip.height, chip.width):
                 jobs.append(ChipJob(gi, chip))
@@ -132,7 +139,9 @@ def _band_scaling(grid: MosaicGrid, spec: ModelSpec) -> tuple[list[float], list[
     scene_mean, scene_std = grid_band_stats(grid)
     log.warning(
         "%s is %s but the model was trained on %s; scaling bands by their own statistics",
-        grid.paths[0].name, grid.dtype, spec.input_dtype,
+        grid.paths[0].name,
+        grid.dtype,
+        spec.input_dtype,
     )
     # z = (x - m_s)/s_s  ==  (x - mean)/std with mean = m_s, std = s_s
     return scene_mean.tolist(), scene_std.tolist()
@@ -143,8 +152,10 @@ def _check_bands(grid: MosaicGrid, spec: ModelSpec, bands: Sequence[int] | None)
     if bands is not None:
         bad = [b for b in bands if not 1 <= b <= first.count]
         if bad:
-            raise RasterError(f"{first.path}: has {first.count} band(s); --bands {bad} "
-                              f"does not exist (choose from 1..{first.count})")
+            raise RasterError(
+                f"{first.path}: has {first.count} band(s); --bands {bad} "
+                f"does not exist (choose from 1..{first.count})"
+            )
         grid.bands = list(bands)
     if grid.count != spec.num_bands:
         names = ", ".join(spec.band_names)
@@ -217,9 +228,13 @@ def detect(
     for grid in grids:
         _check_bands(grid, spec, bands)
         if grid.crs is not None and spec.gsd and not 0.67 < grid.gsd / spec.gsd < 1.5:
-            log.warning("%s has %.3g m pixels but the model was trained at %.3g m; "
-                        "expect poorer results (resample the imagery to match)",
-                        grid.paths[0].name, grid.gsd, spec.gsd)
+            log.warning(
+                "%s has %.3g m pixels but the model was trained at %.3g m; "
+                "expect poorer results (resample the imagery to match)",
+                grid.paths[0].name,
+                grid.gsd,
+                spec.gsd,
+            )
     net = loaded.model
     net.score_thresh = threshold
     net.nms_thresh = nms_iou
@@ -234,8 +249,12 @@ def detect(
     dataset = ChipDataset(grids, jobs, skip_bad_chips=skip_bad_chips)
     # Batches must not mix grids (each has its own scaling): order jobs by grid already.
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_collate, pin_memory=dev.type == "cuda",
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=dev.type == "cuda",
         worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers and hasattr(os, "fork") else None,
@@ -243,8 +262,14 @@ def detect(
     amp = autocast_dtype(dev)
     parts: list[pd.DataFrame] = []
     found = 0
-    bar = tqdm(total=len(jobs), unit="chip", disable=not progress, desc="detect",
-               dynamic_ncols=True, file=None)
+    bar = tqdm(
+        total=len(jobs),
+        unit="chip",
+        disable=not progress,
+        desc="detect",
+        dynamic_ncols=True,
+        file=None,
+    )
     try:
         with torch.inference_mode():
             for indices, batch, empty, skipped in loader:
@@ -255,8 +280,9 @@ def detect(
                 n_items = len(indices) + empty + len(skipped)
                 if batch is not None:
                     report.chips_read += len(indices)
-                    parts.extend(_run_batch(net, batch, indices, jobs, grids, normalisers,
-                                            dev, amp))
+                    parts.extend(
+                        _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp)
+                    )
                     found = sum(len(p) for p in parts)
                 bar.update(n_items)
                 bar.set_postfix(objects=found, refresh=False)
@@ -269,8 +295,11 @@ def detect(
 
 
 def _all_grids(inputs) -> bool:
-    return isinstance(inputs, list | tuple) and bool(inputs) and all(
-        isinstance(g, MosaicGrid) for g in inputs)
+    return (
+        isinstance(inputs, list | tuple)
+        and bool(inputs)
+        and all(isinstance(g, MosaicGrid) for g in inputs)
+    )
 
 
 def _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp) -> list[pd.DataFrame]:
@@ -295,18 +324,23 @@ def _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp) -> list[
         # Clip to the grid's data extent: a scene smaller than a chip is padded.
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, grid.width - chip.col_off)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, grid.height - chip.row_off)
-        keep = owned_mask(boxes, chip.core) & (boxes[:, 2] > boxes[:, 0]) & (
-            boxes[:, 3] > boxes[:, 1])
+        keep = (
+            owned_mask(boxes, chip.core) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        )
         if not keep.any():
             continue
         boxes = boxes[keep]
-        frames.append(pd.DataFrame({
-            "grid": job.grid_index,
-            "geometry": pixel_boxes_to_map(boxes, chip.transform),
-            "score": out["scores"].float().cpu().numpy()[keep].astype(np.float64),
-            "label": out["labels"].cpu().numpy()[keep],
-            "source": _source_of(grid, chip, boxes),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "grid": job.grid_index,
+                    "geometry": pixel_boxes_to_map(boxes, chip.transform),
+                    "score": out["scores"].float().cpu().numpy()[keep].astype(np.float64),
+                    "label": out["labels"].cpu().numpy()[keep],
+                    "source": _source_of(grid, chip, boxes),
+                }
+            )
+        )
     return frames
 
 
@@ -319,21 +353,32 @@ def _merge(parts, grids, *, threshold, metric) -> gpd.GeoDataFrame:
         rows = [p for p in parts if p["grid"].iat[0] == gi]
         if not rows:
             continue
-        frame = gpd.GeoDataFrame(pd.concat(rows, ignore_index=True)[columns],
-                                 geometry="geometry",
-                                 crs=grid.crs.to_wkt() if grid.crs is not None else None)
+        frame = gpd.GeoDataFrame(
+            pd.concat(rows, ignore_index=True)[columns],
+            geometry="geometry",
+            crs=grid.crs.to_wkt() if grid.crs is not None else None,
+        )
         if grid.crs is not None and crs is not None and grid.crs != crs:
-            log.warning("%s is in another CRS than %s; its detections are reprojected",
-                        grid.paths[0].name, grids[0].paths[0].name)
+            log.warning(
+                "%s is in another CRS than %s; its detections are reprojected",
+                grid.paths[0].name,
+                grids[0].paths[0].name,
+            )
             frame = frame.to_crs(target_crs)
         frames.append(frame)
     if frames:
-        gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry",
-                               crs=target_crs)
+        gdf = gpd.GeoDataFrame(
+            pd.concat(frames, ignore_index=True), geometry="geometry", crs=target_crs
+        )
     else:
         gdf = gpd.GeoDataFrame({c: [] for c in columns}, geometry="geometry", crs=target_crs)
-    keep = nms_polygons(gdf.geometry.values, gdf["score"].to_numpy(),
-                        gdf["label"].to_numpy(), threshold=threshold, metric=metric)
+    keep = nms_polygons(
+        gdf.geometry.values,
+        gdf["score"].to_numpy(),
+        gdf["label"].to_numpy(),
+        threshold=threshold,
+        metric=metric,
+    )
     return gdf.iloc[keep].reset_index(drop=True)
 
 

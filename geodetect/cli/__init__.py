@@ -76,5 +76,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - last resort: one line, details in the log
         if logging.getLogger("geodetect").isEnabledFor(logging.DEBUG):
             raise
-        _fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for a traceback "
-              "and report it)", 3)
+        _fail(
+            f"unexpected {type(exc).__name__}: {exc} (run with -v for a traceback and report it)", 3
+        )

@@ -17,8 +17,9 @@ def parse_bands(text: str | None) -> list[int] | None:
     try:
         bands = [int(b) for b in text.split(",") if b.strip()]
     except ValueError:
-        raise click.BadParameter(f"{text!r}: give 1-based band numbers like 1,2,3",
-                                 param_hint="--bands") from None
+        raise click.BadParameter(
+            f"{text!r}: give 1-based band numbers like 1,2,3", param_hint="--bands"
+        ) from None
     if not bands or min(bands) < 1:
         raise click.BadParameter(f"{text!r}: band numbers start at 1", param_hint="--bands")
     return bands
@@ -26,36 +27,81 @@ def parse_bands(text: str | None) -> list[int] | None:
 
 @click.command("detect")
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
-@click.option("--model", "-m", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="Model file written by `geodetect train`.")
-@click.option("--out", "-o", required=True,
-              help="Output layer: .gpkg, .geojson, .shp, .parquet or .fgb; '-' for GeoJSON "
-                   "on stdout.")
+@click.option(
+    "--model",
+    "-m",
+    "model_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Model file written by `geodetect train`.",
+)
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    help="Output layer: .gpkg, .geojson, .shp, .parquet or .fgb; '-' for GeoJSON on stdout.",
+)
 @options.chip_size()
-@click.option("--overlap", type=click.IntRange(min=0), default=None,
-              help="Chip overlap in pixels (default: from the largest object the model "
-                   "was trained on).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
-              help="Minimum score (default: the model's, usually 0.5).")
-@click.option("--nms-iou", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Same-class detections overlapping more than this are merged.")
-@click.option("--merge-metric", type=click.Choice(["iou", "ios"]), default="iou",
-              show_default=True,
-              help="Overlap measure for merging: IoU, or intersection over the smaller box "
-                   "(merges boxes cut by chip edges into the whole one).")
+@click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Chip overlap in pixels (default: from the largest object the model was trained on).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Minimum score (default: the model's, usually 0.5).",
+)
+@click.option(
+    "--nms-iou",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Same-class detections overlapping more than this are merged.",
+)
+@click.option(
+    "--merge-metric",
+    type=click.Choice(["iou", "ios"]),
+    default="iou",
+    show_default=True,
+    help="Overlap measure for merging: IoU, or intersection over the smaller box "
+    "(merges boxes cut by chip edges into the whole one).",
+)
 @options.bands
 @options.batch_size()
 @options.device
 @options.workers
-@click.option("--allow-no-crs", is_flag=True,
-              help="Accept rasters without a CRS; the layer then has no CRS.")
-@click.option("--skip-bad-chips", is_flag=True,
-              help="Carry on past unreadable windows of damaged files and list them at the end.")
+@click.option(
+    "--allow-no-crs", is_flag=True, help="Accept rasters without a CRS; the layer then has no CRS."
+)
+@click.option(
+    "--skip-bad-chips",
+    is_flag=True,
+    help="Carry on past unreadable windows of damaged files and list them at the end.",
+)
 @options.overwrite
 @options.verbosity
-def command(images, model_path, out, chip_size, overlap, threshold, nms_iou, merge_metric,
-            bands, batch_size, device, workers, allow_no_crs, skip_bad_chips, overwrite,
-            verbose, quiet):
+def command(
+    images,
+    model_path,
+    out,
+    chip_size,
+    overlap,
+    threshold,
+    nms_iou,
+    merge_metric,
+    bands,
+    batch_size,
+    device,
+    workers,
+    allow_no_crs,
+    skip_bad_chips,
+    overwrite,
+    verbose,
+    quiet,
+):
     """Detect objects in IMAGE... (GeoTIFF/VRT files, globs or folders) and write OUT.
 
     Files that share a CRS and pixel grid are treated as one mosaic: an object on a
@@ -75,17 +121,32 @@ def command(images, model_path, out, chip_size, overlap, threshold, nms_iou, mer
     loaded = load_model(model_path, device=dev)
     report = DetectionReport()
     layer = detect(
-        list(images), loaded, chip_size=chip_size, overlap=overlap, threshold=threshold,
-        nms_iou=nms_iou, merge_metric=merge_metric, bands=band_list, batch_size=batch_size,
-        device=device, workers=workers, allow_no_crs=allow_no_crs,
-        skip_bad_chips=skip_bad_chips, progress=not quiet, report=report,
+        list(images),
+        loaded,
+        chip_size=chip_size,
+        overlap=overlap,
+        threshold=threshold,
+        nms_iou=nms_iou,
+        merge_metric=merge_metric,
+        bands=band_list,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        allow_no_crs=allow_no_crs,
+        skip_bad_chips=skip_bad_chips,
+        progress=not quiet,
+        report=report,
     )
     write_layer(layer, out, overwrite=overwrite)
     if report.skipped_windows:
-        log.warning("%d window(s) could not be read and were skipped:",
-                    len(report.skipped_windows))
+        log.warning("%d window(s) could not be read and were skipped:", len(report.skipped_windows))
         for message in report.skipped_windows:
             log.warning("  %s", message)
     target = "stdout" if out == "-" else out
-    log.info("%d object(s) from %d chip(s) (%d empty) -> %s", len(layer),
-             report.chips_read, report.chips_empty, target)
+    log.info(
+        "%d object(s) from %d chip(s) (%d empty) -> %s",
+        len(layer),
+        report.chips_read,
+        report.chips_empty,
+        target,
+    )

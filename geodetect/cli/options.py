@@ -30,47 +30,78 @@ def _set_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> An
 
 def verbosity(f: F) -> F:
     """-v/--verbose (repeatable) and -q/--quiet; -q also hides progress bars."""
-    f = click.option("-q", "--quiet", is_flag=True, expose_value=True, callback=_set_verbosity,
-                     help="Only errors; no progress bar.")(f)
-    return click.option("-v", "--verbose", count=True, callback=_set_verbosity,
-                        help="More log output (-vv for debug and tracebacks).")(f)
+    f = click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=True,
+        callback=_set_verbosity,
+        help="Only errors; no progress bar.",
+    )(f)
+    return click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        callback=_set_verbosity,
+        help="More log output (-vv for debug and tracebacks).",
+    )(f)
 
 
 def overwrite(f: F) -> F:
-    return click.option("--overwrite", is_flag=True,
-                        help="Replace OUT if it already exists (kept otherwise).")(f)
+    return click.option(
+        "--overwrite", is_flag=True, help="Replace OUT if it already exists (kept otherwise)."
+    )(f)
 
 
 def device(f: F) -> F:
-    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                        show_default=True,
-                        help="Where the model runs; auto picks CUDA when present.")(f)
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="Where the model runs; auto picks CUDA when present.",
+    )(f)
 
 
 def batch_size(default: int | None = None) -> Callable[[F], F]:
     def deco(f: F) -> F:
-        return click.option("--batch-size", type=click.IntRange(min=1), default=default,
-                            show_default=default is not None,
-                            help="Chips per batch" + ("" if default else
-                                                      " (default: 8 on CPU, 32 on CUDA)."))(f)
+        return click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=default,
+            show_default=default is not None,
+            help="Chips per batch" + ("" if default else " (default: 8 on CPU, 32 on CUDA)."),
+        )(f)
+
     return deco
 
 
 def workers(f: F) -> F:
-    return click.option("--workers", type=click.IntRange(min=0), default=None,
-                        help="Reader processes (default: one per spare CPU core; 0 reads "
-                             "in the main process).")(f)
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Reader processes (default: one per spare CPU core; 0 reads in the main process).",
+    )(f)
 
 
 def chip_size(default: int | None = None) -> Callable[[F], F]:
     def deco(f: F) -> F:
-        return click.option("--chip-size", type=click.IntRange(min=32), default=default,
-                            show_default=default is not None,
-                            help="Chip edge in pixels" + ("" if default else
-                                                          " (default: the model's)."))(f)
+        return click.option(
+            "--chip-size",
+            type=click.IntRange(min=32),
+            default=default,
+            show_default=default is not None,
+            help="Chip edge in pixels" + ("" if default else " (default: the model's)."),
+        )(f)
+
     return deco
 
 
 def bands(f: F) -> F:
-    return click.option("--bands", default=None, metavar="1,2,3",
-                        help="1-based raster bands to feed the model, in its band order.")(f)
+    return click.option(
+        "--bands",
+        default=None,
+        metavar="1,2,3",
+        help="1-based raster bands to feed the model, in its band order.",
+    )(f)

@@ -56,7 +56,7 @@ class Chip:
         index: position in the grid's chip list.
         row_off, col_off: pixel offset of the chip in the scene grid.
         height, width: chip size in pixels.
-        transform: ``scene_transform * Affine.translation(col_off, row_off)``; maps chip
+        transform: ``scene_transform @ Affine.translation(col_off, row_off)``; maps chip
             pixel-edge coordinates ``(x, y)`` to map coordinates.
         core: ``(xmin, ymin, xmax, ymax)`` in chip pixel coordinates; detections whose
             centre falls inside belong to this chip (half-open, may be infinite).
@@ -116,7 +116,7 @@ class ChipGrid:
             col_off=col_off,
             height=self.chip_size,
             width=self.chip_size,
-            transform=self.transform * Affine.translation(col_off, row_off),
+            transform=self.transform @ Affine.translation(col_off, row_off),
             core=core,
         )
 

@@ -27,6 +27,7 @@ FORMATS = {
     ".parquet": "parquet",
     ".fgb": "FlatGeobuf",
 }
+_WRITE_ERRORS = (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError)
 _SHAPEFILE_SIDECARS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 
 
@@ -113,14 +114,18 @@ def write_layer(
         else:
             options = {"RFC7946": "YES"} if driver == "GeoJSON" else {}
             pyogrio.write_dataframe(
-                gdf, tmp, driver=driver, layer=None if driver == "GeoJSON" else layer,
-                geometry_type="Polygon", layer_options=options or None,
+                gdf,
+                tmp,
+                driver=driver,
+                layer=None if driver == "GeoJSON" else layer,
+                geometry_type="Polygon",
+                layer_options=options or None,
             )
         for src, dst in _renames(tmp, path, driver):
             os.replace(src, dst)
     except BaseException as exc:
         _cleanup(tmp, driver)
-        if isinstance(exc, OSError | pyogrio.errors.DataSourceError | pyogrio.errors.DataLayerError):
+        if isinstance(exc, _WRITE_ERRORS):
             raise OutputError(f"{path}: could not write ({exc}); nothing was written") from None
         raise
     return path

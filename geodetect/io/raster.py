@@ -47,8 +47,11 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
                 raise InputError(f"{text}: no file matches this pattern; check the path")
             found.extend(m for m in matches if m.is_file())
         elif Path(text).is_dir():
-            files = sorted(p for p in Path(text).rglob("*")
-                           if p.suffix.lower() in RASTER_SUFFIXES and p.is_file())
+            files = sorted(
+                p
+                for p in Path(text).rglob("*")
+                if p.suffix.lower() in RASTER_SUFFIXES and p.is_file()
+            )
             if not files:
                 raise InputError(
                     f"{text}: folder holds no rasters ({', '.join(sorted(RASTER_SUFFIXES))})"
@@ -113,10 +116,21 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
             crs = ds.crs
             transform = ds.transform
             gcps, gcp_crs = ds.gcps
-            alpha = next((i + 1 for i, ci in enumerate(ds.colorinterp)
-                          if ci == ColorInterp.alpha), None)
-            info = SceneInfo(path, crs, transform, ds.width, ds.height, ds.count,
-                             ds.dtypes[0], ds.nodata, alpha, _mask_kind(ds))
+            alpha = next(
+                (i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None
+            )
+            info = SceneInfo(
+                path,
+                crs,
+                transform,
+                ds.width,
+                ds.height,
+                ds.count,
+                ds.dtypes[0],
+                ds.nodata,
+                alpha,
+                _mask_kind(ds),
+            )
     except RasterioIOError as exc:
         raise RasterError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from None
     if transform.is_identity and gcps:
@@ -177,17 +191,24 @@ class MosaicGrid:
 
     def members_in(self, row_off: int, col_off: int, height: int, width: int) -> list[Member]:
         """Members whose footprint intersects the window."""
-        return [m for m in self.members
-                if m.row_off < row_off + height and row_off < m.row_off + m.info.height
-                and m.col_off < col_off + width and col_off < m.col_off + m.info.width]
+        return [
+            m
+            for m in self.members
+            if m.row_off < row_off + height
+            and row_off < m.row_off + m.info.height
+            and m.col_off < col_off + width
+            and col_off < m.col_off + m.info.width
+        ]
 
 
 def _same_lattice(a: Affine, b: Affine) -> tuple[bool, float, float]:
     """Whether ``b``'s pixels sit on ``a``'s lattice; returns (ok, col_off, row_off)."""
-    if not all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
-               for x, y in zip(a[:2] + a[3:5], b[:2] + b[3:5], strict=True)):
+    if not all(
+        math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+        for x, y in zip(a[:2] + a[3:5], b[:2] + b[3:5], strict=True)
+    ):
         return False, 0.0, 0.0
-    col, row = ~a * (b.c, b.f)
+    col, row = ~a @ (b.c, b.f)
     ok = abs(col - round(col)) < _ALIGN_TOL and abs(row - round(row)) < _ALIGN_TOL
     return ok, col, row
 
@@ -219,17 +240,18 @@ def build_mosaics(infos: Sequence[SceneInfo]) -> list[MosaicGrid]:
         members = [Member(i, r - min_row, c - min_col) for i, r, c in group]
         height = max(m.row_off + m.info.height for m in members)
         width = max(m.col_off + m.info.width for m in members)
-        transform = ref.transform * Affine.translation(min_col, min_row)
-        grids.append(MosaicGrid(ref.crs, transform, width, height, members,
-                                bands=list(ref.data_bands)))
+        transform = ref.transform @ Affine.translation(min_col, min_row)
+        grids.append(
+            MosaicGrid(ref.crs, transform, width, height, members, bands=list(ref.data_bands))
+        )
     return grids
 
 
-def open_mosaics(inputs: Iterable[str | os.PathLike], *, allow_no_crs: bool = False
-                 ) -> list[MosaicGrid]:
+def open_mosaics(
+    inputs: Iterable[str | os.PathLike], *, allow_no_crs: bool = False
+) -> list[MosaicGrid]:
     """Expand inputs and group them into mosaic grids (see :func:`build_mosaics`)."""
-    return build_mosaics([scene_info(p, allow_no_crs=allow_no_crs)
-                          for p in expand_inputs(inputs)])
+    return build_mosaics([scene_info(p, allow_no_crs=allow_no_crs) for p in expand_inputs(inputs)])
 
 
 class GridReader:
@@ -256,8 +278,9 @@ class GridReader:
             self._handles[path] = rasterio.open(path)
         return self._handles[path]
 
-    def read(self, row_off: int, col_off: int, height: int, width: int
-             ) -> tuple[np.ndarray, np.ndarray]:
+    def read(
+        self, row_off: int, col_off: int, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Read a window of the grid.
 
         Returns:
@@ -321,8 +344,11 @@ def grid_band_stats(grid: MosaicGrid, *, max_side: int = 1024) -> tuple[np.ndarr
         shape = (max(1, int(info.height / scale)), max(1, int(info.width / scale)))
         with rasterio.open(info.path) as ds:
             data = ds.read(grid.bands, out_shape=(grid.count, *shape)).astype(np.float64)
-            valid = GridReader._valid(ds, info, data, None) if info.mask_kind != "mask" else (
-                ds.read_masks(1, out_shape=shape) > 0)
+            valid = (
+                GridReader._valid(ds, info, data, None)
+                if info.mask_kind != "mask"
+                else (ds.read_masks(1, out_shape=shape) > 0)
+            )
         pixels = data[:, valid]
         sums += pixels.sum(axis=1)
         sq += (pixels**2).sum(axis=1)

@@ -181,8 +181,12 @@ def build_retinanet(spec: ModelSpec, *, pretrained: str = "auto") -> RetinaNet:
     num_anchors = anchors.num_anchors_per_location()[0]
     head = RetinaNetHead(spec.fpn_channels, num_anchors, len(spec.classes))
     head.classification_head = ClassificationHead(
-        spec.fpn_channels, num_anchors, len(spec.classes),
-        depth=spec.head_convs, alpha=spec.focal_alpha, gamma=spec.focal_gamma,
+        spec.fpn_channels,
+        num_anchors,
+        len(spec.classes),
+        depth=spec.head_convs,
+        alpha=spec.focal_alpha,
+        gamma=spec.focal_gamma,
     )
     head.regression_head = RegressionHead(
         spec.fpn_channels, num_anchors, depth=spec.head_convs, loss=spec.box_loss

@@ -121,8 +121,9 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     return LoadedModel(model=model, spec=spec, model_id=file_id(path), path=path)
 
 
-def save_model(model: nn.Module, spec: ModelSpec, path: str | os.PathLike, *,
-               overwrite: bool = False) -> Path:
+def save_model(
+    model: nn.Module, spec: ModelSpec, path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
     """Write weights + spec to one safetensors file, atomically (temp file, then rename)."""
     path = Path(path)
     if path.exists() and not overwrite:
