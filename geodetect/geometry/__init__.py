@@ -5,12 +5,11 @@ Nothing here opens a file or imports torch.
 
 from geodetect.geometry.boxes import (
     box_centres,
-    intersection_over_smaller,
     pixel_boxes_to_map,
     pixel_boxes_to_map_coords,
 )
 from geodetect.geometry.grid import Chip, ChipGrid, axis_offsets, chip_grid, owned_mask
-from geodetect.geometry.merge import MERGE_METRICS, nms_polygons
+from geodetect.geometry.merge import MERGE_METRICS, nms_polygons, overlap_ratio
 
 __all__ = [
     "Chip",
@@ -19,8 +18,8 @@ __all__ = [
     "axis_offsets",
     "box_centres",
     "chip_grid",
-    "intersection_over_smaller",
     "nms_polygons",
+    "overlap_ratio",
     "owned_mask",
     "pixel_boxes_to_map",
     "pixel_boxes_to_map_coords",

@@ -53,10 +53,3 @@ def pixel_boxes_to_map(boxes: np.ndarray, transform: Affine) -> np.ndarray:
     if transform.determinant < 0:
         corners = corners[:, ::-1, :]
     return shapely.polygons(corners)
-
-
-def intersection_over_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Element-wise area(a ∩ b) / min(area(a), area(b)) for two arrays of polygons."""
-    inter = shapely.area(shapely.intersection(a, b))
-    smaller = np.minimum(shapely.area(a), shapely.area(b))
-    return np.divide(inter, smaller, out=np.zeros_like(inter), where=smaller > 0)

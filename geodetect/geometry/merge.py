@@ -13,7 +13,9 @@ import shapely
 MERGE_METRICS = ("iou", "ios")
 
 
-def _overlap(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+def overlap_ratio(a: np.ndarray, b: np.ndarray, metric: str = "iou") -> np.ndarray:
+    """Element-wise overlap of two equal-length polygon arrays: ``"iou"`` or ``"ios"``
+    (intersection over the smaller area); 0 where the denominator is 0."""
     inter = shapely.area(shapely.intersection(a, b))
     area_a, area_b = shapely.area(a), shapely.area(b)
     if metric == "iou":
@@ -66,7 +68,7 @@ def nms_polygons(
         classes = np.asarray(classes)
         pair &= classes[left] == classes[right]
     left, right = left[pair], right[pair]
-    over = _overlap(polygons[left], polygons[right], metric) > threshold
+    over = overlap_ratio(polygons[left], polygons[right], metric) > threshold
     left, right = left[over], right[over]
     # Orient each conflicting pair from the better-ranked to the worse-ranked polygon.
     better = np.where(rank[left] < rank[right], left, right)

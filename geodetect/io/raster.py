@@ -20,8 +20,9 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geodetect.errors import InputError, RasterError
@@ -81,6 +82,7 @@ class SceneInfo:
     nodata: float | None
     alpha_band: int | None  # 1-based index of an alpha band, if any
     mask_kind: str  # "none", "nodata", "mask" (internal/per-dataset or alpha)
+    warp_crs: str | None = None  # set for GCP-only rasters, read through a warp to this CRS
 
     @property
     def data_bands(self) -> list[int]:
@@ -113,16 +115,16 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
     path = Path(path)
     try:
         with rasterio.open(path) as ds:
-            crs = ds.crs
-            transform = ds.transform
             gcps, gcp_crs = ds.gcps
+            if ds.transform.is_identity and gcps and (ds.crs or gcp_crs):
+                return _gcp_scene_info(path, ds, ds.crs or gcp_crs)
             alpha = next(
                 (i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None
             )
             info = SceneInfo(
                 path,
-                crs,
-                transform,
+                ds.crs,
+                ds.transform,
                 ds.width,
                 ds.height,
                 ds.count,
@@ -131,26 +133,65 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
                 alpha,
                 _mask_kind(ds),
             )
-    except RasterioIOError as exc:
+    except (RasterioIOError, RasterioError) as exc:
         raise RasterError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from None
-    if transform.is_identity and gcps:
-        raise RasterError(
-            f"{path}: georeferenced only by ground control points; warp it to a grid first "
-            "(e.g. `gdalwarp -r bilinear in.tif out.tif`)"
-        )
-    if crs is None and not allow_no_crs:
+    if info.crs is None and not allow_no_crs:
         raise RasterError(
             f"{path}: has no CRS, so detections cannot be placed on a map; assign one "
             "(e.g. `gdal_edit.py -a_srs EPSG:XXXX`) or pass --allow-no-crs for a layer "
             "in pixel/unknown coordinates"
         )
-    if transform.is_identity and not allow_no_crs:
-        raise RasterError(f"{path}: has no geotransform; georeference it first")
+    if info.transform.is_identity and not allow_no_crs:
+        raise RasterError(
+            f"{path}: has no geotransform or ground control points; georeference it first"
+        )
     return info
 
 
+def _gcp_scene_info(path: Path, ds: rasterio.DatasetReader, crs: CRS) -> SceneInfo:
+    """Describe a GCP-only raster as the north-up grid GDAL warps it to."""
+    with WarpedVRT(ds, crs=crs, resampling=Resampling.bilinear) as vrt:
+        alpha = next(
+            (i + 1 for i, ci in enumerate(vrt.colorinterp) if ci == ColorInterp.alpha), None
+        )
+        info = SceneInfo(
+            path,
+            vrt.crs,
+            vrt.transform,
+            vrt.width,
+            vrt.height,
+            vrt.count,
+            vrt.dtypes[0],
+            vrt.nodata,
+            alpha,
+            _mask_kind(vrt),
+            crs.to_wkt(),
+        )
+    log.info(
+        "%s: georeferenced by %d ground control points; read through a warp to its CRS",
+        path.name,
+        len(ds.gcps[0]),
+    )
+    return info
+
+
+def open_scene(info: SceneInfo) -> rasterio.DatasetReader:
+    """Open a scene for reading pixels (through a warp for GCP-only rasters)."""
+    ds = rasterio.open(info.path)
+    if info.warp_crs is None:
+        return ds
+    return WarpedVRT(ds, crs=CRS.from_wkt(info.warp_crs), resampling=Resampling.bilinear)
+
+
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """The most specific message in an exception chain (GDAL's own words, usually)."""
+    messages = []
+    while exc is not None:
+        text = str(exc).strip()
+        if text and "See previous exception" not in text:
+            messages.append(text.splitlines()[0])
+        exc = exc.__cause__ or exc.__context__
+    return messages[-1] if messages else "unknown error"
 
 
 @dataclass(frozen=True)
@@ -271,11 +312,14 @@ class GridReader:
     def close(self) -> None:
         for handle in self._handles.values():
             handle.close()
+            if isinstance(handle, WarpedVRT):
+                handle.src_dataset.close()
         self._handles.clear()
 
     def _open(self, path: Path) -> rasterio.DatasetReader:
         if path not in self._handles:
-            self._handles[path] = rasterio.open(path)
+            info = next(m.info for m in self.grid.members if m.info.path == path)
+            self._handles[path] = open_scene(info)
         return self._handles[path]
 
     def read(
@@ -342,7 +386,7 @@ def grid_band_stats(grid: MosaicGrid, *, max_side: int = 1024) -> tuple[np.ndarr
         info = member.info
         scale = max(1.0, max(info.width, info.height) / max_side)
         shape = (max(1, int(info.height / scale)), max(1, int(info.width / scale)))
-        with rasterio.open(info.path) as ds:
+        with open_scene(info) as ds:
             data = ds.read(grid.bands, out_shape=(grid.count, *shape)).astype(np.float64)
             valid = (
                 GridReader._valid(ds, info, data, None)
