@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 from geodetect.errors import RasterError
 from geodetect.geometry import Chip, chip_grid, nms_polygons, owned_mask, pixel_boxes_to_map
 from geodetect.io.export import area_m2
-from geodetect.io.raster import GridReader, MosaicGrid, grid_band_stats, open_mosaics
+from geodetect.io.raster import (
+    GridReader,
+    MosaicGrid,
+    grid_band_stats,
+    grid_has_data,
+    open_mosaics,
+    to_pyproj,
+)
 from geodetect.model import LoadedModel, ModelSpec, autocast_dtype, load_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -225,8 +232,20 @@ def detect(
     if not 0 <= overlap < chip_size:
         raise RasterError(f"--overlap {overlap}: must be between 0 and chip size {chip_size}")
     threshold = spec.score_threshold if threshold is None else threshold
+    usable = []
     for grid in grids:
-        _check_bands(grid, spec, bands)
+        try:
+            _check_bands(grid, spec, bands)
+        except RasterError:
+            if grid_has_data(grid):
+                raise
+            # A wholly-nodata file is simply empty, whatever its band layout.
+            log.warning("%s holds no valid pixels; nothing to detect there", grid.paths[0].name)
+            continue
+        usable.append(grid)
+    empty_crs = grids[0].crs if grids else None
+    grids = usable
+    for grid in grids:
         if grid.crs is not None and spec.gsd and not 0.67 < grid.gsd / spec.gsd < 1.5:
             log.warning(
                 "%s has %.3g m pixels but the model was trained at %.3g m; "
@@ -290,7 +309,7 @@ def detect(
                     on_batch(n_items)
     finally:
         bar.close()
-    merged = _merge(parts, grids, threshold=nms_iou, metric=merge_metric)
+    merged = _merge(parts, grids, threshold=nms_iou, metric=merge_metric, crs=empty_crs)
     return to_layer(merged, spec, loaded.model_id)
 
 
@@ -344,9 +363,10 @@ def _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp) -> list[
     return frames
 
 
-def _merge(parts, grids, *, threshold, metric) -> gpd.GeoDataFrame:
-    crs = grids[0].crs if grids else None
-    target_crs = crs.to_wkt() if crs is not None else None
+def _merge(parts, grids, *, threshold, metric, crs) -> gpd.GeoDataFrame:
+    """All owned detections in the first grid's CRS, after class-wise NMS."""
+    crs = grids[0].crs if grids else crs
+    target_crs = to_pyproj(crs)
     columns = ["geometry", "score", "label", "source"]
     frames = []
     for gi, grid in enumerate(grids):
@@ -356,7 +376,7 @@ def _merge(parts, grids, *, threshold, metric) -> gpd.GeoDataFrame:
         frame = gpd.GeoDataFrame(
             pd.concat(rows, ignore_index=True)[columns],
             geometry="geometry",
-            crs=grid.crs.to_wkt() if grid.crs is not None else None,
+            crs=to_pyproj(grid.crs),
         )
         if grid.crs is not None and crs is not None and grid.crs != crs:
             log.warning(

@@ -17,7 +17,7 @@ def _set_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> An
         state["verbosity"] = state.get("verbosity", 0) + value
     if param.name == "quiet" and value:
         state["verbosity"] = -1
-    level = {-1: logging.WARNING, 0: logging.INFO}.get(state.get("verbosity", 0), logging.DEBUG)
+    level = {-1: logging.ERROR, 0: logging.INFO}.get(state.get("verbosity", 0), logging.DEBUG)
     logger = logging.getLogger("geodetect")
     if not logger.handlers:
         handler = logging.StreamHandler()

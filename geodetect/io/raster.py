@@ -82,7 +82,8 @@ class SceneInfo:
     nodata: float | None
     alpha_band: int | None  # 1-based index of an alpha band, if any
     mask_kind: str  # "none", "nodata", "mask" (internal/per-dataset or alpha)
-    warp_crs: str | None = None  # set for GCP-only rasters, read through a warp to this CRS
+    # GCP-only rasters: (GCP CRS, target CRS) as WKT; pixels are read through a warp
+    warp_crs: tuple[str, str] | None = None
 
     @property
     def data_bands(self) -> list[int]:
@@ -116,8 +117,8 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
     try:
         with rasterio.open(path) as ds:
             gcps, gcp_crs = ds.gcps
-            if ds.transform.is_identity and gcps and (ds.crs or gcp_crs):
-                return _gcp_scene_info(path, ds, ds.crs or gcp_crs)
+            if ds.transform.is_identity and gcps and gcp_crs:
+                return _gcp_scene_info(path, ds, gcp_crs, ds.crs or gcp_crs)
             alpha = next(
                 (i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None
             )
@@ -148,9 +149,24 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
     return info
 
 
-def _gcp_scene_info(path: Path, ds: rasterio.DatasetReader, crs: CRS) -> SceneInfo:
+def _gcp_scene_info(path: Path, ds: rasterio.DatasetReader, gcp_crs: CRS, crs: CRS) -> SceneInfo:
     """Describe a GCP-only raster as the north-up grid GDAL warps it to."""
-    with WarpedVRT(ds, crs=crs, resampling=Resampling.bilinear) as vrt:
+    gcps = ds.gcps[0]
+    rows = np.array([g.row for g in gcps])
+    cols = np.array([g.col for g in gcps])
+    if (
+        rows.min() < -1
+        or cols.min() < -1
+        or rows.max() > ds.height + 1
+        or cols.max() > ds.width + 1
+    ):
+        raise RasterError(
+            f"{path}: its ground control points do not lie on the image (pixel rows "
+            f"{rows.min():g}-{rows.max():g}, cols {cols.min():g}-{cols.max():g} for a "
+            f"{ds.width}x{ds.height} raster), so it cannot be placed on a map; fix the "
+            "GCPs or give it a geotransform"
+        )
+    with WarpedVRT(ds, src_crs=gcp_crs, crs=crs, resampling=Resampling.bilinear) as vrt:
         alpha = next(
             (i + 1 for i, ci in enumerate(vrt.colorinterp) if ci == ColorInterp.alpha), None
         )
@@ -165,12 +181,10 @@ def _gcp_scene_info(path: Path, ds: rasterio.DatasetReader, crs: CRS) -> SceneIn
             vrt.nodata,
             alpha,
             _mask_kind(vrt),
-            crs.to_wkt(),
+            (gcp_crs.to_wkt(), crs.to_wkt()),
         )
     log.info(
-        "%s: georeferenced by %d ground control points; read through a warp to its CRS",
-        path.name,
-        len(ds.gcps[0]),
+        "%s: georeferenced by %d ground control points; read through a warp", path.name, len(gcps)
     )
     return info
 
@@ -180,7 +194,8 @@ def open_scene(info: SceneInfo) -> rasterio.DatasetReader:
     ds = rasterio.open(info.path)
     if info.warp_crs is None:
         return ds
-    return WarpedVRT(ds, crs=CRS.from_wkt(info.warp_crs), resampling=Resampling.bilinear)
+    src_crs, crs = (CRS.from_wkt(w) for w in info.warp_crs)
+    return WarpedVRT(ds, src_crs=src_crs, crs=crs, resampling=Resampling.bilinear)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -373,27 +388,43 @@ class GridReader:
         return np.ones(block.shape[1:], dtype=bool) & finite
 
 
-def grid_band_stats(grid: MosaicGrid, *, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std of a mosaic grid's valid pixels, from decimated reads.
+def _overview_read(
+    grid: MosaicGrid, member: Member, max_side: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A decimated read of one member (GDAL uses overviews when present): data, valid."""
+    info = member.info
+    scale = max(1.0, max(info.width, info.height) / max_side)
+    shape = (max(1, int(info.height / scale)), max(1, int(info.width / scale)))
+    with open_scene(info) as ds:
+        data = ds.read(grid.bands, out_shape=(grid.count, *shape))
+        if info.mask_kind == "mask":
+            valid = ds.read_masks(1, out_shape=shape) > 0
+        else:
+            valid = GridReader._valid(ds, info, data, None)
+    return data, valid
 
-    Each file is read once at a reduced resolution (GDAL uses overviews when present),
-    so memory stays bounded whatever the mosaic size.
-    """
+
+def _sample_members(grid: MosaicGrid, limit: int) -> list[Member]:
+    step = max(1, len(grid.members) // limit)
+    return grid.members[::step][:limit]
+
+
+def grid_has_data(grid: MosaicGrid, *, max_side: int = 512, limit: int = 256) -> bool:
+    """Whether any (sampled) file of the grid holds a valid pixel, from decimated reads."""
+    return any(_overview_read(grid, m, max_side)[1].any() for m in _sample_members(grid, limit))
+
+
+def grid_band_stats(
+    grid: MosaicGrid, *, max_side: int = 1024, limit: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std of a mosaic grid's valid pixels, from decimated reads of at
+    most ``limit`` files, so memory and time stay bounded whatever the mosaic size."""
     sums = np.zeros(grid.count)
     sq = np.zeros(grid.count)
     n = 0
-    for member in grid.members:
-        info = member.info
-        scale = max(1.0, max(info.width, info.height) / max_side)
-        shape = (max(1, int(info.height / scale)), max(1, int(info.width / scale)))
-        with open_scene(info) as ds:
-            data = ds.read(grid.bands, out_shape=(grid.count, *shape)).astype(np.float64)
-            valid = (
-                GridReader._valid(ds, info, data, None)
-                if info.mask_kind != "mask"
-                else (ds.read_masks(1, out_shape=shape) > 0)
-            )
-        pixels = data[:, valid]
+    for member in _sample_members(grid, limit):
+        data, valid = _overview_read(grid, member, max_side)
+        pixels = data[:, valid].astype(np.float64)
         sums += pixels.sum(axis=1)
         sq += (pixels**2).sum(axis=1)
         n += pixels.shape[1]
@@ -402,3 +433,21 @@ def grid_band_stats(grid: MosaicGrid, *, max_side: int = 1024) -> tuple[np.ndarr
     mean = sums / n
     std = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
     return mean, np.where(std > 0, std, 1.0)
+
+
+def to_pyproj(crs: CRS | None):
+    """A pyproj CRS that keeps the raster's authority code (EPSG or ESRI) when it has an
+    exact one, so the written layer names the same CRS as its source."""
+    if crs is None:
+        return None
+    from pyproj import CRS as ProjCRS
+
+    authority = crs.to_authority(confidence_threshold=100)
+    if authority:
+        try:
+            candidate = ProjCRS.from_authority(*authority)
+            if candidate.equals(ProjCRS.from_wkt(crs.to_wkt()), ignore_axis_order=True):
+                return candidate
+        except Exception:  # noqa: BLE001 - fall back to the WKT itself
+            pass
+    return ProjCRS.from_wkt(crs.to_wkt())
