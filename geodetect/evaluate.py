@@ -89,6 +89,9 @@ class EvaluationResult(Scores):
         pr_score, pr_precision, pr_recall: float arrays [N], one entry per detection in
             rank order (all classes pooled, at ``iou``): its score and the precision and
             recall of the top-ranked detections down to it.
+        det_ids, det_matched: index labels of the scored detection rows and whether each
+            is a true positive at ``iou`` (for maps of hits and false alarms).
+        truth_ids, truth_found: the same for the truth rows (``~truth_found`` = misses).
     """
 
     iou: float = 0.5
@@ -104,10 +107,24 @@ class EvaluationResult(Scores):
     pr_score: np.ndarray = field(default_factory=lambda: np.empty(0))
     pr_precision: np.ndarray = field(default_factory=lambda: np.empty(0))
     pr_recall: np.ndarray = field(default_factory=lambda: np.empty(0))
+    det_ids: np.ndarray = field(default_factory=lambda: np.empty(0))
+    det_matched: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
+    truth_ids: np.ndarray = field(default_factory=lambda: np.empty(0))
+    truth_found: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data: numbers, strings, lists, dicts (no NaN)."""
-        skip = {"per_class", "ap_by_iou", "pr_score", "pr_precision", "pr_recall"}
+        skip = {
+            "per_class",
+            "ap_by_iou",
+            "pr_score",
+            "pr_precision",
+            "pr_recall",
+            "det_ids",
+            "det_matched",
+            "truth_ids",
+            "truth_found",
+        }
         out: dict[str, Any] = {
             f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip
         }
@@ -369,6 +386,10 @@ def evaluate(
         pr_score=scores[order],
         pr_precision=cum_tp / ranks if len(order) else np.empty(0),
         pr_recall=cum_tp / len(ref) if len(ref) else np.zeros(len(order)),
+        det_ids=det.index.to_numpy(),
+        det_matched=matched,
+        truth_ids=ref.index.to_numpy(),
+        truth_found=np.isin(np.arange(len(ref)), matches[k_at][matched]),
     )
     log.info(
         "P %.3f R %.3f F1 %.3f AP50 %.3f AP50:95 %.3f",

@@ -451,3 +451,36 @@ def to_pyproj(crs: CRS | None):
         except Exception:  # noqa: BLE001 - fall back to the WKT itself
             pass
     return ProjCRS.from_wkt(crs.to_wkt())
+
+
+def read_overview(
+    grid: MosaicGrid, *, max_side: int = 1500
+) -> tuple[np.ndarray, np.ndarray, Affine]:
+    """A downsampled picture of a whole mosaic grid, for maps and quick looks.
+
+    Returns:
+        data [C, h, w] (grid bands, source dtype), valid [h, w], and the affine transform
+        of the downsampled array (so map geometries can be drawn over it).
+    """
+    scale = max(1.0, max(grid.width, grid.height) / max_side)
+    height, width = max(1, round(grid.height / scale)), max(1, round(grid.width / scale))
+    data = np.zeros((grid.count, height, width), dtype=grid.dtype)
+    valid = np.zeros((height, width), dtype=bool)
+    for member in grid.members:
+        info = member.info
+        r0, c0 = round(member.row_off / scale), round(member.col_off / scale)
+        r1 = min(height, round((member.row_off + info.height) / scale))
+        c1 = min(width, round((member.col_off + info.width) / scale))
+        if r1 <= r0 or c1 <= c0:
+            continue
+        shape = (r1 - r0, c1 - c0)
+        with open_scene(info) as ds:
+            block = ds.read(grid.bands, out_shape=(grid.count, *shape))
+            if info.mask_kind == "mask":
+                ok = ds.read_masks(1, out_shape=shape) > 0
+            else:
+                ok = GridReader._valid(ds, info, block, None)
+        data[:, r0:r1, c0:c1] = np.where(ok, block, data[:, r0:r1, c0:c1])
+        valid[r0:r1, c0:c1] |= ok
+    transform = grid.transform @ Affine.scale(grid.width / width, grid.height / height)
+    return data, valid, transform
