@@ -73,19 +73,19 @@ def show_chips(
 
 
 def plot_history(history: Sequence[Any]) -> Figure:
-    """Loss and validation metrics per epoch (items with ``epoch``, ``train_loss``,
-    ``val_map50`` and optionally ``val_loss``/``centre_error_px`` attributes)."""
+    """Training loss and validation AP50 per epoch (items with ``epoch``, ``loss`` and
+    ``map_50`` attributes, as :class:`geodetect.train.EpochStats`)."""
     fig = Figure(figsize=(10, 3.5), layout="constrained")
     loss_ax, metric_ax = fig.subplots(1, 2)
     epochs = [h.epoch for h in history]
-    loss_ax.plot(epochs, [h.train_loss for h in history], "o-", label="train loss")
-    if history and getattr(history[0], "val_loss", None) is not None:
-        loss_ax.plot(epochs, [h.val_loss for h in history], "o-", label="validation loss")
+    loss_ax.plot(epochs, [h.loss for h in history], "o-", label="training loss")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
     loss_ax.legend()
-    metric_ax.plot(epochs, [h.val_map50 for h in history], "o-", label="validation AP50")
+    scored = [(h.epoch, h.map_50) for h in history if h.map_50 is not None]
+    if scored:
+        metric_ax.plot(*zip(*scored, strict=True), "o-", label="validation AP50")
+        metric_ax.legend(loc="lower right")
     metric_ax.set(xlabel="epoch", ylim=(0, 1.02), title="Validation AP50")
-    metric_ax.legend(loc="lower right")
     return fig
 
 
