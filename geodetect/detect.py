@@ -279,7 +279,7 @@ def detect(
         multiprocessing_context="fork" if workers and hasattr(os, "fork") else None,
     )
     amp = autocast_dtype(dev)
-    parts: list[pd.DataFrame] = []
+    parts: dict[int, list[dict[str, np.ndarray]]] = {}
     found = 0
     bar = tqdm(
         total=len(jobs),
@@ -299,10 +299,9 @@ def detect(
                 n_items = len(indices) + empty + len(skipped)
                 if batch is not None:
                     report.chips_read += len(indices)
-                    parts.extend(
-                        _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp)
-                    )
-                    found = sum(len(p) for p in parts)
+                    for part in _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp):
+                        parts.setdefault(part["grid"], []).append(part)
+                        found += len(part["score"])
                 bar.update(n_items)
                 bar.set_postfix(objects=found, refresh=False)
                 if on_batch:
@@ -321,8 +320,12 @@ def _all_grids(inputs) -> bool:
     )
 
 
-def _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp) -> list[pd.DataFrame]:
-    """Run one batch (possibly spanning grids) and keep the detections each chip owns."""
+def _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp) -> list[dict]:
+    """Run one batch (possibly spanning grids) and keep the detections each chip owns.
+
+    Returns one dict per chip with detections: ``grid`` (int), ``geometry`` (Polygons in
+    the grid's CRS), ``score``, ``label`` and ``source`` (file names) arrays.
+    """
     batch = batch.to(dev, non_blocking=True)
     grid_ids = np.array([jobs[i].grid_index for i in indices])
     normed = torch.empty(batch.shape, dtype=torch.float32, device=dev)
@@ -332,50 +335,44 @@ def _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp) -> list[
     ctx = torch.autocast(dev.type, dtype=amp) if amp else nullcontext()
     with ctx:
         outputs = net(normed)
-    frames = []
+    parts = []
     for job_index, out in zip(indices, outputs, strict=True):
-        job = jobs[job_index]
         boxes = out["boxes"].float().cpu().numpy().astype(np.float64)
         if len(boxes) == 0:
             continue
-        grid = grids[job.grid_index]
-        chip = job.chip
+        job = jobs[job_index]
+        grid, chip = grids[job.grid_index], job.chip
         # Clip to the grid's data extent: a scene smaller than a chip is padded.
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, grid.width - chip.col_off)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, grid.height - chip.row_off)
-        keep = (
-            owned_mask(boxes, chip.core) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        )
+        keep = owned_mask(boxes, chip.core)
+        keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         if not keep.any():
             continue
         boxes = boxes[keep]
-        frames.append(
-            pd.DataFrame(
-                {
-                    "grid": job.grid_index,
-                    "geometry": pixel_boxes_to_map(boxes, chip.transform),
-                    "score": out["scores"].float().cpu().numpy()[keep].astype(np.float64),
-                    "label": out["labels"].cpu().numpy()[keep],
-                    "source": _source_of(grid, chip, boxes),
-                }
-            )
+        parts.append(
+            {
+                "grid": job.grid_index,
+                "geometry": pixel_boxes_to_map(boxes, chip.transform),
+                "score": out["scores"].float().cpu().numpy()[keep].astype(np.float64),
+                "label": out["labels"].cpu().numpy()[keep],
+                "source": np.asarray(_source_of(grid, chip, boxes), dtype=object),
+            }
         )
-    return frames
+    return parts
 
 
-def _merge(parts, grids, *, threshold, metric, crs) -> gpd.GeoDataFrame:
+def _merge(parts: dict[int, list[dict]], grids, *, threshold, metric, crs) -> gpd.GeoDataFrame:
     """All owned detections in the first grid's CRS, after class-wise NMS."""
     crs = grids[0].crs if grids else crs
     target_crs = to_pyproj(crs)
-    columns = ["geometry", "score", "label", "source"]
+    columns = ["score", "label", "source"]
     frames = []
-    for gi, grid in enumerate(grids):
-        rows = [p for p in parts if p["grid"].iat[0] == gi]
-        if not rows:
-            continue
+    for gi, chunks in sorted(parts.items()):
+        grid = grids[gi]
         frame = gpd.GeoDataFrame(
-            pd.concat(rows, ignore_index=True)[columns],
-            geometry="geometry",
+            {c: np.concatenate([p[c] for p in chunks]) for c in columns},
+            geometry=np.concatenate([p["geometry"] for p in chunks]),
             crs=to_pyproj(grid.crs),
         )
         if grid.crs is not None and crs is not None and grid.crs != crs:
@@ -391,7 +388,7 @@ def _merge(parts, grids, *, threshold, metric, crs) -> gpd.GeoDataFrame:
             pd.concat(frames, ignore_index=True), geometry="geometry", crs=target_crs
         )
     else:
-        gdf = gpd.GeoDataFrame({c: [] for c in columns}, geometry="geometry", crs=target_crs)
+        gdf = gpd.GeoDataFrame({c: [] for c in columns}, geometry=[], crs=target_crs)
     keep = nms_polygons(
         gdf.geometry.values,
         gdf["score"].to_numpy(),
