@@ -73,7 +73,7 @@ def test_rgb_byte_collar_chips_skipped(shared_rasters, tiny_model):
 def test_cogeo_geojson_lands_in_footprint(shared_rasters, tiny_model, tmp_path):
     from geodetect.io.export import write_layer
 
-    layer = run_detect(shared_rasters / "cogeo.tif", tiny_model, threshold=0.0)
+    layer = run_detect(shared_rasters / "cogeo.tif", tiny_model, threshold=0.0, chip_size=512)
     assert len(layer) > 0
     out = write_layer(layer, tmp_path / "cogeo.geojson")
     back = gpd.read_file(out)
@@ -90,7 +90,7 @@ def test_alpha_zero_is_nodata(shared_rasters, tiny_model):
 
 
 def test_uint16_is_scaled_by_statistics_and_alpha_dropped(shared_rasters, tiny_model, caplog):
-    layer = run_detect(shared_rasters / "RGBA.uint16.tif", tiny_model)
+    layer = run_detect(shared_rasters / "RGBA.uint16.tif", tiny_model, chip_size=256)
     assert "scaling bands by their own statistics" in caplog.text
     assert layer.crs.to_epsg() == 32612
 
