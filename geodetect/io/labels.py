@@ -1,0 +1,423 @@
+"""Training labels: label layers turned into pixel boxes on mosaic grids, and chip folders
+(PASCAL VOC as ArcGIS exports it, COCO JSON) read into the same pixel-box form.
+
+Pixel boxes follow the project convention: ``xyxy`` in pixel-edge coordinates of the
+array they belong to (pixel (0, 0) covers [0, 1) × [0, 1)). A labelled object's box is
+the envelope, in pixel space, of its polygon reprojected to the grid's CRS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from affine import Affine
+from pyproj import CRS
+
+from geodetect.errors import InputError, LabelError
+from geodetect.io.raster import Member, MosaicGrid, scene_info
+from geodetect.io.vectors import layer_name, read_layer, repair_geometries, to_crs_checked
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLASS = "pool"
+CLASS_FIELD = "class"
+SIZE_FIELD = "size"
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+_POINT = int(shapely.GeometryType.POINT)
+_MULTIPOINT = int(shapely.GeometryType.MULTIPOINT)
+_LINE_TYPES = {
+    int(shapely.GeometryType.LINESTRING),
+    int(shapely.GeometryType.LINEARRING),
+    int(shapely.GeometryType.MULTILINESTRING),
+}
+
+
+@dataclass(frozen=True)
+class GridLabels:
+    """Labelled objects on one mosaic grid.
+
+    Attributes:
+        grid: the mosaic grid the boxes are measured on.
+        boxes: float64 [N, 4], ``xyxy`` pixel-edge coordinates of ``grid`` (a box may
+            reach past the grid's edge when its object does).
+        classes: int64 [N], indices into the sorted class list of the label set.
+    """
+
+    grid: MosaicGrid
+    boxes: np.ndarray
+    classes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def read_labels(
+    path: str | os.PathLike[str],
+    *,
+    layer: str | int | None = None,
+    class_field: str | None = None,
+    point_size: float | None = None,
+    size_field: str = SIZE_FIELD,
+) -> gpd.GeoDataFrame:
+    """Read a label layer as valid polygons with a ``class`` column.
+
+    Args:
+        path: any vector file :func:`geodetect.io.vectors.read_layer` reads.
+        layer: layer name or index inside a multi-layer dataset.
+        class_field: attribute holding each object's class. Default: ``"class"`` when
+            the layer has it, else every object is ``"pool"``.
+        point_size: side in metres of the square drawn around each point label that
+            has no ``size_field`` value.
+        size_field: attribute with a per-point side in metres (used when present).
+
+    Returns:
+        GeoDataFrame in the layer's CRS with columns ``class`` (str) and ``geometry``
+        (valid Polygon / MultiPolygon). Points become squares centred on the point.
+
+    Raises:
+        InputError: the file is missing or is not a vector file.
+        LabelError: the layer is empty, holds lines, lacks ``class_field``, has points
+            without a size, or nothing usable is left after repair.
+    """
+    gdf = read_layer(path, layer=layer)
+    name = layer_name(gdf)
+    if len(gdf) == 0:
+        raise LabelError(f"{name}: label layer holds no features; draw or export labels first")
+
+    if class_field is not None and class_field not in gdf.columns:
+        columns = ", ".join(c for c in gdf.columns if c != gdf.geometry.name) or "none"
+        raise LabelError(
+            f"{name}: has no attribute {class_field!r} for the class (attributes: {columns}); "
+            "name an existing one"
+        )
+    field = class_field or (CLASS_FIELD if CLASS_FIELD in gdf.columns else None)
+    if field is None:
+        classes = pd.Series(DEFAULT_CLASS, index=gdf.index, dtype=object)
+    else:
+        classes = gdf[field]
+        missing = classes.isna() | (classes.astype(str).str.strip() == "")
+        if missing.any():
+            log.warning("%s: %d label(s) without a %r value ignored", name, int(missing.sum()),
+                        field)
+            gdf, classes = gdf.loc[~missing], classes[~missing]
+        classes = classes.astype(str).str.strip()
+
+    geoms = np.asarray(gdf.geometry.to_numpy(), dtype=object)
+    kinds = shapely.get_type_id(geoms)
+    if np.isin(kinds, list(_LINE_TYPES)).any():
+        raise LabelError(
+            f"{name}: holds lines; labels must be polygons, boxes or points with a size"
+        )
+    points = (kinds == _POINT) | (kinds == _MULTIPOINT)
+    out = gpd.GeoDataFrame({"class": classes.to_numpy(dtype=object)}, geometry=geoms,
+                           crs=gdf.crs, index=gdf.index)
+    out.attrs = dict(gdf.attrs)
+    if points.any():
+        sizes = _point_sizes(gdf.loc[points], name, point_size, size_field)
+        out.loc[points, "geometry"] = _point_squares(out.loc[points], sizes)
+
+    repaired, report = repair_geometries(out)
+    if report.repaired:
+        log.info("%s: %d invalid label geometr%s repaired", name, report.repaired,
+                 "y" if report.repaired == 1 else "ies")
+    if report.dropped:
+        log.warning("%s: %d label(s) without a usable polygon dropped (null, empty or "
+                    "collapsed geometries)", name, report.dropped)
+    if len(repaired) == 0:
+        raise LabelError(f"{name}: no usable label polygons are left after repair; check "
+                         "the geometries in your GIS")
+    return repaired[["class", "geometry"]]
+
+
+def _point_sizes(points: gpd.GeoDataFrame, name: str, point_size: float | None,
+                 size_field: str) -> np.ndarray:
+    """Side in metres for each point: its ``size_field`` value, else ``point_size``."""
+    sizes = np.full(len(points), np.nan if point_size is None else float(point_size))
+    if size_field in points.columns:
+        given = pd.to_numeric(points[size_field], errors="coerce").to_numpy(dtype=float)
+        sizes = np.where(np.isfinite(given) & (given > 0), given, sizes)
+    if not (np.isfinite(sizes) & (sizes > 0)).all():
+        raise LabelError(
+            f"{name}: point labels need a size; add a {size_field!r} attribute in metres "
+            "or pass --point-size METRES"
+        )
+    return sizes
+
+
+def _point_squares(points: gpd.GeoDataFrame, sizes: np.ndarray) -> np.ndarray:
+    """Squares of side ``sizes`` metres around each point, in the points' CRS.
+
+    The squares are drawn in a metric CRS (the layer's own when it is projected in
+    metres, else the local UTM zone) and reprojected back, so a size means metres on the
+    ground whatever the layer's CRS.
+    """
+    crs = CRS.from_user_input(points.crs)
+    metric = crs.is_projected and crs.axis_info[0].unit_name in ("metre", "meter")
+    work = points if metric else points.to_crs(points.estimate_utm_crs())
+    centres = shapely.centroid(np.asarray(work.geometry.to_numpy(), dtype=object))
+    x, y = shapely.get_x(centres), shapely.get_y(centres)
+    half = sizes / 2.0
+    squares = shapely.box(x - half, y - half, x + half, y + half)
+    if metric:
+        return squares
+    return gpd.GeoSeries(squares, crs=work.crs, index=points.index).to_crs(crs).to_numpy()
+
+
+def class_names(labels: gpd.GeoDataFrame) -> list[str]:
+    """The sorted class list of a label layer read by :func:`read_labels`."""
+    return sorted(set(labels["class"].astype(str)))
+
+
+def map_to_pixel_boxes(geoms: np.ndarray, transform: Affine) -> np.ndarray:
+    """Envelopes, in pixel space of ``transform``, of polygons in its map coordinates.
+
+    Args:
+        geoms: array [N] of shapely geometries in the grid's CRS.
+        transform: the grid's affine (pixel edge -> map).
+
+    Returns:
+        float64 [N, 4] ``xyxy`` pixel-edge boxes (NaN for empty geometries).
+    """
+    boxes = np.full((len(geoms), 4), np.nan)
+    if len(geoms) == 0:
+        return boxes
+    coords, owner = shapely.get_coordinates(geoms, return_index=True)
+    inverse = ~transform
+    px = inverse.a * coords[:, 0] + inverse.b * coords[:, 1] + inverse.c
+    py = inverse.d * coords[:, 0] + inverse.e * coords[:, 1] + inverse.f
+    for column, values, reduce in ((0, px, np.fmin), (1, py, np.fmin),
+                                   (2, px, np.fmax), (3, py, np.fmax)):
+        init = np.inf if reduce is np.fmin else -np.inf
+        out = np.full(len(geoms), init)
+        reduce.at(out, owner, values)
+        boxes[:, column] = np.where(np.isfinite(out), out, np.nan)
+    return boxes
+
+
+def labels_on_grids(labels: gpd.GeoDataFrame, grids: Sequence[MosaicGrid],
+                    classes: Sequence[str]) -> list[GridLabels]:
+    """Pixel boxes of the labels on each mosaic grid (reprojected to each grid's CRS).
+
+    A label counts on a grid when its box overlaps the grid's extent with positive area;
+    labels on no grid at all are counted in one warning.
+
+    Raises:
+        LabelError: no label overlaps any of the rasters.
+    """
+    name = layer_name(labels)
+    index = {c: i for i, c in enumerate(classes)}
+    class_ids = np.array([index[c] for c in labels["class"].astype(str)], dtype=np.int64)
+    placed = np.zeros(len(labels), dtype=bool)
+    out = []
+    for grid in grids:
+        if grid.crs is None:
+            raise LabelError(f"{grid.paths[0]}: raster has no CRS, so map labels cannot be "
+                             "placed on it; assign one to the raster")
+        local = to_crs_checked(labels, grid.crs)
+        boxes = map_to_pixel_boxes(np.asarray(local.geometry.to_numpy(), dtype=object),
+                                   grid.transform)
+        on_grid = (np.isfinite(boxes).all(axis=1)
+                   & (np.minimum(boxes[:, 2], grid.width) - np.maximum(boxes[:, 0], 0) > 0)
+                   & (np.minimum(boxes[:, 3], grid.height) - np.maximum(boxes[:, 1], 0) > 0))
+        placed |= on_grid
+        out.append(GridLabels(grid, boxes[on_grid], class_ids[on_grid]))
+    outside = int((~placed).sum())
+    if not placed.any():
+        raise LabelError(
+            f"{name}: none of its {len(labels)} labels overlaps the input raster(s); check "
+            "that labels and imagery cover the same area and that both CRSs are right"
+        )
+    if outside:
+        log.warning("%s: %d of %d labels lie outside every input raster and are ignored",
+                    name, outside, len(labels))
+    return out
+
+
+# --- chip folders -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChipLabels:
+    """One labelled chip image from a VOC folder or a COCO file.
+
+    Attributes:
+        image: the image file.
+        boxes: float64 [N, 4], ``xyxy`` pixel-edge coordinates of the image.
+        classes: class name of each box.
+    """
+
+    image: Path
+    boxes: np.ndarray
+    classes: tuple[str, ...]
+
+
+def read_voc_folder(folder: str | os.PathLike[str]) -> list[ChipLabels]:
+    """Read a PASCAL VOC chip folder as ArcGIS "Export Training Data For Deep Learning"
+    writes it: ``images/`` (tif, png, jpg) next to ``labels/*.xml``, matched by file stem.
+
+    Box coordinates are read as pixel-edge coordinates, as ArcGIS writes them (0-based,
+    possibly fractional). Classic VOC files use 1-based pixel indices instead; for those
+    every box is off by one pixel up-left, which training tolerates but is worth knowing.
+    Images without an XML file are negative chips; XML files without an image are skipped
+    with a warning.
+
+    Raises:
+        InputError: ``folder`` has no ``images/`` or ``labels/`` sub-folder, or no images.
+        LabelError: an XML file cannot be parsed or a box is malformed.
+    """
+    folder = Path(folder)
+    images_dir, labels_dir = folder / "images", folder / "labels"
+    if not images_dir.is_dir() or not labels_dir.is_dir():
+        raise InputError(f"{folder}: not a VOC chip folder; it needs images/ and labels/ "
+                         "sub-folders (ArcGIS 'Export Training Data', PASCAL_VOC_rectangles)")
+    images = {p.stem: p for p in sorted(images_dir.iterdir())
+              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    if not images:
+        raise InputError(f"{images_dir}: holds no chip images ({', '.join(IMAGE_SUFFIXES)})")
+    xmls = {p.stem: p for p in sorted(labels_dir.glob("*.xml"))}
+    orphans = sorted(set(xmls) - set(images))
+    if orphans:
+        log.warning("%s: %d label file(s) without a matching image ignored (e.g. %s.xml)",
+                    labels_dir, len(orphans), orphans[0])
+    chips = []
+    for stem, image in images.items():
+        if stem in xmls:
+            boxes, classes = _parse_voc(xmls[stem])
+        else:
+            boxes, classes = np.zeros((0, 4)), ()
+        chips.append(ChipLabels(image, boxes, classes))
+    return chips
+
+
+def _parse_voc(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise LabelError(f"{path}: not a readable VOC XML file ({exc})") from None
+    boxes, classes = [], []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        bnd = obj.find("bndbox")
+        try:
+            if not name or bnd is None:
+                raise ValueError
+            box = [float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+        except (TypeError, ValueError):
+            raise LabelError(f"{path}: an <object> lacks a <name> or a numeric <bndbox> "
+                             "(xmin, ymin, xmax, ymax)") from None
+        boxes.append(box)
+        classes.append(name)
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), tuple(classes)
+
+
+def read_coco(path: str | os.PathLike[str], *,
+              image_root: str | os.PathLike[str] | None = None) -> list[ChipLabels]:
+    """Read a COCO detection file (``images``, ``annotations`` with ``bbox`` [x, y, w, h]
+    in pixel-edge coordinates, ``categories``).
+
+    Image ``file_name`` values are resolved against ``image_root`` (default: the JSON's
+    folder, then its ``images/`` sub-folder). Images without annotations are negatives.
+
+    Raises:
+        InputError: the file is missing or an image file cannot be found.
+        LabelError: the JSON is not a COCO detection file.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file; check the path") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LabelError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+        raise LabelError(f"{path}: not a COCO detection file (needs 'images', 'annotations' "
+                         "and 'categories' lists)")
+    roots = [Path(image_root)] if image_root else [path.parent, path.parent / "images"]
+    try:
+        names = {c["id"]: str(c["name"]) for c in data["categories"]}
+        files = {im["id"]: str(im["file_name"]) for im in data["images"]}
+        per_image: dict = {i: ([], []) for i in files}
+        for ann in data["annotations"]:
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            boxes, classes = per_image[ann["image_id"]]
+            boxes.append([x, y, x + w, y + h])
+            classes.append(names[ann["category_id"]])
+    except (KeyError, TypeError, ValueError):
+        raise LabelError(f"{path}: malformed COCO content (every image needs id and "
+                         "file_name, every annotation image_id, category_id and a 4-number "
+                         "bbox that refer to listed images and categories)") from None
+    chips = []
+    for image_id, file_name in files.items():
+        image = next((r / file_name for r in roots if (r / file_name).is_file()), None)
+        if image is None:
+            raise InputError(f"{path}: image {file_name!r} not found under "
+                             f"{' or '.join(str(r) for r in roots)}; pass the image folder")
+        boxes, classes = per_image[image_id]
+        chips.append(ChipLabels(image, np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+                                tuple(classes)))
+    return chips
+
+
+def chip_grid_of(image: str | os.PathLike[str]) -> MosaicGrid:
+    """A one-file mosaic grid over a chip image (georeferenced or not)."""
+    info = scene_info(image, allow_no_crs=True)
+    return MosaicGrid(info.crs, info.transform, info.width, info.height,
+                      [Member(info, 0, 0)], bands=list(info.data_bands))
+
+
+def chips_on_grids(chips: Sequence[ChipLabels], classes: Sequence[str]) -> list[GridLabels]:
+    """Each chip image as its own grid with its boxes (class names mapped to indices)."""
+    index = {c: i for i, c in enumerate(classes)}
+    out = []
+    for chip in chips:
+        boxes = np.asarray(chip.boxes, dtype=np.float64).reshape(-1, 4)
+        bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (
+            boxes[:, 3] <= boxes[:, 1])
+        if bad.any():
+            log.warning("%s: %d empty or inverted box(es) ignored", chip.image, int(bad.sum()))
+        ids = np.array([index[c] for c in chip.classes], dtype=np.int64)
+        out.append(GridLabels(chip_grid_of(chip.image), boxes[~bad], ids[~bad]))
+    if not any(len(g) for g in out):
+        raise LabelError("the chip folder holds no labelled objects; export chips with labels")
+    return out
+
+
+def chip_class_names(chips: Sequence[ChipLabels]) -> list[str]:
+    """Sorted class names used by a list of labelled chips."""
+    return sorted({c for chip in chips for c in chip.classes})
+
+
+def largest_side(boxes: np.ndarray) -> float:
+    """Longest box side in pixels (0 for no boxes)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(boxes) == 0:
+        return 0.0
+    return float(max(np.max(boxes[:, 2] - boxes[:, 0]), np.max(boxes[:, 3] - boxes[:, 1])))
+
+
+__all__ = [
+    "ChipLabels",
+    "GridLabels",
+    "chip_class_names",
+    "chip_grid_of",
+    "chips_on_grids",
+    "class_names",
+    "labels_on_grids",
+    "largest_side",
+    "map_to_pixel_boxes",
+    "read_coco",
+    "read_labels",
+    "read_voc_folder",
+]

@@ -1,0 +1,613 @@
+"""Training chips: labelled grids, split into training and validation *areas*, sampled as
+chips around objects (plus object-free negatives), normalised and augmented.
+
+Sampling rules (one place for them, used by both parts):
+
+- Every labelled object that a chip can hold anchors one positive item per epoch. Its
+  chip is placed at a random offset that holds the whole object, so objects appear at
+  varied positions; every other object in the chip is part of the target too.
+- An object cut by the chip edge stays a target, clipped to the chip, when at least
+  ``min_visible`` of its area is inside (and inside the raster); otherwise it is simply
+  dropped from the targets (RetinaNet has no "ignore" label, and a detection chip grid
+  overlaps enough that every object is seen whole by some chip).
+- Negative items (no object inside) come at ``negative_ratio`` per positive; chips
+  with less than ``min_valid`` of real data are redrawn.
+- Validation is *by area*: each grid is cut into square blocks, some of which are
+  validation blocks; a chip belongs to a part only if every block it touches does, so
+  no validation chip overlaps a training chip.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from geodetect.errors import InputError, LabelError, RasterError
+from geodetect.io.labels import (
+    GridLabels,
+    chip_class_names,
+    chips_on_grids,
+    class_names,
+    labels_on_grids,
+    largest_side,
+    read_coco,
+    read_labels,
+    read_voc_folder,
+)
+from geodetect.io.raster import GridReader, MosaicGrid, open_mosaics
+from geodetect.train.augment import NO_AUGMENTATION, Augmentation, resize
+
+log = logging.getLogger(__name__)
+
+TRAIN, VAL, EXCLUDED = 0, 1, 2
+_BLOCKS_PER_GRID = 16  # aim: a 4 x 4 checkerboard of candidate validation blocks
+_PLACE_TRIES = 50
+
+
+@dataclass(frozen=True)
+class SplitMap:
+    """Which area of one grid belongs to which part.
+
+    Attributes:
+        block: side of a square block in grid pixels.
+        parts: int8 [rows, cols] of blocks: ``TRAIN`` (0), ``VAL`` (1) or ``EXCLUDED`` (2).
+    """
+
+    block: int
+    parts: np.ndarray
+
+    def part_of(self, row_off: int, col_off: int, size: int) -> int | None:
+        """The part a ``size``-pixel window lies wholly in, or None when it straddles."""
+        rows, cols = self.parts.shape
+        r0 = min(max(row_off // self.block, 0), rows - 1)
+        r1 = min(max((row_off + size - 1) // self.block, 0), rows - 1)
+        c0 = min(max(col_off // self.block, 0), cols - 1)
+        c1 = min(max((col_off + size - 1) // self.block, 0), cols - 1)
+        touched = self.parts[r0:r1 + 1, c0:c1 + 1]
+        first = int(touched.flat[0])
+        return first if (touched == first).all() and first != EXCLUDED else None
+
+    def area(self, part: int, height: int, width: int) -> float:
+        """Pixels of the grid in ``part``."""
+        rows, cols = self.parts.shape
+        heights = np.minimum(self.block, height - np.arange(rows) * self.block)
+        widths = np.minimum(self.block, width - np.arange(cols) * self.block)
+        return float((np.outer(heights, widths) * (self.parts == part)).sum())
+
+
+def plan_split(labelled: Sequence[GridLabels], *, val_fraction: float, chip_size: int,
+               seed: int = 0, ordered: bool = False) -> list[SplitMap]:
+    """Choose the validation area.
+
+    Scenes (``ordered=False``) are cut into square blocks of at least two chips a side
+    (about 16 per grid); among 32 seeded random choices of blocks covering
+    ``val_fraction`` of the area, the one whose share of objects is closest to
+    ``val_fraction`` wins (both parts must hold objects). Chip folders (``ordered=True``,
+    each grid one chip image) give their last ``val_fraction`` of chips, in file order,
+    to validation: exported chips are numbered row by row, so the tail is one area;
+    georeferenced training chips that overlap a validation chip are excluded.
+
+    Returns one :class:`SplitMap` per grid; all-``TRAIN`` maps when no split is
+    possible (``val_fraction`` 0 or too little area), which is logged.
+    """
+    if ordered:
+        return _split_ordered(labelled, val_fraction)
+    maps = []
+    for gl in labelled:
+        g = gl.grid
+        block = max(2 * chip_size, math.ceil(math.sqrt(g.height * g.width / _BLOCKS_PER_GRID)))
+        shape = (math.ceil(g.height / block), math.ceil(g.width / block))
+        maps.append(SplitMap(block, np.zeros(shape, dtype=np.int8)))
+    if val_fraction <= 0:
+        return maps
+    # Candidate blocks across all grids: (grid, row, col, area, objects).
+    cells = []
+    for gi, (gl, split) in enumerate(zip(labelled, maps, strict=True)):
+        centres = (gl.boxes[:, :2] + gl.boxes[:, 2:]) / 2
+        obj_r = np.clip((centres[:, 1] // split.block).astype(int), 0, split.parts.shape[0] - 1)
+        obj_c = np.clip((centres[:, 0] // split.block).astype(int), 0, split.parts.shape[1] - 1)
+        for r in range(split.parts.shape[0]):
+            for c in range(split.parts.shape[1]):
+                h = min(split.block, gl.grid.height - r * split.block)
+                w = min(split.block, gl.grid.width - c * split.block)
+                cells.append((gi, r, c, h * w, int(((obj_r == r) & (obj_c == c)).sum())))
+    total_area = sum(c[3] for c in cells)
+    total_objects = sum(c[4] for c in cells)
+    if len(cells) < 2 or total_objects < 2:
+        log.warning("the labelled area is too small to set aside a validation area; "
+                    "training without validation (the last epoch's model is kept)")
+        return maps
+    rng = np.random.default_rng([seed, 7])
+    best, best_score = None, math.inf
+    for _ in range(32):
+        chosen, area = [], 0.0
+        for i in rng.permutation(len(cells)):
+            if area >= val_fraction * total_area or len(chosen) == len(cells) - 1:
+                break
+            chosen.append(i)
+            area += cells[i][3]
+        val_objects = sum(cells[i][4] for i in chosen)
+        if not 0 < val_objects < total_objects:
+            continue
+        score = abs(val_objects / total_objects - val_fraction)
+        if score < best_score:
+            best, best_score = chosen, score
+    if best is None:
+        log.warning("no block split puts objects in both training and validation areas; "
+                    "training without validation (the last epoch's model is kept)")
+        return maps
+    for i in best:
+        gi, r, c = cells[i][:3]
+        maps[gi].parts[r, c] = VAL
+    return maps
+
+
+def _split_ordered(labelled: Sequence[GridLabels], val_fraction: float) -> list[SplitMap]:
+    maps = [SplitMap(max(g.grid.height, g.grid.width, 1), np.zeros((1, 1), dtype=np.int8))
+            for g in labelled]
+    n_val = math.ceil(val_fraction * len(labelled)) if val_fraction > 0 else 0
+    if n_val == 0 or n_val >= len(labelled):
+        if val_fraction > 0:
+            log.warning("too few chips to set aside validation chips; training without "
+                        "validation (the last epoch's model is kept)")
+        return maps
+    val_ids = range(len(labelled) - n_val, len(labelled))
+    for i in val_ids:
+        maps[i].parts[0, 0] = VAL
+    georeferenced = [g.grid.crs is not None for g in labelled]
+    if all(georeferenced):
+        val_boxes = [(labelled[i].grid.crs, _footprint(labelled[i].grid)) for i in val_ids]
+        for i in range(len(labelled) - n_val):
+            box = _footprint(labelled[i].grid)
+            if any(crs == labelled[i].grid.crs and _overlaps(box, vb) for crs, vb in val_boxes):
+                maps[i].parts[0, 0] = EXCLUDED
+    return maps
+
+
+def _footprint(grid: MosaicGrid) -> tuple[float, float, float, float]:
+    xs, ys = zip(*(grid.transform @ (x, y) for x in (0, grid.width) for y in (0, grid.height)),
+                 strict=True)
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _overlaps(a, b) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+# --- placing windows -----------------------------------------------------------------
+
+
+def _offset_range(length: int, size: int) -> tuple[int, int]:
+    """Window offsets that keep a window inside an axis (or cover it, when shorter)."""
+    return min(0, length - size), max(0, length - size)
+
+
+def _place_object(rng: np.random.Generator, box: np.ndarray, grid: MosaicGrid,
+                  split: SplitMap, part: int, size: int) -> tuple[int, int] | None:
+    """A random window (row_off, col_off) that holds ``box`` whole and lies in ``part``."""
+    lo_c, hi_c = _offset_range(grid.width, size)
+    lo_r, hi_r = _offset_range(grid.height, size)
+    x1, y1, x2, y2 = box
+    c_lo, c_hi = max(lo_c, math.ceil(x2) - size), min(hi_c, math.floor(x1))
+    r_lo, r_hi = max(lo_r, math.ceil(y2) - size), min(hi_r, math.floor(y1))
+    if c_lo > c_hi or r_lo > r_hi:  # larger than a chip, or off the grid: centre it
+        col = int(np.clip(round((x1 + x2 - size) / 2), lo_c, hi_c))
+        row = int(np.clip(round((y1 + y2 - size) / 2), lo_r, hi_r))
+        return (row, col) if split.part_of(row, col, size) == part else None
+    for _ in range(_PLACE_TRIES):
+        row = int(rng.integers(r_lo, r_hi + 1))
+        col = int(rng.integers(c_lo, c_hi + 1))
+        if split.part_of(row, col, size) == part:
+            return row, col
+    return None
+
+
+def _place_negative(rng: np.random.Generator, gl: GridLabels, split: SplitMap, part: int,
+                    size: int) -> tuple[int, int] | None:
+    """A random window in ``part`` that no labelled object touches."""
+    lo_c, hi_c = _offset_range(gl.grid.width, size)
+    lo_r, hi_r = _offset_range(gl.grid.height, size)
+    for _ in range(_PLACE_TRIES):
+        row = int(rng.integers(lo_r, hi_r + 1))
+        col = int(rng.integers(lo_c, hi_c + 1))
+        if split.part_of(row, col, size) != part:
+            continue
+        b = gl.boxes
+        touches = ((b[:, 0] < col + size) & (b[:, 2] > col)
+                   & (b[:, 1] < row + size) & (b[:, 3] > row))
+        if not touches.any():
+            return row, col
+    return None
+
+
+def chip_targets(gl: GridLabels, row_off: int, col_off: int, size: int, *,
+                 min_visible: float) -> tuple[np.ndarray, np.ndarray]:
+    """Targets of one window: boxes (float64 [K, 4], chip pixel-edge ``xyxy``, clipped to
+    the chip and the raster) and class indices (int64 [K]) of the objects whose visible
+    part is at least ``min_visible`` of their area."""
+    boxes = gl.boxes - np.array([col_off, row_off, col_off, row_off], dtype=np.float64)
+    full = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    x_hi = min(size, gl.grid.width - col_off)
+    y_hi = min(size, gl.grid.height - row_off)
+    x_lo, y_lo = max(0, -col_off), max(0, -row_off)
+    clipped = np.column_stack([
+        boxes[:, 0].clip(x_lo, x_hi), boxes[:, 1].clip(y_lo, y_hi),
+        boxes[:, 2].clip(x_lo, x_hi), boxes[:, 3].clip(y_lo, y_hi),
+    ])
+    w = clipped[:, 2] - clipped[:, 0]
+    h = clipped[:, 3] - clipped[:, 1]
+    keep = (w > 0) & (h > 0) & (w * h >= min_visible * np.maximum(full, 1e-12))
+    return clipped[keep], gl.classes[keep]
+
+
+@dataclass(frozen=True)
+class ChipItem:
+    """One item of a chip set: its grid, its anchor object (-1: a negative) and a
+    window found at planning time (used as is for validation, as a fallback in training)."""
+
+    grid_index: int
+    anchor: int
+    row_off: int
+    col_off: int
+
+
+class ChipSet(Dataset):
+    """Positive and negative chips of one part (training or validation) of labelled grids.
+
+    Item: ``(image, target)`` with ``image`` FloatTensor[C, S, S] normalised as
+    ``(raw - band_mean) / band_std`` (raw nodata pixels are 0, exactly as detection
+    reads them) and ``target`` a dict of ``boxes`` FloatTensor[K, 4] (``xyxy`` chip
+    pixel-edge, 0 <= x1 < x2 <= S) and ``labels`` Int64Tensor[K].
+
+    Training sets (``fixed=False``) draw new windows, scales and augmentations each
+    epoch (see :meth:`set_epoch`) from a generator seeded by (seed, epoch, index), so a
+    run is reproducible whatever the number of loader workers. Fixed sets read the
+    planned windows, unaugmented, and cache them.
+    """
+
+    def __init__(self, labelled: Sequence[GridLabels], splits: Sequence[SplitMap], part: int,
+                 *, chip_size: int, negative_ratio: float = 1 / 3, min_visible: float = 0.5,
+                 min_valid: float = 0.1, augmentation: Augmentation = NO_AUGMENTATION,
+                 fixed: bool = False, seed: int = 0, max_items: int | None = None) -> None:
+        self.labelled = list(labelled)
+        self.splits = list(splits)
+        self.part = part
+        self.chip_size = chip_size
+        self.min_visible = min_visible
+        self.min_valid = min_valid
+        self.augmentation = NO_AUGMENTATION if fixed else augmentation
+        self.fixed = fixed
+        self.seed = seed
+        self.epoch = 0
+        self.band_mean = np.zeros(self.labelled[0].grid.count, dtype=np.float32)
+        self.band_std = np.ones(self.labelled[0].grid.count, dtype=np.float32)
+        self.readers = [GridReader(gl.grid) for gl in self.labelled]
+        self._cache: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}
+        self.items = self._plan(negative_ratio, max_items)
+
+    def _plan(self, negative_ratio: float, max_items: int | None) -> list[ChipItem]:
+        rng = np.random.default_rng([self.seed, self.part, 11])
+        positives = []
+        for gi, (gl, split) in enumerate(zip(self.labelled, self.splits, strict=True)):
+            for oi in range(len(gl)):
+                place = _place_object(rng, gl.boxes[oi], gl.grid, split, self.part,
+                                      self.chip_size)
+                if place is not None:
+                    positives.append(ChipItem(gi, oi, *place))
+        areas = np.array([s.area(self.part, gl.grid.height, gl.grid.width)
+                          for gl, s in zip(self.labelled, self.splits, strict=True)])
+        negatives = []
+        if areas.sum() > 0:
+            for _ in range(round(len(positives) * negative_ratio)):
+                gi = int(rng.choice(len(areas), p=areas / areas.sum()))
+                place = _place_negative(rng, self.labelled[gi], self.splits[gi], self.part,
+                                        self.chip_size)
+                if place is not None:
+                    negatives.append(ChipItem(gi, -1, *place))
+        items = positives + negatives
+        if max_items is not None and len(items) > max_items:
+            keep = np.sort(rng.choice(len(items), size=max_items, replace=False))
+            items = [items[i] for i in keep]
+        return items
+
+    @property
+    def num_positive(self) -> int:
+        return sum(1 for item in self.items if item.anchor >= 0)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw other windows and augmentations from now on (training sets only)."""
+        self.epoch = epoch
+
+    def set_normalisation(self, band_mean: Sequence[float], band_std: Sequence[float]) -> None:
+        self.band_mean = np.asarray(band_mean, dtype=np.float32)
+        self.band_std = np.asarray(band_std, dtype=np.float32)
+        self._cache.clear()
+
+    def window(self, index: int, rng: np.random.Generator | None = None
+               ) -> tuple[int, int, int, int]:
+        """(grid index, row_off, col_off, window size) of item ``index``; a new random
+        window when ``rng`` is given, else the planned one."""
+        item = self.items[index]
+        if rng is None:
+            return item.grid_index, item.row_off, item.col_off, self.chip_size
+        scale = self.augmentation.scale
+        size = self.chip_size
+        if scale:
+            size = round(self.chip_size / rng.uniform(1 - scale, 1 + scale))
+        gl, split = self.labelled[item.grid_index], self.splits[item.grid_index]
+        if item.anchor >= 0:
+            place = _place_object(rng, gl.boxes[item.anchor], gl.grid, split, self.part, size)
+        else:
+            place = _place_negative(rng, gl, split, self.part, size)
+        if place is None:
+            return item.grid_index, item.row_off, item.col_off, self.chip_size
+        return item.grid_index, place[0], place[1], size
+
+    def read_raw(self, grid_index: int, row_off: int, col_off: int, size: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw data [C, size, size] and validity [size, size] of a window."""
+        return self.readers[grid_index].read(row_off, col_off, size, size)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.fixed:
+            if index not in self._cache:
+                self._cache[index] = self._load(index, None)
+            return self._cache[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index, 3])
+        return self._load(index, rng)
+
+    def _load(self, index: int, rng: np.random.Generator | None
+              ) -> tuple[Tensor, dict[str, Tensor]]:
+        negative = self.items[index].anchor < 0
+        for attempt in range(5):
+            gi, row, col, size = self.window(index, rng)
+            data, valid = self.read_raw(gi, row, col, size)
+            if not negative or rng is None or valid.mean() >= self.min_valid or attempt == 4:
+                break
+        boxes, labels = chip_targets(self.labelled[gi], row, col, size,
+                                     min_visible=self.min_visible)
+        image = torch.from_numpy(
+            (data.astype(np.float32) - self.band_mean[:, None, None]) / self.band_std[:, None, None]
+        )
+        box_t = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        image, box_t = resize(image, box_t, self.chip_size)
+        if rng is not None:
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            image, box_t = self.augmentation(image, box_t, generator)
+        labels_t = torch.as_tensor(labels, dtype=torch.int64)
+        big_enough = ((box_t[:, 2] - box_t[:, 0]) >= 1) & ((box_t[:, 3] - box_t[:, 1]) >= 1)
+        return image, {"boxes": box_t[big_enough], "labels": labels_t[big_enough]}
+
+
+def collate_chips(items: Sequence[tuple[Tensor, dict[str, Tensor]]]
+                  ) -> tuple[Tensor, list[dict[str, Tensor]]]:
+    """Stack images to [N, C, S, S]; targets stay a list of dicts."""
+    images, targets = zip(*items, strict=True)
+    return torch.stack(images), list(targets)
+
+
+def band_statistics(chips: ChipSet, *, max_chips: int = 64) -> tuple[list[float], list[float]]:
+    """Per-band mean and std (raw units) of the valid pixels of up to ``max_chips``
+    planned chips, spread evenly over the set.
+
+    Raises:
+        RasterError: the sampled chips hold no valid pixel.
+    """
+    count = chips.labelled[0].grid.count
+    sums, squares, n = np.zeros(count), np.zeros(count), 0
+    picks = np.unique(np.linspace(0, len(chips) - 1, min(max_chips, len(chips))).astype(int))
+    for index in picks:
+        gi, row, col, size = chips.window(int(index))
+        data, valid = chips.read_raw(gi, row, col, size)
+        pixels = data[:, valid].astype(np.float64)
+        sums += pixels.sum(axis=1)
+        squares += (pixels**2).sum(axis=1)
+        n += pixels.shape[1]
+    if n == 0:
+        raise RasterError(f"{chips.labelled[0].grid.paths[0]}: the training chips hold no "
+                          "valid pixels (all nodata); check the raster's nodata setting")
+    mean = sums / n
+    std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+    return mean.tolist(), np.where(std > 1e-6, std, 1.0).tolist()
+
+
+# --- from files to a training set ----------------------------------------------------
+
+
+@dataclass
+class LabelledData:
+    """Labelled grids ready for sampling, and what they say about the imagery.
+
+    Attributes:
+        grids: one :class:`GridLabels` per mosaic grid (or chip image).
+        classes: sorted class names; label indices point into this list.
+        ordered: True for chip folders (split by file order, see :func:`plan_split`).
+        source: short description for logs and the model's training record.
+    """
+
+    grids: list[GridLabels]
+    classes: list[str]
+    ordered: bool = False
+    source: dict = field(default_factory=dict)
+
+    @property
+    def num_objects(self) -> int:
+        return sum(len(g) for g in self.grids)
+
+    @property
+    def input_dtype(self) -> str:
+        return self.grids[0].grid.dtype
+
+    @property
+    def num_bands(self) -> int:
+        return self.grids[0].grid.count
+
+    @property
+    def max_object_px(self) -> float:
+        return max(largest_side(g.boxes) for g in self.grids)
+
+    def gsd(self) -> float | None:
+        """Median pixel size in metres over grids in a metric CRS; None without one."""
+        sizes = [g.grid.gsd for g in self.grids
+                 if g.grid.crs is not None and g.grid.crs.is_projected
+                 and (g.grid.crs.linear_units or "").lower() in ("metre", "meter", "m")]
+        if not sizes:
+            return None
+        median = float(np.median(sizes))
+        if max(sizes) > 1.1 * min(sizes):
+            log.warning("training rasters have different pixel sizes (%.3g-%.3g m); the "
+                        "model records the median, %.3g m", min(sizes), max(sizes), median)
+        return median
+
+    def band_names(self) -> list[str]:
+        """Band names from the first raster's colour interpretation (``band<i>`` when
+        unknown)."""
+        grid = self.grids[0].grid
+        names = []
+        with rasterio.open(grid.paths[0]) as ds:
+            for band in grid.bands:
+                interp = ds.colorinterp[band - 1].name
+                names.append(interp if interp not in ("undefined", "gray", "grey")
+                             else (ds.descriptions[band - 1] or f"band{band}"))
+        return names if len(set(names)) == len(names) else [f"band{b}" for b in grid.bands]
+
+
+def load_labelled(
+    images: Sequence[str | os.PathLike[str]] | None = None,
+    labels: str | os.PathLike[str] | None = None,
+    *,
+    voc: str | os.PathLike[str] | None = None,
+    coco: str | os.PathLike[str] | None = None,
+    layer: str | int | None = None,
+    class_field: str | None = None,
+    point_size: float | None = None,
+) -> LabelledData:
+    """Read training labels from exactly one source: rasters + a label layer, a VOC
+    chip folder, or a COCO JSON file; check that all imagery has one band layout.
+
+    Raises:
+        InputError: no source, several sources, or missing files.
+        LabelError: unusable labels (see :func:`geodetect.io.labels.read_labels`).
+        RasterError: rasters that differ in band count or data type.
+    """
+    sources = sum(x is not None for x in (labels, voc, coco))
+    if sources != 1:
+        raise InputError("give training labels in one way: IMAGE... with --labels, or "
+                         "--voc DIR, or --coco JSON")
+    if labels is not None:
+        if not images:
+            raise InputError("--labels needs at least one IMAGE to train on")
+        gdf = read_labels(labels, layer=layer, class_field=class_field, point_size=point_size)
+        classes = class_names(gdf)
+        grids = open_mosaics(images)
+        labelled = LabelledData(labels_on_grids(gdf, grids, classes), classes,
+                                source={"labels": str(labels),
+                                        "images": [str(p) for g in grids for p in g.paths]})
+    else:
+        if images:
+            raise InputError("IMAGE arguments cannot be combined with --voc or --coco; the "
+                             "chips are the images")
+        chips = read_voc_folder(voc) if voc is not None else read_coco(coco)
+        classes = chip_class_names(chips)
+        if not classes:
+            raise LabelError(f"{voc or coco}: holds no labelled objects; export chips with "
+                             "labels")
+        labelled = LabelledData(chips_on_grids(chips, classes), classes, ordered=True,
+                                source={"voc" if voc is not None else "coco":
+                                        str(Path(voc or coco))})
+    _check_layout(labelled)
+    return labelled
+
+
+def _check_layout(labelled: LabelledData) -> None:
+    first = labelled.grids[0].grid
+    for gl in labelled.grids[1:]:
+        g = gl.grid
+        if g.count != first.count or g.dtype != first.dtype:
+            raise RasterError(
+                f"{g.paths[0]}: has {g.count} band(s) of {g.dtype} but {first.paths[0]} has "
+                f"{first.count} of {first.dtype}; train on imagery of one band layout"
+            )
+
+
+@dataclass
+class TrainingData:
+    """Everything the training loop needs: the two chip sets and the input contract."""
+
+    train: ChipSet
+    val: ChipSet | None
+    labelled: LabelledData
+    band_mean: list[float]
+    band_std: list[float]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.labelled.classes
+
+
+def prepare_training_data(
+    labelled: LabelledData,
+    *,
+    chip_size: int,
+    val_fraction: float = 0.2,
+    augmentation: Augmentation | None = None,
+    negative_ratio: float = 1 / 3,
+    min_visible: float = 0.5,
+    max_val_chips: int = 400,
+    band_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+    seed: int = 0,
+) -> TrainingData:
+    """Split by area, plan the chip sets and measure band statistics.
+
+    Args:
+        band_stats: (mean, std) to use instead of measuring them (e.g. when resuming a
+            model, whose inputs must keep their scaling).
+
+    Raises:
+        LabelError: no object can be placed in a training chip.
+    """
+    augmentation = Augmentation() if augmentation is None else augmentation
+    splits = plan_split(labelled.grids, val_fraction=val_fraction, chip_size=chip_size,
+                        seed=seed, ordered=labelled.ordered)
+    common = dict(chip_size=chip_size, negative_ratio=negative_ratio, min_visible=min_visible,
+                  seed=seed)
+    train = ChipSet(labelled.grids, splits, TRAIN, augmentation=augmentation, **common)
+    if train.num_positive == 0:
+        raise LabelError("no labelled object fits in a training chip; use a larger "
+                         "--chip-size or a smaller --val-fraction")
+    has_val = any((s.parts == VAL).any() for s in splits)
+    val = ChipSet(labelled.grids, splits, VAL, fixed=True, max_items=max_val_chips,
+                  **common) if has_val else None
+    if val is not None and val.num_positive == 0:
+        log.warning("no validation chip holds an object; training without validation")
+        val = None
+    if band_stats is None:
+        band_mean, band_std = band_statistics(train)
+    else:
+        band_mean, band_std = [float(v) for v in band_stats[0]], [float(v) for v in band_stats[1]]
+    for chips in (train, val):
+        if chips is not None:
+            chips.set_normalisation(band_mean, band_std)
+    larger = sum(int((np.maximum(g.boxes[:, 2] - g.boxes[:, 0], g.boxes[:, 3] - g.boxes[:, 1])
+                      > chip_size).sum()) for g in labelled.grids)
+    if larger:
+        log.warning("%d object(s) are larger than a %d-pixel chip and are mostly cut; use a "
+                    "larger --chip-size", larger, chip_size)
+    log.info("training chips: %d with objects + %d without; validation chips: %s "
+             "(%d objects, classes: %s)", train.num_positive, len(train) - train.num_positive,
+             "none" if val is None else f"{val.num_positive} + {len(val) - val.num_positive}",
+             labelled.num_objects, ", ".join(labelled.classes))
+    return TrainingData(train, val, labelled, band_mean, band_std)

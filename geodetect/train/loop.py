@@ -1,0 +1,636 @@
+"""The training loop and the `train` pipeline: AdamW under a one-cycle learning rate
+that fits an epoch count or a wall-clock budget, validation mAP, the best weights kept,
+early stopping, and one model file at the end.
+
+The schedule has OneCycleLR's shape (cosine warm-up to ``lr``, cosine decay to
+``lr / 1000``) but is driven by *progress*, the larger of steps done / steps planned
+and time spent / time allowed, so a budgeted run always finishes its decay, validates
+and saves before the deadline, whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.ops import box_iou
+from tqdm.auto import tqdm
+
+from geodetect.errors import GeodetectError, InputError, LabelError, OutputError
+from geodetect.model import (
+    ModelSpec,
+    autocast_dtype,
+    build_retinanet,
+    load_model,
+    preset_widths,
+    resolve_device,
+    save_model,
+)
+from geodetect.train.augment import Augmentation
+from geodetect.train.data import (
+    ChipSet,
+    TrainingData,
+    collate_chips,
+    load_labelled,
+    prepare_training_data,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHIP_SIZE = 256
+DEFAULT_LR = 2e-3
+DEFAULT_EPOCHS = 40
+WEIGHT_DECAY = 1e-4
+PCT_START = 0.15
+EVAL_FROM = 0.5  # validate only once this much of the schedule is done (and at the end)
+_SAVE_RESERVE_S = 3.0
+
+
+class TrainingError(GeodetectError):
+    """Training cannot go on (the loss diverged)."""
+
+
+@dataclass
+class EpochStats:
+    """One epoch of training: mean loss, learning rate at its end, validation metrics
+    (None when validation did not run) and wall-clock seconds since training began."""
+
+    epoch: int
+    steps: int
+    loss: float
+    lr: float
+    map_50: float | None = None
+    map: float | None = None
+    centre_error_px: float | None = None
+    threshold: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did. ``model`` holds the best weights (by validation AP50, ties
+    broken by AP50:95), or the last ones without validation."""
+
+    model: nn.Module
+    history: list[EpochStats]
+    best: EpochStats | None
+    stop_reason: str  # "epochs", "budget" or "early stop"
+    steps: int
+    seconds: float
+
+
+@dataclass
+class TrainResult(FitResult):
+    """:class:`FitResult` plus the spec written with the model and where it went."""
+
+    spec: ModelSpec | None = None
+    path: Path | None = None
+    total_seconds: float = 0.0
+
+    def summary(self) -> str:
+        """A few lines for people: best validation AP50, epochs, minutes, output path."""
+        best = self.best
+        ap = "n/a (no validation area)" if best is None or best.map_50 is None else (
+            f"{best.map_50:.3f} (epoch {best.epoch}, AP50:95 {best.map:.3f}"
+            + (f", centre error {best.centre_error_px:.2f} px" if best.centre_error_px
+               is not None else "") + ")")
+        threshold = None if best is None else best.threshold
+        lines = [
+            f"best validation AP50: {ap}",
+            f"epochs: {len(self.history)} ({self.steps} steps, stopped: {self.stop_reason})",
+            f"minutes: {self.total_seconds / 60:.1f}",
+        ]
+        if threshold is not None:
+            lines.append(f"score threshold: {threshold:.2f} (best F1 on validation chips)")
+        if self.path is not None:
+            lines.append(f"model: {self.path}")
+        return "\n".join(lines)
+
+
+@dataclass
+class LRFinderResult:
+    """An exponential learning-rate sweep: the rates tried, the smoothed losses, and a
+    suggestion (a tenth of the rate with the lowest smoothed loss)."""
+
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    suggested: float = DEFAULT_LR
+
+
+def one_cycle_lr(progress: float, *, max_lr: float, pct_start: float = PCT_START,
+                 div_factor: float = 25.0, final_div_factor: float = 40.0) -> float:
+    """Learning rate at ``progress`` in [0, 1] of a one-cycle schedule (cosine up from
+    ``max_lr / div_factor``, cosine down to ``max_lr / (div_factor * final_div_factor)``)."""
+    progress = min(max(progress, 0.0), 1.0)
+    start, end = max_lr / div_factor, max_lr / (div_factor * final_div_factor)
+    if progress < pct_start:
+        t = progress / pct_start
+        return start + (max_lr - start) * (1 - math.cos(math.pi * t)) / 2
+    t = (progress - pct_start) / (1 - pct_start)
+    return end + (max_lr - end) * (1 + math.cos(math.pi * t)) / 2
+
+
+def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float = WEIGHT_DECAY
+                   ) -> torch.optim.AdamW:
+    """AdamW without weight decay on norm layers and biases."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def _loader(chips: ChipSet, *, batch_size: int, shuffle: bool, workers: int, seed: int
+            ) -> DataLoader:
+    return DataLoader(chips, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      collate_fn=collate_chips, persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(seed), drop_last=False)
+
+
+def _to_device(images, targets, device):
+    images = images.to(device, non_blocking=True)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+def _train_step(model, optimizer, images, targets, amp) -> float:
+    ctx = torch.autocast(images.device.type, dtype=amp) if amp else nullcontext()
+    with ctx:
+        losses = model(images, targets)
+    loss = losses["classification"] + losses["bbox_regression"]
+    if not torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        return float("nan")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _match(pred: torch.Tensor, truth: torch.Tensor, iou: float = 0.5
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """COCO-style greedy matching of ``pred`` boxes (descending score order) to truth.
+
+    Returns:
+        ``matched`` BoolTensor[P] (True: a true positive) and ``errors`` FloatTensor[P],
+        the centre distance in pixels of each true positive (NaN elsewhere).
+    """
+    matched = torch.zeros(len(pred), dtype=torch.bool)
+    errors = torch.full((len(pred),), float("nan"))
+    if len(pred) == 0 or len(truth) == 0:
+        return matched, errors
+    overlaps = box_iou(pred, truth)
+    taken = torch.zeros(len(truth), dtype=torch.bool)
+    for i in range(len(pred)):
+        row = overlaps[i].masked_fill(taken, -1.0)
+        j = int(row.argmax())
+        if row[j] >= iou:
+            taken[j] = True
+            matched[i] = True
+            errors[i] = ((pred[i, :2] + pred[i, 2:]) / 2 - (truth[j, :2] + truth[j, 2:]) / 2).norm()
+    return matched, errors
+
+
+def best_f1_threshold(scores: np.ndarray, matched: np.ndarray, n_truth: int, *,
+                      low: float = 0.2, high: float = 0.6) -> float:
+    """The score threshold in [low, high] (steps of 0.05) with the best F1 at IoU 0.5;
+    ties go to the threshold nearest 0.5."""
+    best, best_key = 0.5, (-1.0, 0.0)
+    for threshold in np.round(np.arange(low, high + 1e-9, 0.05), 2):
+        above = scores >= threshold
+        tp = int((matched & above).sum())
+        fp = int(above.sum()) - tp
+        f1 = 2 * tp / max(1, 2 * tp + fp + (n_truth - tp))
+        key = (round(f1, 4), -abs(threshold - 0.5))
+        if key > best_key:
+            best, best_key = float(threshold), key
+    return best
+
+
+@torch.no_grad()
+def evaluate_chips(model: nn.Module, chips: ChipSet, *, batch_size: int = 8,
+                   device: torch.device | str = "cpu", workers: int = 0
+                   ) -> dict[str, float | None]:
+    """COCO mAP of ``model`` on a (fixed) chip set, the F1-best score threshold, and
+    the mean centre error in pixels of the detections above it matched at IoU 0.5.
+
+    Returns:
+        ``map_50``, ``map`` (AP50:95), ``threshold`` and ``centre_error_px`` (None
+        without matches).
+    """
+    from torchmetrics.detection import MeanAveragePrecision  # heavy import, only here
+
+    device = torch.device(device)
+    amp = autocast_dtype(device)
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    scores, matched, errors, n_truth = [], [], [], 0
+    was_training = model.training
+    model.eval()
+    try:
+        for images, targets in _loader(chips, batch_size=batch_size, shuffle=False,
+                                       workers=workers, seed=0):
+            ctx = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
+            with ctx:
+                outputs = model(images.to(device))
+            preds = [{k: v.float().cpu() if k != "labels" else v.cpu() for k, v in o.items()}
+                     for o in outputs]
+            metric.update(preds, targets)
+            for pred, target in zip(preds, targets, strict=True):
+                order = pred["scores"].argsort(descending=True)
+                hit, error = _match(pred["boxes"][order], target["boxes"])
+                scores.append(pred["scores"][order].numpy())
+                matched.append(hit.numpy())
+                errors.append(error.numpy())
+                n_truth += len(target["boxes"])
+        result = metric.compute()
+    finally:
+        model.train(was_training)
+    all_scores = np.concatenate(scores) if scores else np.zeros(0)
+    all_matched = np.concatenate(matched) if matched else np.zeros(0, dtype=bool)
+    all_errors = np.concatenate(errors) if errors else np.zeros(0)
+    threshold = best_f1_threshold(all_scores, all_matched, n_truth)
+    confident = all_matched & (all_scores >= threshold)
+    return {
+        "map_50": max(0.0, float(result["map_50"])),
+        "map": max(0.0, float(result["map"])),
+        "threshold": threshold,
+        "centre_error_px": float(all_errors[confident].mean()) if confident.any() else None,
+    }
+
+
+def lr_find(model: nn.Module, chips: ChipSet, *, batch_size: int = 8,
+            device: torch.device | str = "cpu", start_lr: float = 1e-6, end_lr: float = 1.0,
+            steps: int = 60, workers: int = 0) -> LRFinderResult:
+    """Exponential learning-rate sweep (Smith's LR range test). The model's weights are
+    restored afterwards; the sweep stops early once the loss explodes."""
+    device = torch.device(device)
+    amp = autocast_dtype(device)
+    saved = copy.deepcopy(model.state_dict())
+    optimizer = make_optimizer(model, lr=start_lr)
+    result = LRFinderResult()
+    smooth, best = None, math.inf
+    model.train()
+    step = 0
+    try:
+        while step < steps:
+            for images, targets in _loader(chips, batch_size=batch_size, shuffle=True,
+                                           workers=workers, seed=step):
+                lr = start_lr * (end_lr / start_lr) ** (step / max(1, steps - 1))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = _train_step(model, optimizer, *_to_device(images, targets, device), amp)
+                step += 1
+                if not math.isfinite(loss):
+                    raise StopIteration
+                smooth = loss if smooth is None else 0.8 * smooth + 0.2 * loss
+                result.lrs.append(lr)
+                result.losses.append(smooth)
+                best = min(best, smooth)
+                if smooth > 4 * best or step >= steps:
+                    raise StopIteration
+    except StopIteration:
+        pass
+    finally:
+        model.load_state_dict(saved)
+    if result.losses:
+        result.suggested = result.lrs[int(np.argmin(result.losses))] / 10
+    log.info("learning-rate sweep suggests %.2g", result.suggested)
+    return result
+
+
+def _better(stats: EpochStats, best: EpochStats | None) -> bool:
+    if stats.map_50 is None:
+        return False
+    if best is None or best.map_50 is None:
+        return True
+    if round(stats.map_50, 3) != round(best.map_50, 3):
+        return stats.map_50 > best.map_50
+    return (stats.map or 0.0) > (best.map or 0.0)
+
+
+def fit(
+    model: nn.Module,
+    data: TrainingData,
+    *,
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = 8,
+    lr: float = DEFAULT_LR,
+    weight_decay: float = WEIGHT_DECAY,
+    device: torch.device | str = "cpu",
+    deadline: float | None = None,
+    patience: int | None = 8,
+    workers: int = 0,
+    progress: bool = True,
+    seed: int = 0,
+) -> FitResult:
+    """Train ``model`` on ``data.train``, validating on ``data.val``.
+
+    Args:
+        epochs: planned epochs (one epoch = every training item once).
+        deadline: ``time.monotonic()`` value by which this function returns, final
+            validation included; the schedule is compressed to fit it.
+        patience: stop after this many validated epochs without a better AP50
+            (None: never).
+
+    Returns:
+        A :class:`FitResult`; ``model`` is left in eval mode holding the best weights.
+    """
+    device = torch.device(device)
+    amp = autocast_dtype(device)
+    torch.manual_seed(seed)
+    if data.val is not None:
+        import torchmetrics.detection  # noqa: F401 - import now, not in the first validation's time
+    model.to(device).train()
+    optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay)
+    loader = _loader(data.train, batch_size=batch_size, shuffle=True, workers=workers, seed=seed)
+    steps_per_epoch = len(loader)
+    planned = max(1, epochs * steps_per_epoch)
+    started = time.monotonic()
+    n_val = len(data.val) if data.val is not None else 0
+    eval_seconds: float | None = None
+    step_seconds = 0.0
+
+    def reserve() -> float:
+        if not n_val:
+            return 0.0
+        if eval_seconds is not None:
+            return 1.5 * eval_seconds + 0.5
+        # Before the first validation: inference costs about a third of a training step.
+        return 1.3 * n_val * step_seconds / max(1, batch_size) / 3 + 1.0
+
+    def schedule_progress(step: int) -> float:
+        by_steps = step / planned
+        if deadline is None:
+            return by_steps
+        allowed = deadline - reserve() - started
+        by_time = (time.monotonic() - started) / allowed if allowed > 0 else 1.0
+        return max(by_steps, by_time)
+
+    history: list[EpochStats] = []
+    best: EpochStats | None = None
+    best_state = None
+    stale = 0
+    step = 0
+    stop_reason = "epochs"
+    bad_steps = 0
+    bar = tqdm(total=planned, disable=not progress, unit="step", dynamic_ncols=True,
+               desc="training", leave=False)
+    try:
+        for epoch in range(1, epochs + 1):
+            data.train.set_epoch(epoch)
+            losses = []
+            done = False
+            for images, targets in loader:
+                p = schedule_progress(step)
+                if p >= 1.0:
+                    done = True
+                    stop_reason = "budget" if step < planned else "epochs"
+                    break
+                current_lr = one_cycle_lr(p, max_lr=lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = current_lr
+                t0 = time.monotonic()
+                loss = _train_step(model, optimizer, *_to_device(images, targets, device), amp)
+                step_seconds = time.monotonic() - t0 if step_seconds == 0 else (
+                    0.9 * step_seconds + 0.1 * (time.monotonic() - t0))
+                step += 1
+                if math.isfinite(loss):
+                    losses.append(loss)
+                    bad_steps = 0
+                else:
+                    bad_steps += 1
+                    if bad_steps >= 10:
+                        raise TrainingError("training diverged (the loss is not finite); use "
+                                            "a lower --lr")
+                if deadline is not None and p > 0:
+                    bar.total = max(step, round(step / p))
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}",
+                                lr=f"{current_lr:.1e}", refresh=False)
+            final = done or epoch == epochs
+            if done and not losses and history and history[-1].map_50 is not None:
+                break  # the budget ran out right after a validated epoch: nothing new
+            stats = EpochStats(epoch, step, float(np.mean(losses)) if losses else float("nan"),
+                               one_cycle_lr(schedule_progress(step), max_lr=lr))
+            # The final validation always runs: its time is reserved by the schedule.
+            wants_eval = data.val is not None and (final or schedule_progress(step) >= EVAL_FROM)
+            time_left = math.inf if deadline is None else deadline - time.monotonic()
+            if wants_eval and (final or time_left > reserve()):
+                t0 = time.monotonic()
+                metrics = evaluate_chips(model, data.val, batch_size=batch_size, device=device,
+                                         workers=workers)
+                eval_seconds = time.monotonic() - t0
+                stats.map_50, stats.map = metrics["map_50"], metrics["map"]
+                stats.centre_error_px = metrics["centre_error_px"]
+                stats.threshold = metrics["threshold"]
+            stats.seconds = time.monotonic() - started
+            history.append(stats)
+            _log_epoch(stats, bar)
+            if _better(stats, best):
+                best, stale = stats, 0
+                best_state = {k: v.detach().to("cpu", copy=True)
+                              for k, v in model.state_dict().items()}
+            elif stats.map_50 is not None:
+                stale += 1
+            if final:
+                break
+            if patience is not None and stale >= patience:
+                stop_reason = "early stop"
+                break
+    finally:
+        bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model, history, best, stop_reason, step, time.monotonic() - started)
+
+
+def _log_epoch(stats: EpochStats, bar) -> None:
+    text = f"epoch {stats.epoch}: loss {stats.loss:.3f}, lr {stats.lr:.2e}"
+    if stats.map_50 is not None:
+        text += f", val AP50 {stats.map_50:.3f}, AP50:95 {stats.map:.3f}"
+    if stats.centre_error_px is not None:
+        text += f", centre error {stats.centre_error_px:.2f} px"
+    if log.isEnabledFor(logging.INFO):
+        with bar.external_write_mode():
+            log.info("%s (%.0f s)", text, stats.seconds)
+
+
+def default_batch_size(device: torch.device) -> int:
+    return 16 if device.type == "cuda" else 8
+
+
+def default_workers(device: torch.device) -> int:
+    # On CPU the model uses every core; reading in the main process costs little.
+    if device.type != "cuda":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def train(
+    images: Sequence[str | os.PathLike[str]] | None = None,
+    labels: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    voc: str | os.PathLike[str] | None = None,
+    coco: str | os.PathLike[str] | None = None,
+    layer: str | int | None = None,
+    class_field: str | None = None,
+    point_size: float | None = None,
+    backbone: str = "resnet18",
+    preset: str = "lite",
+    chip_size: int | None = None,
+    box_loss: str | None = None,
+    epochs: int | None = None,
+    max_minutes: float | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    find_lr: bool = False,
+    val_fraction: float = 0.2,
+    patience: int | None = 8,
+    augmentation: Augmentation | None = None,
+    device: str = "auto",
+    workers: int | None = None,
+    overwrite: bool = False,
+    resume: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    pretrained: str = "auto",
+    progress: bool = True,
+) -> TrainResult:
+    """Train a detector from labelled imagery and write one model file.
+
+    Labels come from rasters + a label layer (``images``, ``labels``), a VOC chip folder
+    (``voc``) or a COCO JSON file (``coco``); see :func:`geodetect.train.data.load_labelled`.
+
+    Args:
+        out: model file to write (None: keep the model in memory only).
+        preset: ``"lite"`` (128 channels, 2 convolutions per head branch) or
+            ``"standard"`` (256, 4).
+        chip_size: chip edge in pixels (default 256; the stored model's when resuming).
+        box_loss: RetinaNet box loss (default: the spec's).
+        epochs: planned epochs; with ``max_minutes`` alone the budget sets the length.
+        max_minutes: wall-clock budget for the whole call (reading labels, sampling,
+            training, validation and saving).
+        lr: peak learning rate of the one-cycle schedule (default 2e-3).
+        find_lr: run :func:`lr_find` first and use its suggestion (ignored with ``lr``).
+        resume: a model file to continue from: its architecture, classes, chip size and
+            band scaling are kept, the weights start where they were (optimizer state is
+            not stored in model files, so the schedule starts afresh).
+        pretrained: ``"auto"``, ``"imagenet"`` or ``"none"`` (see ``build_backbone``).
+
+    Raises:
+        OutputError: ``out`` exists (without ``overwrite``) or its folder does not.
+        InputError, LabelError, RasterError: unusable inputs; nothing is written.
+    """
+    started = time.monotonic()
+    deadline = None if max_minutes is None else started + max_minutes * 60.0
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        if out_path.exists() and not overwrite:
+            raise OutputError(f"{out_path}: already exists; pass --overwrite to replace it")
+        if not (out_path.parent if str(out_path.parent) else Path(".")).is_dir():
+            raise OutputError(f"{out_path}: folder {out_path.parent} does not exist; create it")
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+
+    base = load_model(resume) if resume is not None else None
+    if base is not None and chip_size is not None and chip_size != base.spec.chip_size:
+        log.warning("--chip-size %d ignored: the resumed model works on %d-pixel chips",
+                    chip_size, base.spec.chip_size)
+    size = base.spec.chip_size if base is not None else (chip_size or DEFAULT_CHIP_SIZE)
+    if size % 32 or size < 32:
+        raise InputError(f"--chip-size {size}: must be a multiple of 32 and at least 32")
+
+    labelled = load_labelled(images, labels, voc=voc, coco=coco, layer=layer,
+                             class_field=class_field, point_size=point_size)
+    if base is not None:
+        _check_resumable(base.spec, labelled.classes, labelled.num_bands, resume)
+    data = prepare_training_data(
+        labelled, chip_size=size, val_fraction=val_fraction, augmentation=augmentation,
+        seed=seed,
+        band_stats=None if base is None else (base.spec.band_mean, base.spec.band_std),
+    )
+
+    if base is not None:
+        spec = copy.deepcopy(base.spec)
+        model = base.model
+    else:
+        channels, convs = preset_widths(preset)
+        extra = {"box_loss": box_loss} if box_loss else {}
+        spec = ModelSpec(
+            classes=list(labelled.classes), band_mean=data.band_mean, band_std=data.band_std,
+            band_names=labelled.band_names(), input_dtype=labelled.input_dtype,
+            gsd=labelled.gsd(), chip_size=size, backbone=backbone, preset=preset,
+            fpn_channels=channels, head_convs=convs, **extra,
+        )
+        model = build_retinanet(spec, pretrained=pretrained)
+    spec.max_object_px = max(labelled.max_object_px, spec.max_object_px or 0.0)
+
+    batch = batch_size or default_batch_size(dev)
+    n_workers = default_workers(dev) if workers is None else workers
+    if lr is None and find_lr:
+        lr = lr_find(model.to(dev), data.train, batch_size=batch, device=dev,
+                     workers=n_workers).suggested
+    lr = lr or DEFAULT_LR
+    if epochs is None:
+        epochs = 10_000 if deadline is not None else DEFAULT_EPOCHS
+    fitted = fit(
+        model, data, epochs=epochs, batch_size=batch, lr=lr, device=dev,
+        deadline=None if deadline is None else deadline - _SAVE_RESERVE_S,
+        patience=patience, workers=n_workers, progress=progress, seed=seed,
+    )
+
+    if fitted.best is not None and fitted.best.threshold is not None:
+        spec.score_threshold = fitted.best.threshold
+    spec.training = {
+        "source": labelled.source,
+        "objects": labelled.num_objects,
+        "train_chips": len(data.train),
+        "val_chips": 0 if data.val is None else len(data.val),
+        "epochs": len(fitted.history),
+        "steps": fitted.steps,
+        "best_epoch": None if fitted.best is None else fitted.best.epoch,
+        "val_map_50": None if fitted.best is None else fitted.best.map_50,
+        "val_map": None if fitted.best is None else fitted.best.map,
+        "val_centre_error_px": None if fitted.best is None else fitted.best.centre_error_px,
+        "score_threshold": spec.score_threshold,
+        "stop_reason": fitted.stop_reason,
+        "lr": lr,
+        "batch_size": batch,
+        "seed": seed,
+        "resumed_from": None if resume is None else str(resume),
+        "minutes": round((time.monotonic() - started) / 60, 2),
+        "history": [asdict(h) for h in fitted.history],
+    }
+    saved = None
+    if out_path is not None:
+        saved = save_model(fitted.model, spec, out_path, overwrite=overwrite)
+    result = TrainResult(**vars(fitted), spec=spec, path=saved,
+                         total_seconds=time.monotonic() - started)
+    log.info("training done in %.1f min (%s)", result.total_seconds / 60, fitted.stop_reason)
+    return result
+
+
+def _check_resumable(spec: ModelSpec, classes: list[str], bands: int, resume) -> None:
+    if list(spec.classes) != list(classes):
+        raise LabelError(
+            f"{resume}: the model knows classes {', '.join(spec.classes)} but the labels have "
+            f"{', '.join(classes)}; resume only with labels of the same classes"
+        )
+    if spec.num_bands != bands:
+        raise InputError(f"{resume}: the model takes {spec.num_bands} band(s) but the "
+                         f"training imagery has {bands}; resume with imagery of that layout")

@@ -1,0 +1,226 @@
+"""Training data, augmentation, the loop's budget and the `train` command, on tiny models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+import torch
+
+from geodetect.errors import LabelError, OutputError
+from geodetect.io.labels import GridLabels
+from geodetect.model import load_model
+from geodetect.train import (
+    NO_AUGMENTATION,
+    Augmentation,
+    ChipSet,
+    load_labelled,
+    one_cycle_lr,
+    plan_split,
+    prepare_training_data,
+    train,
+)
+from geodetect.train.augment import dihedral, resize
+from geodetect.train.data import TRAIN, VAL, SplitMap, chip_targets
+
+from conftest import NORTH_UP, paint_boxes, random_boxes, write_geotiff
+
+
+def map_box(x1, y1, x2, y2):
+    (mx1, my1), (mx2, my2) = NORTH_UP @ (x1, y1), NORTH_UP @ (x2, y2)
+    return shapely.box(min(mx1, mx2), min(my1, my2), max(mx1, mx2), max(my1, my2))
+
+
+@pytest.fixture(scope="module")
+def labelled_scene(tmp_path_factory):
+    """A 320 x 320 scene with bright squares and their labels (EPSG:4326 GeoJSON)."""
+    folder = tmp_path_factory.mktemp("scene")
+    rng = np.random.default_rng(1)
+    boxes = random_boxes(rng, 320, 320, 40, min_size=8, max_size=20, gap=4)
+    image = paint_boxes(320, 320, boxes, value=200)
+    image = (image + rng.integers(0, 30, image.shape)).astype(np.uint8)
+    tif = write_geotiff(folder / "scene.tif", image, transform=NORTH_UP)
+    labels = gpd.GeoDataFrame({"class": ["pool"] * len(boxes)},
+                              geometry=[map_box(*b) for b in boxes], crs="EPSG:32617")
+    labels.to_crs(4326).to_file(folder / "labels.geojson")
+    return tif, folder / "labels.geojson", boxes
+
+
+def test_chip_targets_keep_mostly_visible_objects_clipped():
+    gl = GridLabels(_fake_grid(100, 100), np.array([[10., 10, 20, 20], [55, 10, 75, 20],
+                                                    [58, 30, 70, 40]]), np.array([0, 0, 0]))
+    boxes, labels = chip_targets(gl, 0, 0, 64, min_visible=0.5)
+    # [55, 75] has 9/20 inside (dropped); [58, 70] has 6/12 inside (kept, clipped).
+    np.testing.assert_allclose(boxes, [[10, 10, 20, 20], [58, 30, 64, 40]])
+    assert labels.tolist() == [0, 0]
+
+
+def _fake_grid(height, width):
+    from affine import Affine
+
+    from geodetect.io.raster import MosaicGrid
+
+    return MosaicGrid(None, Affine.identity(), width, height, [], bands=[1, 2, 3])
+
+
+def test_split_map_parts():
+    split = SplitMap(100, np.array([[TRAIN, VAL], [TRAIN, TRAIN]], dtype=np.int8))
+    assert split.part_of(0, 0, 64) == TRAIN
+    assert split.part_of(0, 120, 64) == VAL
+    assert split.part_of(0, 60, 64) is None  # straddles
+    assert split.part_of(-10, -10, 64) == TRAIN  # padded windows clip to the edge blocks
+    assert split.area(VAL, 150, 180) == 100 * 80
+
+
+def test_split_by_area_has_no_train_val_overlap(labelled_scene):
+    tif, labels, _ = labelled_scene
+    labelled = load_labelled([tif], labels)
+    chip = 64
+    splits = plan_split(labelled.grids, val_fraction=0.25, chip_size=chip, seed=3)
+    assert (splits[0].parts == VAL).any() and (splits[0].parts == TRAIN).any()
+    aug = Augmentation(scale=0.1)
+    train_set = ChipSet(labelled.grids, splits, TRAIN, chip_size=chip, augmentation=aug)
+    val_set = ChipSet(labelled.grids, splits, VAL, chip_size=chip, fixed=True)
+    assert train_set.num_positive > 0 and val_set.num_positive > 0
+    val_mask = np.zeros((320, 320), dtype=bool)
+    for i in range(len(val_set)):
+        _, row, col, size = val_set.window(i)
+        val_mask[max(row, 0):row + size, max(col, 0):col + size] = True
+    for epoch in range(3):
+        train_set.set_epoch(epoch)
+        for i in range(len(train_set)):
+            rng = np.random.default_rng([epoch, i])
+            _, row, col, size = train_set.window(i, rng)
+            assert not val_mask[max(row, 0):row + size, max(col, 0):col + size].any()
+
+
+def test_positive_chips_hold_their_object_at_varied_positions(labelled_scene):
+    tif, labels, boxes = labelled_scene
+    data = prepare_training_data(load_labelled([tif], labels), chip_size=64, val_fraction=0.0,
+                                 augmentation=NO_AUGMENTATION)
+    assert data.val is None
+    chips = data.train
+    item = next(i for i, it in enumerate(chips.items) if it.anchor >= 0)
+    anchor = chips.labelled[0].boxes[chips.items[item].anchor]
+    offsets = set()
+    for epoch in range(6):
+        chips.set_epoch(epoch)
+        _, target = chips[item]
+        offsets.add(tuple(target["boxes"][0].tolist()))
+        _, row, col, _ = chips.window(item, np.random.default_rng([0, epoch, item, 3]))
+        assert col <= anchor[0] and anchor[2] <= col + 64
+        assert row <= anchor[1] and anchor[3] <= row + 64
+    assert len(offsets) > 1
+    negatives = [i for i, it in enumerate(chips.items) if it.anchor < 0]
+    assert negatives and len(chips[negatives[0]][1]["boxes"]) == 0
+    # Band statistics are the raw-unit statistics of the chips.
+    assert 20 < data.band_mean[0] < 150 and data.band_std[0] > 10
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_dihedral_keeps_the_box_on_the_object(index):
+    image = torch.zeros(3, 64, 48)
+    image[:, 10:20, 5:30] = 1.0  # rows 10-20, columns 5-30
+    box = torch.tensor([[5.0, 10.0, 30.0, 20.0]])
+    out, out_box = dihedral(image, box, index)
+    rows = torch.nonzero(out[0].sum(dim=1)).flatten()
+    cols = torch.nonzero(out[0].sum(dim=0)).flatten()
+    bright = [cols.min().item(), rows.min().item(), cols.max().item() + 1, rows.max().item() + 1]
+    assert out_box[0].tolist() == bright
+
+
+def test_resize_scales_pixel_edge_boxes():
+    image = torch.zeros(1, 40, 40)
+    image[:, 8:16, 20:32] = 1.0
+    out, box = resize(image, torch.tensor([[20.0, 8.0, 32.0, 16.0]]), 80)
+    assert box[0].tolist() == [40.0, 16.0, 64.0, 32.0]
+    assert out[0, 17:31, 41:63].min() > 0.99 and out[0, :14].max() < 0.01
+
+
+def test_augmented_chip_boxes_cover_their_bright_square(labelled_scene):
+    tif, labels, _ = labelled_scene
+    aug = Augmentation(brightness=0.0, contrast=0.0, colour=0.0, noise=0.0, scale=0.0)
+    data = prepare_training_data(load_labelled([tif], labels), chip_size=64, val_fraction=0.0,
+                                 augmentation=aug)
+    threshold = (150 - data.band_mean[0]) / data.band_std[0]
+    for epoch in range(2):
+        data.train.set_epoch(epoch)
+        for i in range(min(10, len(data.train))):
+            image, target = data.train[i]
+            for x1, y1, x2, y2 in target["boxes"].round().int().tolist():
+                assert (image[0, y1:y2, x1:x2] > threshold).float().mean() > 0.95
+
+
+def test_one_cycle_lr_shape():
+    assert one_cycle_lr(0.0, max_lr=1.0) == pytest.approx(1 / 25)
+    assert one_cycle_lr(0.15, max_lr=1.0) == pytest.approx(1.0)
+    assert one_cycle_lr(1.0, max_lr=1.0) == pytest.approx(1 / 1000)
+
+
+TINY = dict(chip_size=64, batch_size=4, pretrained="none", progress=False, patience=None)
+
+
+def test_one_epoch_writes_a_model_file_detection_can_read(labelled_scene, tmp_path):
+    tif, labels, _ = labelled_scene
+    out = tmp_path / "pools.model"
+    result = train([tif], labels, out, epochs=1, **TINY)
+    assert result.path == out and out.is_file()
+    loaded = load_model(out)
+    spec = loaded.spec
+    assert spec.classes == ["pool"] and spec.chip_size == 64
+    assert spec.band_mean == pytest.approx(result.spec.band_mean)
+    assert 20 < spec.band_mean[0] < 150 and spec.band_std[0] > 10
+    assert spec.gsd == pytest.approx(0.3) and spec.input_dtype == "uint8"
+    assert 8 <= spec.max_object_px <= 20 + 1e-6
+    assert spec.training["epochs"] == 1 and len(spec.training["history"]) == 1
+    assert result.history[0].map_50 is not None  # the final epoch is validated
+    with pytest.raises(OutputError, match="already exists"):
+        train([tif], labels, out, epochs=1, **TINY)
+    # Resuming keeps the model's scaling; other classes are refused.
+    again = train([tif], labels, tmp_path / "again.model", epochs=1, resume=out, **TINY)
+    assert again.spec.band_mean == spec.band_mean
+    other = tmp_path / "other.geojson"
+    gpd.read_file(labels).assign(**{"class": "tank"}).to_file(other)
+    with pytest.raises(LabelError, match="classes"):
+        train([tif], other, tmp_path / "x.model", epochs=1, resume=out, **TINY)
+
+
+def test_max_minutes_budget_is_respected(labelled_scene, tmp_path):
+    tif, labels, _ = labelled_scene
+    started = time.monotonic()
+    result = train([tif], labels, tmp_path / "m.model", epochs=1000, max_minutes=0.1, **TINY)
+    elapsed = time.monotonic() - started
+    assert result.stop_reason == "budget"
+    assert elapsed < 6.0 + 1.5
+    assert (tmp_path / "m.model").is_file()
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "geodetect", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_train_missing_labels_is_a_one_line_error(labelled_scene, tmp_path):
+    tif, _, _ = labelled_scene
+    out = tmp_path / "m.model"
+    proc = run_cli("train", tif, "--labels", tmp_path / "nope.gpkg", "--out", out)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("geodetect: error: ")
+    assert "nope.gpkg" in lines[0]
+    assert not out.exists()
+
+
+def test_cli_train_writes_model_and_summary(labelled_scene, tmp_path):
+    tif, labels, _ = labelled_scene
+    out = tmp_path / "m.model"
+    proc = run_cli("train", tif, "--labels", labels, "--out", out, "--chip-size", "64",
+                   "--epochs", "1", "--batch-size", "4", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "best validation AP50" in proc.stdout and str(out) in proc.stdout
+    assert load_model(out).spec.classes == ["pool"]
