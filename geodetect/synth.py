@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 POOL_LAYER = "pools"
 DISTRACTOR_LAYER = "distractors"
 TRUTH_NAME = "truth.gpkg"
+DISTRACTORS_NAME = "distractors.gpkg"
 CONDITIONS = ("clean", "green", "covered")
 POOL_SHAPES = ("rectangular", "oval", "kidney", "l_shaped", "round")
 DISTRACTOR_KINDS = ("tarp", "roof", "car", "pond", "shadow", "trampoline")
@@ -112,7 +113,8 @@ class SynthScene:
 
     Attributes:
         image_paths: the GeoTIFF(s): ``[scene.tif]``, or the K×K tiles row by row.
-        truth_path: ``truth.gpkg`` with layers ``pools`` and ``distractors``.
+        truth_path: ``truth.gpkg``, one layer ``pools`` (the ground truth).
+        distractors_path: ``distractors.gpkg``, one layer ``distractors``.
         crs: the scene CRS as a string (``"EPSG:32617"``).
         gsd: ground sample distance in metres per pixel.
         width: width of the whole scene (all tiles) in pixels.
@@ -124,6 +126,7 @@ class SynthScene:
 
     image_paths: list[Path]
     truth_path: Path
+    distractors_path: Path
     crs: str
     gsd: float
     width: int
@@ -1228,7 +1231,8 @@ def _image_names(tiles: int) -> list[list[str]]:
 
 
 def _existing_outputs(out_dir: Path) -> list[Path]:
-    found = [p for p in (out_dir / "scene.tif", out_dir / TRUTH_NAME) if p.exists()]
+    names = ("scene.tif", TRUTH_NAME, DISTRACTORS_NAME)
+    found = [out_dir / n for n in names if (out_dir / n).exists()]
     return found + sorted(out_dir.glob("scene_r*_c*.tif"))
 
 
@@ -1285,7 +1289,14 @@ def _to_map(geoms, transform: Affine):
 
 
 def _write_truth(
-    path: Path, pools, distractors, *, crs: str, transform: Affine, gsd: float
+    path: Path,
+    distractor_path: Path,
+    pools,
+    distractors,
+    *,
+    crs: str,
+    transform: Affine,
+    gsd: float,
 ) -> None:
     pool_frame = gpd.GeoDataFrame(
         {
@@ -1301,9 +1312,11 @@ def _write_truth(
         {"kind": [k for _, k in distractors]},
         geometry=gpd.GeoSeries(_to_map([g for g, _ in distractors], transform), crs=crs),
     )
+    # One layer per file, so any tool (geodetect train/evaluate included) reads the
+    # truth without having to be told which layer.
     pool_frame.to_file(path, layer=POOL_LAYER, driver="GPKG", engine="pyogrio")
     distractor_frame.to_file(
-        path, layer=DISTRACTOR_LAYER, driver="GPKG", engine="pyogrio", mode="a"
+        distractor_path, layer=DISTRACTOR_LAYER, driver="GPKG", engine="pyogrio"
     )
 
 
@@ -1410,9 +1423,17 @@ def synth_scene(
                 )
         truth = out_dir / TRUTH_NAME
         temp = out_dir / f".truth.{token}.tmp.gpkg"
-        pending.append((temp, truth))
+        distractors = out_dir / DISTRACTORS_NAME
+        temp_distractors = out_dir / f".distractors.{token}.tmp.gpkg"
+        pending += [(temp_distractors, distractors), (temp, truth)]
         _write_truth(
-            temp, pools, suburb.distractors, crs=crs_name, transform=transform, gsd=float(gsd)
+            temp,
+            temp_distractors,
+            pools,
+            suburb.distractors,
+            crs=crs_name,
+            transform=transform,
+            gsd=float(gsd),
         )
         for temp, final in pending:
             os.replace(temp, final)
@@ -1437,8 +1458,9 @@ def synth_scene(
         time.perf_counter() - laid_out,
     )
     return SynthScene(
-        image_paths=[final for _, final in pending[:-1]],
+        image_paths=[final for _, final in pending[:-2]],
         truth_path=truth,
+        distractors_path=distractors,
         crs=crs_name,
         gsd=float(gsd),
         width=width,

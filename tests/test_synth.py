@@ -84,7 +84,7 @@ def test_same_seed_same_scene_other_seed_other_scene(scene, tmp_path):
 def test_truth_is_in_the_raster_crs_and_inside_its_bounds(scene, pools):
     with rasterio.open(scene.image_paths[0]) as ds:
         crs, bounds = ds.crs, box(*ds.bounds)
-    distractors = gpd.read_file(scene.truth_path, layer=DISTRACTOR_LAYER)
+    distractors = gpd.read_file(scene.distractors_path, layer=DISTRACTOR_LAYER)
     for frame in (pools, distractors):
         assert ProjCRS(frame.crs) == ProjCRS(crs.to_wkt())
         assert frame.geometry.is_valid.all()
@@ -128,7 +128,7 @@ def test_many_pools_in_a_suburb_of_realistic_density(suburb):
     assert set(frame["condition"]) == set(CONDITIONS)
     assert len(set(frame["shape"])) >= 4
     assert (frame["occluded"] > 0.05).any()  # trees hide parts of some pools
-    kinds = set(gpd.read_file(suburb.truth_path, layer=DISTRACTOR_LAYER)["kind"])
+    kinds = set(gpd.read_file(suburb.distractors_path, layer=DISTRACTOR_LAYER)["kind"])
     assert {"car", "roof", "shadow"} <= kinds
 
 
@@ -200,7 +200,7 @@ def test_other_crs_and_feet(tmp_path):
     feet = synth_scene(tmp_path / "ft", seed=1, size=(200, 200), crs="EPSG:2236")  # FL East ftUS
     assert feet.crs == "EPSG:2236"
     assert feet.transform.a == pytest.approx(0.3 / 0.3048006096, rel=1e-6)
-    frame = gpd.read_file(feet.truth_path, layer=DISTRACTOR_LAYER)
+    frame = gpd.read_file(feet.distractors_path, layer=DISTRACTOR_LAYER)
     assert ProjCRS(frame.crs).to_epsg() == 2236
     chosen = synth_scene(tmp_path / "o", seed=1, size=(200, 200), origin=(500000.0, 3000000.0))
     assert (chosen.transform.c, chosen.transform.f) == (500000.0, 3000000.0)
