@@ -56,10 +56,27 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _unless_debugging(default_hook):
+    """Python prints some errors itself, outside any handler: GDAL's error callback
+    choking on undecodable bytes of a garbled file, a reader process whose parent was
+    interrupted mid-handover. Without -vv they must not put a traceback under the
+    one-line error; with -vv they print as usual."""
+
+    def hook(*args) -> None:
+        if logging.getLogger("geodetect").isEnabledFor(logging.DEBUG):
+            default_hook(*args)
+
+    return hook
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: turns every failure into one line on stderr and an exit code."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _unless_debugging(sys.__excepthook__)
+    if sys.unraisablehook is sys.__unraisablehook__:
+        sys.unraisablehook = _unless_debugging(sys.__unraisablehook__)
     try:
         cli.main(args=argv, prog_name="geodetect", standalone_mode=False)
     except GeodetectError as exc:

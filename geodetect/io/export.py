@@ -53,6 +53,8 @@ def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> None:
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
     folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{path}: {folder} is a file, not a folder; choose another --out")
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK):
@@ -73,15 +75,16 @@ def area_m2(geometries: np.ndarray | gpd.GeoSeries, crs: CRS | str | None) -> np
     return shapely.area(geoms) * factor**2
 
 
-def _rfc7946(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+def _rfc7946(gdf: gpd.GeoDataFrame, out: str | os.PathLike) -> gpd.GeoDataFrame:
     if gdf.crs is None:
+        where = "stdout" if str(out) == "-" else str(out)
         raise OutputError(
-            "GeoJSON output needs a CRS to convert to WGS84 lon/lat, and these detections "
-            "have none; write .gpkg instead"
+            f"{where}: GeoJSON output needs a CRS to convert to WGS84 lon/lat, and these "
+            "detections have none; write .gpkg instead"
         )
-    out = gdf.to_crs("EPSG:4326")
-    out["geometry"] = shapely.orient_polygons(out.geometry.values, exterior_cw=False)
-    return out
+    wgs84 = gdf.to_crs("EPSG:4326")
+    wgs84["geometry"] = shapely.orient_polygons(wgs84.geometry.values, exterior_cw=False)
+    return wgs84
 
 
 def write_layer(
@@ -99,14 +102,14 @@ def write_layer(
     """
     driver = output_format(out)
     if str(out) == "-":
-        text = _rfc7946(gdf).to_json(drop_id=True, to_wgs84=False)
+        text = _rfc7946(gdf, out).to_json(drop_id=True, to_wgs84=False)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
         return None
     check_output(out, overwrite=overwrite)
     path = Path(out)
     if driver == "GeoJSON":
-        gdf = _rfc7946(gdf)
+        gdf = _rfc7946(gdf, out)
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
         if driver == "parquet":

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
 _ALIGN_TOL = 1e-6  # pixels: files closer than this to the shared lattice are "aligned"
+# What GDAL raises through rasterio: its own errors, and CPLE_* errors that rasterio passes
+# on unwrapped from some calls (a warp over unusable ground control points, for one).
+_GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
@@ -119,6 +123,11 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
             gcps, gcp_crs = ds.gcps
             if ds.transform.is_identity and gcps and gcp_crs:
                 return _gcp_scene_info(path, ds, gcp_crs, ds.crs or gcp_crs)
+            if ds.count == 0:
+                raise RasterError(
+                    f"{path}: has no raster bands (a container of subdatasets?); "
+                    "give the image itself"
+                )
             alpha = next(
                 (i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None
             )
@@ -134,8 +143,10 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
                 alpha,
                 _mask_kind(ds),
             )
-    except (RasterioIOError, RasterioError) as exc:
+    except _GDAL_ERRORS as exc:
         raise RasterError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from None
+    except UnicodeDecodeError:  # GDAL's message quoted undecodable bytes of the file
+        raise RasterError(f"{path}: not a raster GDAL can read (garbled header)") from None
     if info.crs is None and not allow_no_crs:
         raise RasterError(
             f"{path}: has no CRS, so detections cannot be placed on a map; assign one "
@@ -365,7 +376,7 @@ class GridReader:
                 ds = self._open(info.path)
                 block = ds.read(grid.bands, window=window)
                 block_valid = self._valid(ds, info, block, window)
-            except (RasterioError, OSError) as exc:
+            except (*_GDAL_ERRORS, OSError) as exc:
                 raise RasterError(
                     f"{info.path}: cannot read window (col {window.col_off}, row "
                     f"{window.row_off}, {window.width}x{window.height}): {_first_line(exc)}; "
@@ -395,12 +406,18 @@ def _overview_read(
     info = member.info
     scale = max(1.0, max(info.width, info.height) / max_side)
     shape = (max(1, int(info.height / scale)), max(1, int(info.width / scale)))
-    with open_scene(info) as ds:
-        data = ds.read(grid.bands, out_shape=(grid.count, *shape))
-        if info.mask_kind == "mask":
-            valid = ds.read_masks(1, out_shape=shape) > 0
-        else:
-            valid = GridReader._valid(ds, info, data, None)
+    try:
+        with open_scene(info) as ds:
+            data = ds.read(grid.bands, out_shape=(grid.count, *shape))
+            if info.mask_kind == "mask":
+                valid = ds.read_masks(1, out_shape=shape) > 0
+            else:
+                valid = GridReader._valid(ds, info, data, None)
+    except (*_GDAL_ERRORS, OSError) as exc:
+        raise RasterError(
+            f"{info.path}: cannot read the whole file at reduced resolution (for its band "
+            f"statistics): {_first_line(exc)}; the file may be damaged, re-copy it"
+        ) from None
     return data, valid
 
 

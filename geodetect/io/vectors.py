@@ -32,6 +32,17 @@ _MULTIPOLYGON = int(shapely.GeometryType.MULTIPOLYGON)
 _COLLECTION = int(shapely.GeometryType.GEOMETRYCOLLECTION)
 
 Bounds = tuple[float, float, float, float]
+# What a damaged file can raise from the readers' insides: Arrow (ValueError/OSError),
+# bad CRS metadata (pyproj's CRSError is a RuntimeError), bad WKB (GEOSException)...
+_DAMAGED_FILE_ERRORS = (
+    OSError,
+    ValueError,
+    RuntimeError,
+    KeyError,
+    TypeError,
+    IndexError,
+    shapely.errors.ShapelyError,
+)
 
 
 def layer_name(gdf: gpd.GeoDataFrame, default: str = "layer") -> str:
@@ -102,6 +113,11 @@ def _read_ogr(source: str, layer: str | int | None, bbox: Bounds | None) -> gpd.
     except pyogrio.errors.DataSourceError as exc:
         log.debug("%s: GDAL says: %s", source, exc)
         raise InputError(f"{source}: not a vector file GDAL can read; {_FORMATS_HINT}") from None
+    except _DAMAGED_FILE_ERRORS as exc:  # e.g. a layer name that is not valid UTF-8
+        log.debug("%s: GDAL says: %s", source, exc)
+        raise InputError(
+            f"{source}: damaged vector file that cannot be read; re-export it from your GIS"
+        ) from None
     names = [str(name) for name, _ in layers]
     spatial = [str(name) for name, geom_type in layers if geom_type is not None]
 
@@ -143,6 +159,7 @@ def _read_ogr(source: str, layer: str | int | None, bbox: Bounds | None) -> gpd.
         pyogrio.errors.DataLayerError,
         pyogrio.errors.FieldError,
         pyogrio.errors.GeometryError,
+        *_DAMAGED_FILE_ERRORS,
     ) as exc:
         log.debug("%s: GDAL says: %s", source, exc)
         raise InputError(
@@ -168,7 +185,7 @@ def _read_parquet(source: str, bbox: Bounds | None) -> gpd.GeoDataFrame:
         )
     try:
         gdf = gpd.read_parquet(source)
-    except (OSError, ValueError) as exc:
+    except _DAMAGED_FILE_ERRORS as exc:
         log.debug("%s: geopandas says: %s", source, exc)
         raise InputError(
             f"{source}: damaged GeoParquet file that cannot be read; re-export it"

@@ -11,6 +11,7 @@ import json
 import os
 import struct
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,11 @@ def _sniff(path: Path) -> None:
         (header_len,) = struct.unpack("<Q", head[:8])
         if 0 < header_len <= min(size - 8, _MAX_HEADER) and head[8:9] == b"{":
             return
+    if head[:2] == b"PK" and not _is_torch_zip(path):
+        raise ModelFileError(
+            f"{path}: is a zip archive, not a model file; unzip it and pass the .model "
+            "file inside with --model"
+        )
     if head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
         raise ModelFileError(
             f"{path}: looks like a pickled PyTorch checkpoint; geodetect never unpickles "
@@ -73,26 +79,84 @@ def _sniff(path: Path) -> None:
     )
 
 
+def _is_torch_zip(path: Path) -> bool:
+    """Whether a zip archive is a `torch.save` checkpoint (a pickle inside); never unpickles."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(".pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return True  # a damaged zip: describe it as the checkpoint it most likely is
+
+
+def _check_tensors(path: Path, header: dict, spec: ModelSpec, data_size: int) -> None:
+    """The tensors the header lists must lie inside the file and be exactly those of the
+    network the metadata describes (built on the meta device: no memory, no weights)."""
+    try:
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+        shapes = {k: tuple(int(n) for n in v["shape"]) for k, v in tensors.items()}
+    except (TypeError, KeyError, IndexError, ValueError, OverflowError):
+        raise ModelFileError(
+            f"{path}: damaged model file (unreadable tensor index); re-copy it"
+        ) from None
+    if end > data_size:
+        raise ModelFileError(
+            f"{path}: model file is truncated ({data_size} of {end} bytes of weights); re-copy it"
+        )
+    try:
+        with torch.device("meta"):
+            expected = build_retinanet(spec, pretrained="none").state_dict()
+    except (ValueError, RuntimeError, TypeError, ArithmeticError) as exc:
+        raise ModelFileError(
+            f"{path}: unusable geodetect metadata ({_one_line(exc)}); the file was altered "
+            "or written by an incompatible tool"
+        ) from None
+    wanted = {k: tuple(v.shape) for k, v in expected.items()}
+    if shapes != wanted:
+        wrong = sorted(k for k in set(wanted) & set(shapes) if wanted[k] != shapes[k])
+        missing, extra = sorted(set(wanted) - set(shapes)), sorted(set(shapes) - set(wanted))
+        if wrong:
+            what = f"{wrong[0]} is {list(shapes[wrong[0]])}, expected {list(wanted[wrong[0]])}"
+        else:
+            what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise ModelFileError(
+            f"{path}: the weights do not match the architecture its metadata describes "
+            f"({what}); the file was altered or written by an incompatible tool"
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def read_spec(path: str | os.PathLike) -> ModelSpec:
-    """The ModelSpec stored in a model file, without loading the weights."""
+    """The ModelSpec stored in a model file, without loading the weights.
+
+    The header's tensor index is checked against the file size and against the network
+    the metadata describes, so a truncated or inconsistent file is refused here too.
+    """
     path = Path(path)
     _sniff(path)
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
         raw = f.read(header_len)
+        size = os.fstat(f.fileno()).st_size
     try:
         header = json.loads(raw)
         meta = header.get("__metadata__") or {}
         text = meta[METADATA_KEY]
-    except (ValueError, AttributeError, KeyError, TypeError):
+    except (ValueError, AttributeError, KeyError, TypeError, RecursionError):
         raise ModelFileError(
             f"{path}: a safetensors file without geodetect metadata (classes, bands, "
             "scaling); only models written by `geodetect train` can be used"
         ) from None
     try:
-        return ModelSpec.from_json(text)
-    except (ValueError, TypeError) as exc:
-        raise ModelFileError(f"{path}: unusable geodetect metadata: {exc}") from None
+        spec = ModelSpec.from_json(text)
+    except (ValueError, TypeError, AttributeError, ArithmeticError, RecursionError) as exc:
+        raise ModelFileError(f"{path}: unusable geodetect metadata: {_one_line(exc)}") from None
+    _check_tensors(path, header, spec, size - 8 - header_len)
+    return spec
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
