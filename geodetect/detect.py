@@ -119,6 +119,12 @@ def plan_chips(grids: Sequence[MosaicGrid], *, chip_size: int, overlap: int) -> 
     return jobs
 
 
+def default_chip_size(spec: ModelSpec) -> int:
+    """Detection chips: the model's training chip, but at least 512 px, since the
+    network is convolutional and small chips spend most of their time on overlaps."""
+    return max(spec.chip_size, 512)
+
+
 def default_overlap(spec: ModelSpec, chip_size: int) -> int:
     """Enough overlap that the largest object the model was trained on fits in the seam
     strip (then ownership alone yields each object once, whole), capped at half a chip."""
@@ -166,6 +172,11 @@ def _check_bands(grid: MosaicGrid, spec: ModelSpec, bands: Sequence[int] | None)
         grid.bands = list(bands)
     if grid.count != spec.num_bands:
         names = ", ".join(spec.band_names)
+        if bands is not None:
+            raise RasterError(
+                f"{first.path}: --bands {','.join(map(str, bands))} selects {len(bands)} "
+                f"band(s) but the model expects {spec.num_bands} ({names})"
+            )
         raise RasterError(
             f"{first.path}: has {grid.count} data band(s) but the model expects "
             f"{spec.num_bands} ({names}); choose bands with --bands, e.g. --bands "
@@ -209,7 +220,8 @@ def detect(
         inputs: raster paths, globs or folders (files sharing a CRS and pixel lattice
             are read as one mosaic), or mosaic grids from :func:`open_mosaics`.
         model: a model file path or a :class:`LoadedModel`.
-        chip_size: chip edge in pixels (default: the model's); a multiple of 32.
+        chip_size: chip edge in pixels (default: the model's, at least 512); a multiple
+            of 32.
         overlap: chip overlap in pixels (default: from the largest training object).
         threshold: minimum score (default: the model's).
         nms_iou: overlap above which same-class detections are merged.
@@ -225,7 +237,7 @@ def detect(
     loaded.model.to(dev).eval()
     spec = loaded.spec
     grids = list(inputs) if _all_grids(inputs) else open_mosaics(inputs, allow_no_crs=allow_no_crs)
-    chip_size = chip_size or spec.chip_size
+    chip_size = chip_size or default_chip_size(spec)
     if chip_size % 32:
         raise RasterError(f"--chip-size {chip_size}: must be a multiple of 32")
     overlap = default_overlap(spec, chip_size) if overlap is None else overlap

@@ -211,7 +211,11 @@ def test_refuses_to_overwrite_then_replaces_and_clears_old_tiles(tmp_path):
     with pytest.raises(OutputError, match="overwrite"):
         synth_scene(tmp_path, seed=2, size=(200, 200))
     synth_scene(tmp_path, seed=2, size=(200, 200), overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["distractors.gpkg", "scene.tif", "truth.gpkg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "distractors.gpkg",
+        "scene.tif",
+        "truth.gpkg",
+    ]
 
 
 @pytest.mark.parametrize(

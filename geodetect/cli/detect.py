@@ -41,7 +41,7 @@ def parse_bands(text: str | None) -> list[int] | None:
     required=True,
     help="Output layer: .gpkg, .geojson, .shp, .parquet or .fgb; '-' for GeoJSON on stdout.",
 )
-@options.chip_size()
+@options.chip_size(note="(default: the model's training chip, at least 512)")
 @click.option(
     "--overlap",
     type=click.IntRange(min=0),

@@ -85,14 +85,16 @@ def workers(f: F) -> F:
     )(f)
 
 
-def chip_size(default: int | None = None) -> Callable[[F], F]:
+def chip_size(default: int | None = None, *, note: str = "") -> Callable[[F], F]:
+    """--chip-size (a multiple of 32); ``note`` says what the default is."""
+
     def deco(f: F) -> F:
         return click.option(
             "--chip-size",
             type=click.IntRange(min=32),
             default=default,
             show_default=default is not None,
-            help="Chip edge in pixels" + ("" if default else " (default: the model's)."),
+            help="Chip edge in pixels, a multiple of 32" + (f" {note}" if note else "") + ".",
         )(f)
 
     return deco

@@ -9,51 +9,131 @@ from geodetect.cli import options
 
 @click.command("train")
 @click.argument("images", nargs=-1, metavar="[IMAGE]...")
-@click.option("--labels", "-l", type=click.Path(), default=None,
-              help="Label layer (polygons, boxes, or points with a size), any vector format "
-                   "and CRS.")
+@click.option(
+    "--labels",
+    "-l",
+    type=click.Path(),
+    default=None,
+    help="Label layer (polygons, boxes, or points with a size), any vector format and CRS.",
+)
 @click.option("--layer", default=None, help="Layer of a multi-layer label file.")
-@click.option("--voc", type=click.Path(), default=None,
-              help="Instead of IMAGE + --labels: a PASCAL VOC chip folder (images/, labels/) "
-                   "as ArcGIS 'Export Training Data For Deep Learning' writes it.")
-@click.option("--coco", type=click.Path(), default=None,
-              help="Instead of IMAGE + --labels: a COCO detection JSON file.")
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
-              help="Model file to write.")
-@click.option("--class-field", default=None,
-              help="Label attribute holding the class (default: 'class' if present, else "
-                   "every object is 'pool').")
-@click.option("--point-size", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Side in metres of point labels without a 'size' attribute.")
-@click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50"]),
-              default="resnet18", show_default=True, help="ResNet body of the detector.")
-@click.option("--preset", type=click.Choice(["lite", "standard"]), default="lite",
-              show_default=True,
-              help="FPN/head width: lite = 128 channels, 2 convs; standard = 256, 4.")
-@options.chip_size(default=None)
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Planned epochs (default 40; with --max-minutes alone the budget decides).")
-@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Wall-clock budget for the whole run, saving included.")
+@click.option(
+    "--voc",
+    type=click.Path(),
+    default=None,
+    help="Instead of IMAGE + --labels: a PASCAL VOC chip folder (images/, labels/) "
+    "as ArcGIS 'Export Training Data For Deep Learning' writes it.",
+)
+@click.option(
+    "--coco",
+    type=click.Path(),
+    default=None,
+    help="Instead of IMAGE + --labels: a COCO detection JSON file.",
+)
+@click.option(
+    "--out", "-o", required=True, type=click.Path(dir_okay=False), help="Model file to write."
+)
+@click.option(
+    "--class-field",
+    default=None,
+    help="Label attribute holding the class (default: 'class' if present, else "
+    "every object is 'pool').",
+)
+@click.option(
+    "--point-size",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Side in metres of point labels without a 'size' attribute.",
+)
+@click.option(
+    "--backbone",
+    type=click.Choice(["resnet18", "resnet34", "resnet50"]),
+    default="resnet18",
+    show_default=True,
+    help="ResNet body of the detector.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["lite", "standard"]),
+    default="lite",
+    show_default=True,
+    help="FPN/head width: lite = 128 channels, 2 convs; standard = 256, 4.",
+)
+@options.chip_size(default=None, note="(default: 256)")
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Planned epochs (default 40; with --max-minutes alone the budget decides).",
+)
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Wall-clock budget for the whole run, saving included.",
+)
 @options.batch_size()
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate of the one-cycle schedule (default 2e-3).")
-@click.option("--find-lr", is_flag=True, help="Run a learning-rate sweep first and use its "
-                                               "suggestion.")
-@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True,
-              help="Share of the area (not of random chips) kept for validation.")
-@click.option("--patience", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Stop after this many validated epochs without a better AP50.")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Peak learning rate of the one-cycle schedule (default 2e-3).",
+)
+@click.option(
+    "--find-lr", is_flag=True, help="Run a learning-rate sweep first and use its suggestion."
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 0.9),
+    default=0.2,
+    show_default=True,
+    help="Share of the area (not of random chips) kept for validation.",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Stop after this many validated epochs without a better AP50.",
+)
 @options.device
 @options.workers
-@click.option("--resume", type=click.Path(dir_okay=False), default=None,
-              help="Continue training from this model file (same classes and bands).")
+@click.option(
+    "--resume",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Continue training from this model file (same classes and bands).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @options.overwrite
 @options.verbosity
-def command(images, labels, layer, voc, coco, out, class_field, point_size, backbone, preset,
-            chip_size, epochs, max_minutes, batch_size, lr, find_lr, val_fraction, patience,
-            device, workers, resume, seed, overwrite, verbose, quiet):
+def command(
+    images,
+    labels,
+    layer,
+    voc,
+    coco,
+    out,
+    class_field,
+    point_size,
+    backbone,
+    preset,
+    chip_size,
+    epochs,
+    max_minutes,
+    batch_size,
+    lr,
+    find_lr,
+    val_fraction,
+    patience,
+    device,
+    workers,
+    resume,
+    seed,
+    overwrite,
+    verbose,
+    quiet,
+):
     """Train a detector on IMAGE... (GeoTIFFs, globs or folders) labelled by --labels,
     or on a chip folder (--voc) or COCO file (--coco), and write the model to --out.
 
@@ -67,10 +147,29 @@ def command(images, labels, layer, voc, coco, out, class_field, point_size, back
     from geodetect.train import train
 
     result = train(
-        list(images), labels, out, voc=voc, coco=coco, layer=layer, class_field=class_field,
-        point_size=point_size, backbone=backbone, preset=preset, chip_size=chip_size,
-        epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, find_lr=find_lr,
-        val_fraction=val_fraction, patience=patience, device=device, workers=workers,
-        overwrite=overwrite, resume=resume, seed=seed, progress=not quiet,
+        list(images),
+        labels,
+        out,
+        voc=voc,
+        coco=coco,
+        layer=layer,
+        class_field=class_field,
+        point_size=point_size,
+        backbone=backbone,
+        preset=preset,
+        chip_size=chip_size,
+        epochs=epochs,
+        max_minutes=max_minutes,
+        batch_size=batch_size,
+        lr=lr,
+        find_lr=find_lr,
+        val_fraction=val_fraction,
+        patience=patience,
+        device=device,
+        workers=workers,
+        overwrite=overwrite,
+        resume=resume,
+        seed=seed,
+        progress=not quiet,
     )
     click.echo(result.summary())
