@@ -223,20 +223,26 @@ def best_f1_threshold(scores: np.ndarray, matched: np.ndarray, n_truth: int, *,
 
 @torch.no_grad()
 def evaluate_chips(model: nn.Module, chips: ChipSet, *, batch_size: int = 8,
-                   device: torch.device | str = "cpu", workers: int = 0
-                   ) -> dict[str, float | None]:
+                   device: torch.device | str = "cpu", workers: int = 0,
+                   per_class_iou: float | None = None) -> dict:
     """COCO mAP of ``model`` on a (fixed) chip set, the F1-best score threshold, and
     the mean centre error in pixels of the detections above it matched at IoU 0.5.
 
     Returns:
         ``map_50``, ``map`` (AP50:95), ``threshold`` and ``centre_error_px`` (None
-        without matches).
+        without matches); with ``per_class_iou``, also ``per_class``: {class index: AP
+        at that IoU} (computed in the same pass).
     """
     from torchmetrics.detection import MeanAveragePrecision  # heavy import, only here
 
     device = torch.device(device)
     amp = autocast_dtype(device)
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    per_class = None
+    if per_class_iou is not None:
+        per_class = MeanAveragePrecision(box_format="xyxy", iou_type="bbox",
+                                         backend="pycocotools", class_metrics=True,
+                                         iou_thresholds=[float(per_class_iou)])
     scores, matched, errors, n_truth = [], [], [], 0
     was_training = model.training
     model.eval()
@@ -249,6 +255,8 @@ def evaluate_chips(model: nn.Module, chips: ChipSet, *, batch_size: int = 8,
             preds = [{k: v.float().cpu() if k != "labels" else v.cpu() for k, v in o.items()}
                      for o in outputs]
             metric.update(preds, targets)
+            if per_class is not None:
+                per_class.update(preds, targets)
             for pred, target in zip(preds, targets, strict=True):
                 order = pred["scores"].argsort(descending=True)
                 hit, error = _match(pred["boxes"][order], target["boxes"])
@@ -264,12 +272,20 @@ def evaluate_chips(model: nn.Module, chips: ChipSet, *, batch_size: int = 8,
     all_errors = np.concatenate(errors) if errors else np.zeros(0)
     threshold = best_f1_threshold(all_scores, all_matched, n_truth)
     confident = all_matched & (all_scores >= threshold)
-    return {
+    out = {
         "map_50": max(0.0, float(result["map_50"])),
         "map": max(0.0, float(result["map"])),
         "threshold": threshold,
         "centre_error_px": float(all_errors[confident].mean()) if confident.any() else None,
     }
+    if per_class is not None:
+        by_class = per_class.compute()
+        out["per_class"] = {
+            int(c): max(0.0, float(v))
+            for c, v in zip(by_class["classes"].reshape(-1).tolist(),
+                            by_class["map_per_class"].reshape(-1).tolist(), strict=True)
+        }
+    return out
 
 
 def lr_find(model: nn.Module, chips: ChipSet, *, batch_size: int = 8,
@@ -569,15 +585,9 @@ def train(
         spec = copy.deepcopy(base.spec)
         model = base.model
     else:
-        channels, convs = preset_widths(preset)
         extra = {"box_loss": box_loss} if box_loss else {}
-        spec = ModelSpec(
-            classes=list(labelled.classes), band_mean=data.band_mean, band_std=data.band_std,
-            band_names=labelled.band_names(), input_dtype=labelled.input_dtype,
-            gsd=labelled.gsd(), chip_size=size, backbone=backbone, preset=preset,
-            fpn_channels=channels, head_convs=convs, **extra,
-        )
-        model = build_retinanet(spec, pretrained=pretrained)
+        spec, model = spec_for(data, backbone=backbone, preset=preset, chip_size=size,
+                               pretrained=pretrained, **extra)
     spec.max_object_px = max(labelled.max_object_px, spec.max_object_px or 0.0)
 
     batch = batch_size or default_batch_size(dev)
@@ -634,3 +644,20 @@ def _check_resumable(spec: ModelSpec, classes: list[str], bands: int, resume) ->
     if spec.num_bands != bands:
         raise InputError(f"{resume}: the model takes {spec.num_bands} band(s) but the "
                          f"training imagery has {bands}; resume with imagery of that layout")
+
+
+def spec_for(data: TrainingData, *, chip_size: int, backbone: str = "resnet18",
+             preset: str = "lite", pretrained: str = "auto", **overrides
+             ) -> tuple[ModelSpec, nn.Module]:
+    """A fresh detector for ``data``: its ModelSpec (classes, bands, band statistics,
+    GSD, chip size, preset widths; ``overrides`` set any other spec field, such as
+    ``anchor_scales`` or ``box_loss``) and the untrained network it describes."""
+    labelled = data.labelled
+    channels, convs = preset_widths(preset)
+    spec = ModelSpec(
+        classes=list(labelled.classes), band_mean=data.band_mean, band_std=data.band_std,
+        band_names=labelled.band_names(), input_dtype=labelled.input_dtype,
+        gsd=labelled.gsd(), chip_size=chip_size, backbone=backbone, preset=preset,
+        fpn_channels=channels, head_convs=convs, **overrides,
+    )
+    return spec, build_retinanet(spec, pretrained=pretrained)

@@ -1,0 +1,373 @@
+"""The notebook API: arcgis.learn's few verbs over the same functions the CLI uses.
+
+>>> from geodetect import prepare_data, RetinaNet, detect_objects
+>>> data = prepare_data("sample_data/train/scene.tif", labels="sample_data/train/truth.gpkg",
+...                     chip_size=256, batch_size=8)              # doctest: +SKIP
+>>> model = RetinaNet(data, backbone="resnet18")                  # doctest: +SKIP
+>>> model.fit(epochs=10, lr=1e-3)                                 # doctest: +SKIP
+>>> gdf = detect_objects(model, "sample_data/mosaic/*.tif")       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from geodetect.detect import detect
+from geodetect.model import LoadedModel, load_model, resolve_device, save_model
+from geodetect.plots import plot_detections, plot_history, plot_lr_find, show_chips
+from geodetect.train import (
+    EpochStats,
+    LRFinderResult,
+    TrainingData,
+    evaluate_chips,
+    fit,
+    load_labelled,
+    lr_find,
+    prepare_training_data,
+)
+from geodetect.train.loop import default_batch_size, spec_for
+
+__all__ = ["DetectionData", "RetinaNet", "detect_objects", "plot_detections", "prepare_data"]
+
+
+@dataclass
+class DetectionData:
+    """Training and validation chips, ready for :class:`RetinaNet`.
+
+    Made by :func:`prepare_data`. ``train`` and ``val`` are torch Datasets of
+    ``(image, target)`` pairs; ``classes`` lists the class names.
+    """
+
+    training: TrainingData
+    chip_size: int
+    batch_size: int
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.training.classes)
+
+    @property
+    def train(self):
+        return self.training.train
+
+    @property
+    def val(self):
+        return self.training.val
+
+    def __repr__(self) -> str:
+        val = 0 if self.val is None else len(self.val)
+        return (
+            f"DetectionData(classes={self.classes}, chip_size={self.chip_size}, "
+            f"train_chips={len(self.train)}, val_chips={val}, "
+            f"objects={self.training.labelled.num_objects})"
+        )
+
+    def show_batch(
+        self, rows: int = 2, *, ncols: int = 4, split: str = "train", seed: int | None = None
+    ) -> Figure:
+        """A grid of ``rows × ncols`` random chips with their labelled boxes.
+
+        ``split="val"`` shows validation chips (never augmented).
+        """
+        chips = self.val if split == "val" else self.train
+        if chips is None or len(chips) == 0:
+            raise ValueError(f"there are no {split} chips to show")
+        rng = np.random.default_rng(seed)
+        picks = rng.choice(len(chips), size=min(rows * ncols, len(chips)), replace=False)
+        items = [chips[int(i)] for i in picks]
+        names = self.classes
+        return show_chips(
+            [img for img, _ in items],
+            [t["boxes"] for _, t in items],
+            labels=[[names[int(c)] for c in t["labels"]] for _, t in items]
+            if len(names) > 1
+            else None,
+            ncols=ncols,
+        )
+
+
+def prepare_data(
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    labels: str | os.PathLike | None = None,
+    *,
+    chip_size: int = 256,
+    batch_size: int | None = None,
+    val_fraction: float = 0.2,
+    class_field: str | None = None,
+    seed: int = 0,
+) -> DetectionData:
+    """Cut labelled imagery into training and validation chips (split by area).
+
+    Args:
+        path: raster file(s), a glob or a folder of GeoTIFFs — or a folder exported by
+            ArcGIS "Export Training Data For Deep Learning" (``images/`` +
+            ``labels/*.xml``, PASCAL VOC), in which case ``labels`` is not needed.
+        labels: polygons, boxes or points in any vector format and CRS.
+        chip_size: chip edge in pixels (a multiple of 32).
+        batch_size: chips per training step (default: 8 on CPU, more on a GPU).
+        val_fraction: share of the area held out for validation.
+        class_field: attribute holding the class (default ``class`` if present).
+
+    Example:
+        >>> data = prepare_data("ortho/*.tif", labels="pools.gpkg", chip_size=256)  # doctest: +SKIP
+        >>> data.show_batch()                                                       # doctest: +SKIP
+    """
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    voc = None
+    if labels is None and len(paths) == 1 and (Path(paths[0]) / "labels").is_dir():
+        voc, paths = paths[0], None
+    labelled = load_labelled(paths, labels, voc=voc, class_field=class_field)
+    training = prepare_training_data(
+        labelled, chip_size=chip_size, val_fraction=val_fraction, seed=seed
+    )
+    device = resolve_device("auto")
+    return DetectionData(training, chip_size, batch_size or default_batch_size(device))
+
+
+class RetinaNet:
+    """A RetinaNet pool detector you can train, inspect, save and run.
+
+    ResNet backbone + feature pyramid network (FPN) + two small heads: one scores each
+    anchor box for each class (trained with focal loss, which keeps the many easy
+    background anchors from drowning out the few pools), one refines the anchor into a
+    box. Anchors come in ``scales`` × ``ratios`` shapes at every pyramid level.
+
+    Args:
+        data: what :func:`prepare_data` returned (or None with :meth:`from_model`).
+        backbone: ``resnet18`` (default, fast on a laptop), ``resnet34``, ``resnet50``,
+            ``resnet101`` or ``resnet152``.
+        preset: ``lite`` (128-channel FPN and heads: for CPUs) or ``standard`` (256).
+        scales: anchor scales per level (default ``[1, 2**(1/3), 2**(2/3)]``).
+        ratios: anchor aspect ratios (default ``[0.5, 1, 2]``).
+        pretrained: ``auto`` uses ImageNet backbone weights found in torch's local cache
+            (never downloads), ``none`` trains from scratch.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+
+    Example:
+        >>> model = RetinaNet(data, backbone="resnet18")    # doctest: +SKIP
+        >>> model.lr_find()                                 # doctest: +SKIP
+        >>> model.fit(epochs=10, lr=1e-3)                   # doctest: +SKIP
+        >>> model.show_results()                            # doctest: +SKIP
+        >>> model.average_precision_score()                 # doctest: +SKIP
+        {'pool': 0.97}
+        >>> model.save("pools.model")                       # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data: DetectionData | None,
+        *,
+        backbone: str = "resnet18",
+        preset: str = "lite",
+        scales: Sequence[float] | None = None,
+        ratios: Sequence[float] | None = None,
+        pretrained: str = "auto",
+        device: str = "auto",
+        _loaded: LoadedModel | None = None,
+    ) -> None:
+        self.data = data
+        self.device = resolve_device(device)
+        self.history: list[EpochStats] = []
+        self.lr_finder: LRFinderResult | None = None
+        if _loaded is not None:
+            self.spec, self.model = _loaded.spec, _loaded.model
+        else:
+            if data is None:
+                raise ValueError(
+                    "RetinaNet needs data (from prepare_data) or use RetinaNet.from_model(path)"
+                )
+            anchors = {}
+            if scales is not None:
+                anchors["anchor_scales"] = [float(s) for s in scales]
+            if ratios is not None:
+                anchors["anchor_ratios"] = [float(r) for r in ratios]
+            self.spec, self.model = spec_for(
+                data.training,
+                backbone=backbone,
+                preset=preset,
+                chip_size=data.chip_size,
+                pretrained=pretrained,
+                **anchors,
+            )
+        self.model.to(self.device).eval()
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (
+            f"RetinaNet(backbone={s.backbone!r}, preset={s.preset!r}, classes={s.classes}, "
+            f"chip_size={s.chip_size}, bands={s.num_bands}, trained_epochs={len(self.history)})"
+        )
+
+    @classmethod
+    def from_model(
+        cls, path: str | os.PathLike, data: DetectionData | None = None, *, device: str = "auto"
+    ) -> RetinaNet:
+        """Load a model file written by :meth:`save` or ``geodetect train``."""
+        loaded = load_model(path, device=resolve_device(device))
+        return cls(data, device=device, _loaded=loaded)
+
+    def _need_data(self) -> DetectionData:
+        if self.data is None:
+            raise ValueError("this needs training data: RetinaNet.from_model(path, data)")
+        return self.data
+
+    def lr_find(self, *, steps: int = 60, plot: bool = True) -> float:
+        """Sweep the learning rate on a copy of the model; returns the suggested rate and
+        (with ``plot``) shows loss against learning rate."""
+        data = self._need_data()
+        trial = copy.deepcopy(self.model)
+        self.lr_finder = lr_find(
+            trial, data.train, batch_size=data.batch_size, device=self.device, steps=steps
+        )
+        if plot:
+            _show(plot_lr_find(self.lr_finder.lrs, self.lr_finder.losses, self.lr_finder.suggested))
+        return self.lr_finder.suggested
+
+    def fit(
+        self,
+        epochs: int = 10,
+        lr: float | None = None,
+        *,
+        max_minutes: float | None = None,
+        patience: int | None = None,
+        plot: bool = True,
+    ) -> list[EpochStats]:
+        """Train (AdamW, one-cycle schedule), validating each epoch; keeps the best
+        weights by validation AP50. Returns the per-epoch history and (with ``plot``)
+        shows the loss and AP curves."""
+        data = self._need_data()
+        if lr is None:
+            lr = self.lr_finder.suggested if self.lr_finder else 1e-3
+        deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+        result = fit(
+            self.model,
+            data.training,
+            epochs=epochs,
+            lr=lr,
+            batch_size=data.batch_size,
+            device=self.device,
+            deadline=deadline,
+            patience=patience,
+        )
+        self.model = result.model
+        offset = self.history[-1].epoch if self.history else 0
+        for h in result.history:
+            h.epoch += offset
+        self.history.extend(result.history)
+        if plot and self.history:
+            _show(plot_history(self.history))
+        return result.history
+
+    def plot_losses(self) -> Figure:
+        """Training loss and validation AP50 per epoch."""
+        return plot_history(self.history)
+
+    def _predict_chips(self, images: torch.Tensor, threshold: float) -> list[dict]:
+        self.model.eval()
+        self.model.score_thresh = threshold
+        with torch.inference_mode():
+            return [{k: v.cpu() for k, v in o.items()} for o in self.model(images.to(self.device))]
+
+    def show_results(
+        self, rows: int = 4, *, threshold: float | None = None, seed: int | None = 0
+    ) -> Figure:
+        """Validation chips: labelled boxes (pale, thick) under predictions (blue)."""
+        data = self._need_data()
+        chips = data.val if data.val is not None and len(data.val) else data.train
+        rng = np.random.default_rng(seed)
+        picks = rng.choice(len(chips), size=min(rows * 2, len(chips)), replace=False)
+        items = [chips[int(i)] for i in picks]
+        images = torch.stack([img for img, _ in items])
+        preds = self._predict_chips(images, threshold or self.spec.score_threshold)
+        return show_chips(
+            list(images),
+            [p["boxes"] for p in preds],
+            other_boxes=[t["boxes"] for _, t in items],
+            titles=[
+                f"{len(t['boxes'])} labelled, {len(p['boxes'])} found"
+                for (_, t), p in zip(items, preds, strict=True)
+            ],
+            ncols=min(4, len(items)),
+        )
+
+    def average_precision_score(self, iou: float = 0.5) -> dict[str, float]:
+        """AP per class on the validation chips at IoU ``iou`` (COCO 101-point)."""
+        data = self._need_data()
+        chips = data.val if data.val is not None and len(data.val) else data.train
+        metrics = evaluate_chips(
+            self.model,
+            chips,
+            batch_size=data.batch_size,
+            device=self.device,
+            per_class_iou=iou,
+        )
+        return {name: metrics["per_class"].get(i, 0.0) for i, name in enumerate(self.spec.classes)}
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the one model file ``geodetect detect`` reads (safetensors + metadata)."""
+        spec = self.spec
+        if self.history:
+            spec.training = {
+                **spec.training,
+                "epochs": len(self.history),
+                "val_map_50": max((h.map_50 or 0) for h in self.history),
+            }
+        if self.data is not None:
+            spec.max_object_px = max(
+                spec.max_object_px or 0, self.data.training.labelled.max_object_px
+            )
+        return save_model(self.model, spec, path, overwrite=overwrite)
+
+    def loaded(self) -> LoadedModel:
+        """This model as the detection pipeline takes it."""
+        return LoadedModel(self.model, self.spec, "unsaved", Path("-"))
+
+
+def detect_objects(
+    model: RetinaNet | LoadedModel | str | os.PathLike,
+    rasters: Any,
+    *,
+    threshold: float | None = None,
+    **options: Any,
+) -> gpd.GeoDataFrame:
+    """Detect objects over rasters/mosaics; returns the same layer ``geodetect detect``
+    writes, as a GeoDataFrame (try ``gdf.explore()`` for a web map).
+
+    Args:
+        model: a :class:`RetinaNet`, a model file path, or a loaded model.
+        rasters: path, glob, folder, or a list of them.
+        threshold: minimum score (default: the model's).
+        **options: anything :func:`geodetect.detect.detect` takes (``chip_size``,
+            ``overlap``, ``nms_iou``, ``bands``, ``device``, ``batch_size``...).
+
+    Example:
+        >>> gdf = detect_objects(model, "mosaic/*.tif", threshold=0.5)  # doctest: +SKIP
+        >>> gdf.to_file("pools.gpkg")                                   # doctest: +SKIP
+    """
+    if isinstance(model, RetinaNet):
+        options.setdefault("device", str(model.device))
+        model = model.loaded()
+    inputs = [rasters] if isinstance(rasters, str | os.PathLike) else list(rasters)
+    return detect(inputs, model, threshold=threshold, **options)
+
+
+def _show(fig: Figure) -> None:
+    """Display a figure in Jupyter (no-op elsewhere)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        display(fig)
