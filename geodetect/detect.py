@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import box_iou
 from tqdm.auto import tqdm
 
 from geodetect.errors import RasterError
@@ -204,6 +205,7 @@ def detect(
     threshold: float | None = None,
     nms_iou: float = 0.5,
     merge_metric: str = "iou",
+    tta: bool = True,
     bands: Sequence[int] | None = None,
     batch_size: int | None = None,
     device: str = "auto",
@@ -226,6 +228,9 @@ def detect(
         threshold: minimum score (default: the model's).
         nms_iou: overlap above which same-class detections are merged.
         merge_metric: ``"iou"`` or ``"ios"`` (intersection over the smaller box).
+        tta: also run each chip flipped left-right, up-down and both, and fuse the four
+            answers (score-weighted box averages): boxes land closer to the truth and
+            fewer duplicates survive, for 4x the compute. ``False`` is 4x faster.
         bands: 1-based raster bands in the model's band order (default: non-alpha bands).
 
     Returns:
@@ -267,7 +272,8 @@ def detect(
                 spec.gsd,
             )
     net = loaded.model
-    net.score_thresh = threshold
+    # With flips, keep weaker per-pass boxes: the fused score decides.
+    net.score_thresh = threshold / 2 if tta else threshold
     net.nms_thresh = nms_iou
     normalisers = [Normaliser(*_band_scaling(g, spec), dev) for g in grids]
     jobs = plan_chips(grids, chip_size=chip_size, overlap=overlap)
@@ -311,7 +317,9 @@ def detect(
                 n_items = len(indices) + empty + len(skipped)
                 if batch is not None:
                     report.chips_read += len(indices)
-                    for part in _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp):
+                    for part in _run_batch(
+                        net, batch, indices, jobs, grids, normalisers, dev, amp, tta, threshold
+                    ):
                         parts.setdefault(part["grid"], []).append(part)
                         found += len(part["score"])
                 bar.update(n_items)
@@ -332,7 +340,9 @@ def _all_grids(inputs) -> bool:
     )
 
 
-def _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp) -> list[dict]:
+def _run_batch(
+    net, batch, indices, jobs, grids, normalisers, dev, amp, tta, threshold
+) -> list[dict]:
     """Run one batch (possibly spanning grids) and keep the detections each chip owns.
 
     Returns one dict per chip with detections: ``grid`` (int), ``geometry`` (Polygons in
@@ -346,7 +356,7 @@ def _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp) -> list[
         normed[sel] = normalisers[gi](batch[sel])
     ctx = torch.autocast(dev.type, dtype=amp) if amp else nullcontext()
     with ctx:
-        outputs = net(normed)
+        outputs = predict_with_flips(net, normed, min_score=threshold) if tta else net(normed)
     parts = []
     for job_index, out in zip(indices, outputs, strict=True):
         boxes = out["boxes"].float().cpu().numpy().astype(np.float64)
@@ -372,6 +382,68 @@ def _run_batch(net, batch, indices, jobs, grids, normalisers, dev, amp) -> list[
             }
         )
     return parts
+
+
+def _flip_boxes(boxes: torch.Tensor, size: int, dims: tuple[int, ...]) -> torch.Tensor:
+    """Map xyxy boxes found in a chip flipped along ``dims`` (2 = rows, 3 = columns)
+    back to the unflipped chip (flipping is its own inverse)."""
+    out = boxes.clone()
+    if 3 in dims:
+        out[:, [0, 2]] = size - boxes[:, [2, 0]]
+    if 2 in dims:
+        out[:, [1, 3]] = size - boxes[:, [3, 1]]
+    return out
+
+
+FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
+
+def predict_with_flips(
+    net, batch: torch.Tensor, *, min_score: float = 0.0, fuse_iou: float = 0.55
+) -> list[dict]:
+    """Test-time augmentation: run the four flips of each chip and fuse the answers.
+
+    Boxes of one class that overlap (IoU > ``fuse_iou``) across flips are one object:
+    its box is the score-weighted mean of theirs and its score the mean over all four
+    passes (an object seen in one pass only keeps a quarter of its score); fused
+    objects scoring below ``min_score`` are dropped.
+    """
+    size = batch.shape[-1]
+    passes = [net(torch.flip(batch, dims) if dims else batch) for dims in FLIPS]
+    fused = []
+    for i in range(batch.shape[0]):
+        boxes = torch.cat(
+            [
+                _flip_boxes(p[i]["boxes"].double(), size, dims)
+                for p, dims in zip(passes, FLIPS, strict=True)
+            ]
+        )
+        scores = torch.cat([p[i]["scores"].double() for p in passes])
+        labels = torch.cat([p[i]["labels"] for p in passes])
+        order = scores.argsort(descending=True)
+        boxes, scores, labels = boxes[order], scores[order], labels[order]
+        iou = box_iou(boxes, boxes)
+        taken = torch.zeros(len(boxes), dtype=torch.bool)
+        out_boxes, out_scores, out_labels = [], [], []
+        for k in range(len(boxes)):
+            if taken[k]:
+                continue
+            group = (~taken) & (labels == labels[k]) & (iou[k] > fuse_iou)
+            taken |= group
+            weights = scores[group]
+            if weights.sum() / len(FLIPS) < min_score:
+                continue
+            out_boxes.append((boxes[group] * weights[:, None]).sum(0) / weights.sum())
+            out_scores.append(weights.sum() / len(FLIPS))
+            out_labels.append(labels[k])
+        fused.append(
+            {
+                "boxes": torch.stack(out_boxes) if out_boxes else boxes.new_zeros((0, 4)),
+                "scores": torch.stack(out_scores) if out_scores else scores.new_zeros(0),
+                "labels": torch.stack(out_labels) if out_labels else labels.new_zeros(0),
+            }
+        )
+    return fused
 
 
 def _merge(parts: dict[int, list[dict]], grids, *, threshold, metric, crs) -> gpd.GeoDataFrame:

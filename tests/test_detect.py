@@ -122,3 +122,30 @@ def test_alpha_band_is_mask_not_data(tmp_path, oracle):
     layer = detect([path], oracle, chip_size=64, overlap=0, workers=0, progress=False)
     # the box under alpha 0 reads as zeros and is not found
     _match(layer, pixel_boxes_to_map(np.array([[5, 5, 20, 20]]), NORTH_UP))
+
+
+def test_flip_fusion_matches_single_pass_and_unflips_exactly(tmp_path, oracle):
+    import torch
+
+    from geodetect.detect import FLIPS, _flip_boxes, predict_with_flips
+
+    boxes = torch.tensor([[3.0, 5.0, 20.0, 9.0], [40.0, 0.0, 64.0, 30.0]])
+    for dims in FLIPS:
+        assert torch.equal(_flip_boxes(_flip_boxes(boxes, 64, dims), 64, dims), boxes)
+    rng = np.random.default_rng(5)
+    truth = random_boxes(rng, 130, 150, 12)
+    path = write_geotiff(tmp_path / "s.tif", paint_boxes(130, 150, truth), transform=NORTH_UP)
+    kw = dict(chip_size=64, overlap=32, workers=0, progress=False)
+    plain = detect([path], oracle, tta=False, **kw)
+    fused = detect([path], oracle, tta=True, **kw)
+    _match(fused, plain.geometry.values)
+    # an object seen in one flip only keeps a quarter of its score
+    image = torch.from_numpy(paint_boxes(64, 64, [(0, 0, 10, 10)])).float()[None]
+
+    class OnlyUnflipped(torch.nn.Module):
+        def forward(self, batch):
+            found = oracle.model(batch)
+            return found if batch[0, 0, 0, 0] > 128 else [{k: v[:0] for k, v in found[0].items()}]
+
+    out = predict_with_flips(OnlyUnflipped(), image)[0]
+    assert out["scores"].tolist() == pytest.approx([0.9 / 4])

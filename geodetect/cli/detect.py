@@ -69,6 +69,13 @@ def parse_bands(text: str | None) -> list[int] | None:
     help="Overlap measure for merging: IoU, or intersection over the smaller box "
     "(merges boxes cut by chip edges into the whole one).",
 )
+@click.option(
+    "--tta/--no-tta",
+    default=True,
+    show_default=True,
+    help="Test-time augmentation: fuse the answers for the four flips of each chip "
+    "(more exact boxes, 4x the compute); --no-tta is 4x faster.",
+)
 @options.bands
 @options.batch_size()
 @options.device
@@ -92,6 +99,7 @@ def command(
     threshold,
     nms_iou,
     merge_metric,
+    tta,
     bands,
     batch_size,
     device,
@@ -128,6 +136,7 @@ def command(
         threshold=threshold,
         nms_iou=nms_iou,
         merge_metric=merge_metric,
+        tta=tta,
         bands=band_list,
         batch_size=batch_size,
         device=device,
