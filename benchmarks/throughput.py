@@ -24,7 +24,7 @@ import rasterio
 import torch
 from affine import Affine
 
-from geodetect.detect import Normaliser, default_overlap, detect
+from geodetect.detect import Normaliser, default_overlap, detect, predict_with_flips
 from geodetect.io.export import write_layer
 from geodetect.model import LoadedModel, ModelSpec, autocast_dtype, build_retinanet
 from geodetect.model.spec import preset_widths
@@ -50,9 +50,19 @@ def write_scene(path: Path, size: int, seed: int = 0) -> None:
     coarse = rng.integers(0, 255, size=(3, size // 16 + 1, size // 16 + 1), dtype=np.uint8)
     image = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)[:, :size, :size]
     image = (image // 2 + rng.integers(0, 128, size=image.shape, dtype=np.uint8)).astype(np.uint8)
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                   crs="EPSG:32617", transform=Affine(0.3, 0, 500000, 0, -0.3, 3300000),
-                   tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32617",
+        transform=Affine(0.3, 0, 500000, 0, -0.3, 3300000),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(image)
 
@@ -67,14 +77,29 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--tta", action="store_true", help="flip test-time augmentation in both measurements"
+    )
     args = parser.parse_args()
 
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                       else ("cpu" if args.device == "auto" else args.device))
+    dev = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     channels, convs = preset_widths(args.preset)
-    spec = ModelSpec(classes=["pool"], band_mean=[120.0] * 3, band_std=[60.0] * 3,
-                     chip_size=args.chip_size, backbone=args.backbone, preset=args.preset,
-                     fpn_channels=channels, head_convs=convs, gsd=0.3, max_object_px=48)
+    spec = ModelSpec(
+        classes=["pool"],
+        band_mean=[120.0] * 3,
+        band_std=[60.0] * 3,
+        chip_size=args.chip_size,
+        backbone=args.backbone,
+        preset=args.preset,
+        fpn_channels=channels,
+        head_convs=convs,
+        gsd=0.3,
+        max_object_px=48,
+    )
     torch.manual_seed(0)
     net = build_retinanet(spec, pretrained="none").eval().to(dev)
     net.score_thresh = spec.score_threshold
@@ -98,11 +123,12 @@ def main() -> None:
             with torch.inference_mode():
                 for _ in range(n_batches):
                     x = normalise(batch.to(dev, non_blocking=True))
+                    run = (lambda b: predict_with_flips(net, b, min_score=0.5)) if args.tta else net
                     if amp:
                         with torch.autocast(dev.type, dtype=amp):
-                            out = net(x)
+                            out = run(x)
                     else:
-                        out = net(x)
+                        out = run(x)
                     _ = [o["boxes"].cpu() for o in out]
             if dev.type == "cuda":
                 torch.cuda.synchronize()
@@ -111,8 +137,17 @@ def main() -> None:
         def end_to_end() -> float:
             out = Path(tmp) / "out.gpkg"
             start = time.perf_counter()
-            layer = detect([scene], loaded, overlap=overlap, batch_size=args.batch_size,
-                           device=str(dev), workers=args.workers, progress=False)
+            layer = detect(
+                [scene],
+                loaded,
+                chip_size=args.chip_size,
+                overlap=overlap,
+                batch_size=args.batch_size,
+                device=str(dev),
+                workers=args.workers,
+                tta=args.tta,
+                progress=False,
+            )
             write_layer(layer, out, overwrite=True)
             return n_chips / (time.perf_counter() - start)
 
@@ -122,8 +157,11 @@ def main() -> None:
 
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"device          : {device_name(dev)}")
-    print(f"model           : {args.backbone} {args.preset}, chip {args.chip_size}px, "
-          f"batch {args.batch_size}, {'bf16 autocast' if amp else 'fp32'}")
+    print(
+        f"model           : {args.backbone} {args.preset}, chip {args.chip_size}px, "
+        f"batch {args.batch_size}, {'bf16 autocast' if amp else 'fp32'}, "
+        f"{'flip TTA' if args.tta else 'no TTA'}"
+    )
     print(f"scene           : {size}x{size} px, {n_chips} chips, overlap {overlap}px")
     print(f"model-only      : {best_model:8.2f} chips/s")
     print(f"end-to-end      : {best_e2e:8.2f} chips/s  (read -> detect -> merge -> write)")
