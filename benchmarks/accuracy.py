@@ -33,12 +33,21 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_demo(tmp, train_minutes=args.minutes, train_size=args.train_size,
-                          test_size=args.test_size, seed=args.seed, device=args.device,
-                          progress=False)
+        result = run_demo(
+            tmp,
+            train_minutes=args.minutes,
+            train_size=args.train_size,
+            test_size=args.test_size,
+            seed=args.seed,
+            device=args.device,
+            progress=False,
+        )
     m = result.metrics
-    device = (torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available()
-              else f"CPU, {torch.get_num_threads()} threads")
+    device = (
+        torch.cuda.get_device_name()
+        if args.device != "cpu" and torch.cuda.is_available()
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     print(f"device            : {device}")
     print(f"budget            : {args.minutes} min training, seed {args.seed}")
     print(f"held-out truth    : {m.n_truth} pools; detections {m.n_detections}")
@@ -47,8 +56,10 @@ def main() -> None:
     print(f"precision/recall  : {m.precision:.3f} / {m.recall:.3f}   F1 {m.f1:.3f}")
     print(f"duplicates        : {m.duplicates}")
     centre = "n/a" if m.centre_error_mean_m is None else f"{m.centre_error_mean_m:.3f} m"
-    print(f"centre error      : {centre} (mean), "
-          f"{m.centre_error_median_m or float('nan'):.3f} m (median)")
+    print(
+        f"centre error      : {centre} (mean), "
+        f"{m.centre_error_median_m or float('nan'):.3f} m (median)"
+    )
     print(f"wall time         : {(time.monotonic() - start) / 60:.1f} min")
     if args.json:
         print(json.dumps(m.to_dict(), indent=2))

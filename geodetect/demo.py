@@ -54,16 +54,34 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log.info("1/5 synthesising a training scene and a separate 2x2-file test mosaic")
-    train_scene = synth_scene(out / "train", seed=seed + 101, size=(train_size, train_size),
-                              overwrite=overwrite, compress="deflate")
-    test_scene = synth_scene(out / "mosaic", seed=seed + 202, size=(test_size, test_size),
-                             tiles=2, origin=(420000.0, 3100000.0), overwrite=overwrite,
-                             compress="jpeg")
+    train_scene = synth_scene(
+        out / "train",
+        seed=seed + 101,
+        size=(train_size, train_size),
+        overwrite=overwrite,
+        compress="deflate",
+    )
+    test_scene = synth_scene(
+        out / "mosaic",
+        seed=seed + 202,
+        size=(test_size, test_size),
+        tiles=2,
+        origin=(420000.0, 3100000.0),
+        overwrite=overwrite,
+        compress="jpeg",
+    )
     log.info("2/5 training for at most %.1f minutes", train_minutes)
     model_path = out / "pools.model"
-    trained = train(train_scene.image_paths, train_scene.truth_path, model_path,
-                    max_minutes=train_minutes, device=device, overwrite=True, seed=seed,
-                    progress=progress)
+    trained = train(
+        train_scene.image_paths,
+        train_scene.truth_path,
+        model_path,
+        max_minutes=train_minutes,
+        device=device,
+        overwrite=True,
+        seed=seed,
+        progress=progress,
+    )
     log.info("%s", trained.summary())
     log.info("3/5 detecting over the test mosaic")
     layer = detect(test_scene.image_paths, model_path, device=device, progress=progress)
@@ -76,8 +94,12 @@ def run_demo(
     (out / "metrics.json").write_text(json.dumps(metrics.to_dict(), indent=2) + "\n")
     log.info("5/5 drawing the quick look")
     quicklook = out / "quicklook.png"
-    plot_detections(test_scene.image_paths, layer, truth=truth, result=metrics,
-                    title=f"AP50 {metrics.ap50:.3f} - green: found, red: false alarm, "
-                          "orange: missed", path=quicklook)
-    return DemoResult(out, model_path, layers, quicklook, metrics,
-                      (time.monotonic() - start) / 60)
+    plot_detections(
+        test_scene.image_paths,
+        layer,
+        truth=truth,
+        result=metrics,
+        title=f"AP50 {metrics.ap50:.3f} - green: found, red: false alarm, orange: missed",
+        path=quicklook,
+    )
+    return DemoResult(out, model_path, layers, quicklook, metrics, (time.monotonic() - start) / 60)

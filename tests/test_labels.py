@@ -35,8 +35,9 @@ def pixel_box_to_map(x1, y1, x2, y2, transform=NORTH_UP):
 
 @pytest.fixture
 def scene(tmp_path):
-    return write_geotiff(tmp_path / "scene.tif", paint_boxes(100, 120, [(10, 20, 30, 35)]),
-                         transform=NORTH_UP)
+    return write_geotiff(
+        tmp_path / "scene.tif", paint_boxes(100, 120, [(10, 20, 30, 35)]), transform=NORTH_UP
+    )
 
 
 def write_layer(path, geoms, crs="EPSG:32617", **columns):
@@ -57,8 +58,9 @@ def test_labels_in_another_crs_land_on_the_right_pixels(tmp_path, scene):
 
 def test_map_to_pixel_boxes_takes_the_envelope_in_pixel_space():
     triangle = shapely.Polygon([NORTH_UP @ (10, 10), NORTH_UP @ (20, 30), NORTH_UP @ (5, 25)])
-    np.testing.assert_allclose(map_to_pixel_boxes(np.array([triangle]), NORTH_UP),
-                               [[5, 10, 20, 30]], atol=1e-6)
+    np.testing.assert_allclose(
+        map_to_pixel_boxes(np.array([triangle]), NORTH_UP), [[5, 10, 20, 30]], atol=1e-6
+    )
 
 
 def test_invalid_polygon_is_repaired_and_kept(tmp_path, scene, caplog):
@@ -108,10 +110,12 @@ def test_missing_label_file_is_an_input_error(tmp_path):
 def test_points_become_squares_of_their_size_in_metres(tmp_path, scene):
     centre = NORTH_UP @ (40, 50)  # 0.3 m pixels: 6 m = 20 px, 3 m = 10 px
     other = NORTH_UP @ (80, 50)
-    path = write_layer(tmp_path / "points.gpkg",
-                       gpd.GeoSeries([shapely.Point(centre), shapely.Point(other)],
-                                     crs="EPSG:32617").to_crs(4326),
-                       crs=4326, size=[6.0, None])
+    path = write_layer(
+        tmp_path / "points.gpkg",
+        gpd.GeoSeries([shapely.Point(centre), shapely.Point(other)], crs="EPSG:32617").to_crs(4326),
+        crs=4326,
+        size=[6.0, None],
+    )
     labels = read_labels(path, point_size=3.0)
     [on_grid] = labels_on_grids(labels, open_mosaics([scene]), ["pool"])
     np.testing.assert_allclose(on_grid.boxes, [[30, 40, 50, 60], [75, 45, 85, 55]], atol=0.05)
@@ -124,16 +128,18 @@ def test_points_without_a_size_are_a_label_error(tmp_path):
 
 
 def test_lines_are_a_label_error(tmp_path):
-    path = write_layer(tmp_path / "lines.gpkg",
-                       [shapely.LineString([NORTH_UP @ (0, 0), NORTH_UP @ (5, 5)])])
+    path = write_layer(
+        tmp_path / "lines.gpkg", [shapely.LineString([NORTH_UP @ (0, 0), NORTH_UP @ (5, 5)])]
+    )
     with pytest.raises(LabelError, match="holds lines"):
         read_labels(path)
 
 
 def test_classes_come_from_the_class_field_sorted(tmp_path, scene):
     geoms = [pixel_box_to_map(10, 10, 20, 20), pixel_box_to_map(30, 30, 40, 40)]
-    path = write_layer(tmp_path / "labels.gpkg", geoms, kind=["tank", "pool"],
-                       **{"class": ["x", "y"]})
+    path = write_layer(
+        tmp_path / "labels.gpkg", geoms, kind=["tank", "pool"], **{"class": ["x", "y"]}
+    )
     assert class_names(read_labels(path)) == ["x", "y"]
     labels = read_labels(path, class_field="kind")
     assert class_names(labels) == ["pool", "tank"]
@@ -149,8 +155,9 @@ def test_default_class_is_pool(tmp_path):
 
 
 def write_png(path, height=64, width=64):
-    with rasterio.open(path, "w", driver="PNG", height=height, width=width, count=3,
-                       dtype="uint8") as dst:
+    with rasterio.open(
+        path, "w", driver="PNG", height=height, width=width, count=3, dtype="uint8"
+    ) as dst:
         dst.write(paint_boxes(height, width, [(5, 6, 20, 30)]))
     return path
 
@@ -160,8 +167,10 @@ VOC_XML = """<annotation>
   <size><width>64</width><height>64</height><depth>3</depth></size>
   {objects}
 </annotation>"""
-VOC_OBJECT = ("<object><name>{cls}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
-              "<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+VOC_OBJECT = (
+    "<object><name>{cls}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+    "<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+)
 
 
 def test_voc_folder_reads_pixel_edge_boxes(tmp_path):
@@ -169,10 +178,12 @@ def test_voc_folder_reads_pixel_edge_boxes(tmp_path):
     (tmp_path / "labels").mkdir()
     write_png(tmp_path / "images" / "000000000.png")
     write_png(tmp_path / "images" / "000000001.png")
-    objects = (VOC_OBJECT.format(cls="pool", x1=5.0, y1=6.0, x2=20.0, y2=30.0)
-               + VOC_OBJECT.format(cls="tank", x1=40, y1=40, x2=50.5, y2=52))
+    objects = VOC_OBJECT.format(cls="pool", x1=5.0, y1=6.0, x2=20.0, y2=30.0) + VOC_OBJECT.format(
+        cls="tank", x1=40, y1=40, x2=50.5, y2=52
+    )
     (tmp_path / "labels" / "000000000.xml").write_text(
-        VOC_XML.format(name="000000000.png", objects=objects))
+        VOC_XML.format(name="000000000.png", objects=objects)
+    )
     chips = read_voc_folder(tmp_path)
     assert [c.image.name for c in chips] == ["000000000.png", "000000001.png"]
     np.testing.assert_allclose(chips[0].boxes, [[5, 6, 20, 30], [40, 40, 50.5, 52]])
@@ -202,8 +213,10 @@ def test_coco_json_reads_xywh_boxes(tmp_path):
     write_png(tmp_path / "images" / "a.png")
     write_png(tmp_path / "images" / "b.png")
     coco = {
-        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64},
-                   {"id": 2, "file_name": "b.png", "width": 64, "height": 64}],
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 64, "height": 64},
+            {"id": 2, "file_name": "b.png", "width": 64, "height": 64},
+        ],
         "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 6, 15, 24]}],
         "categories": [{"id": 7, "name": "pool"}],
     }
@@ -219,7 +232,10 @@ def test_coco_json_errors(tmp_path):
     path.write_text(json.dumps({"images": []}))
     with pytest.raises(LabelError, match="not a COCO detection file"):
         read_coco(path)
-    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "x.png"}],
-                                "annotations": [], "categories": []}))
+    path.write_text(
+        json.dumps(
+            {"images": [{"id": 1, "file_name": "x.png"}], "annotations": [], "categories": []}
+        )
+    )
     with pytest.raises(InputError, match="'x.png' not found"):
         read_coco(path)

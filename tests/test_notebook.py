@@ -29,13 +29,24 @@ def test_notebook_runs_clean(tmp_path):
     shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
     (tmp_path / "sample_data").symlink_to(ROOT / "sample_data")
     nb = nbformat.read(work / NOTEBOOK.name, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(work)}}).execute()
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if "image/png" in o.get("data", {})]
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+    ).execute()
+    images = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
     assert len(images) >= 5  # batch, LR finder, curves, results, detections map
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert errors == []
     layer = gpd.read_file(work / "outputs" / "pools.gpkg")
     assert len(layer) > 0 and layer.crs.to_epsg() == 32617

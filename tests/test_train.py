@@ -38,22 +38,26 @@ def map_box(x1, y1, x2, y2):
 
 @pytest.fixture(scope="module")
 def labelled_scene(tmp_path_factory):
-    """A 320 x 320 scene with bright squares and their labels (EPSG:4326 GeoJSON)."""
+    """A 256 x 256 scene with bright squares and their labels (EPSG:4326 GeoJSON)."""
     folder = tmp_path_factory.mktemp("scene")
     rng = np.random.default_rng(1)
-    boxes = random_boxes(rng, 320, 320, 40, min_size=8, max_size=20, gap=4)
-    image = paint_boxes(320, 320, boxes, value=200)
+    boxes = random_boxes(rng, 256, 256, 24, min_size=8, max_size=20, gap=4)
+    image = paint_boxes(256, 256, boxes, value=200)
     image = (image + rng.integers(0, 30, image.shape)).astype(np.uint8)
     tif = write_geotiff(folder / "scene.tif", image, transform=NORTH_UP)
-    labels = gpd.GeoDataFrame({"class": ["pool"] * len(boxes)},
-                              geometry=[map_box(*b) for b in boxes], crs="EPSG:32617")
+    labels = gpd.GeoDataFrame(
+        {"class": ["pool"] * len(boxes)}, geometry=[map_box(*b) for b in boxes], crs="EPSG:32617"
+    )
     labels.to_crs(4326).to_file(folder / "labels.geojson")
     return tif, folder / "labels.geojson", boxes
 
 
 def test_chip_targets_keep_mostly_visible_objects_clipped():
-    gl = GridLabels(_fake_grid(100, 100), np.array([[10., 10, 20, 20], [55, 10, 75, 20],
-                                                    [58, 30, 70, 40]]), np.array([0, 0, 0]))
+    gl = GridLabels(
+        _fake_grid(100, 100),
+        np.array([[10.0, 10, 20, 20], [55, 10, 75, 20], [58, 30, 70, 40]]),
+        np.array([0, 0, 0]),
+    )
     boxes, labels = chip_targets(gl, 0, 0, 64, min_visible=0.5)
     # [55, 75] has 9/20 inside (dropped); [58, 70] has 6/12 inside (kept, clipped).
     np.testing.assert_allclose(boxes, [[10, 10, 20, 20], [58, 30, 64, 40]])
@@ -87,22 +91,23 @@ def test_split_by_area_has_no_train_val_overlap(labelled_scene):
     train_set = ChipSet(labelled.grids, splits, TRAIN, chip_size=chip, augmentation=aug)
     val_set = ChipSet(labelled.grids, splits, VAL, chip_size=chip, fixed=True)
     assert train_set.num_positive > 0 and val_set.num_positive > 0
-    val_mask = np.zeros((320, 320), dtype=bool)
+    val_mask = np.zeros((256, 256), dtype=bool)
     for i in range(len(val_set)):
         _, row, col, size = val_set.window(i)
-        val_mask[max(row, 0):row + size, max(col, 0):col + size] = True
+        val_mask[max(row, 0) : row + size, max(col, 0) : col + size] = True
     for epoch in range(3):
         train_set.set_epoch(epoch)
         for i in range(len(train_set)):
             rng = np.random.default_rng([epoch, i])
             _, row, col, size = train_set.window(i, rng)
-            assert not val_mask[max(row, 0):row + size, max(col, 0):col + size].any()
+            assert not val_mask[max(row, 0) : row + size, max(col, 0) : col + size].any()
 
 
 def test_positive_chips_hold_their_object_at_varied_positions(labelled_scene):
     tif, labels, boxes = labelled_scene
-    data = prepare_training_data(load_labelled([tif], labels), chip_size=64, val_fraction=0.0,
-                                 augmentation=NO_AUGMENTATION)
+    data = prepare_training_data(
+        load_labelled([tif], labels), chip_size=64, val_fraction=0.0, augmentation=NO_AUGMENTATION
+    )
     assert data.val is None
     chips = data.train
     item = next(i for i, it in enumerate(chips.items) if it.anchor >= 0)
@@ -145,8 +150,9 @@ def test_resize_scales_pixel_edge_boxes():
 def test_augmented_chip_boxes_cover_their_bright_square(labelled_scene):
     tif, labels, _ = labelled_scene
     aug = Augmentation(brightness=0.0, contrast=0.0, colour=0.0, noise=0.0, scale=0.0)
-    data = prepare_training_data(load_labelled([tif], labels), chip_size=64, val_fraction=0.0,
-                                 augmentation=aug)
+    data = prepare_training_data(
+        load_labelled([tif], labels), chip_size=64, val_fraction=0.0, augmentation=aug
+    )
     threshold = (150 - data.band_mean[0]) / data.band_std[0]
     for epoch in range(2):
         data.train.set_epoch(epoch)
@@ -201,8 +207,12 @@ def test_max_minutes_budget_is_respected(labelled_scene, tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "geodetect", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "geodetect", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_train_missing_labels_is_a_one_line_error(labelled_scene, tmp_path):
@@ -219,8 +229,21 @@ def test_cli_train_missing_labels_is_a_one_line_error(labelled_scene, tmp_path):
 def test_cli_train_writes_model_and_summary(labelled_scene, tmp_path):
     tif, labels, _ = labelled_scene
     out = tmp_path / "m.model"
-    proc = run_cli("train", tif, "--labels", labels, "--out", out, "--chip-size", "64",
-                   "--epochs", "1", "--batch-size", "4", "-q")
+    proc = run_cli(
+        "train",
+        tif,
+        "--labels",
+        labels,
+        "--out",
+        out,
+        "--chip-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "-q",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "best validation AP50" in proc.stdout and str(out) in proc.stdout
     assert load_model(out).spec.classes == ["pool"]

@@ -108,8 +108,9 @@ def read_labels(
         classes = gdf[field]
         missing = classes.isna() | (classes.astype(str).str.strip() == "")
         if missing.any():
-            log.warning("%s: %d label(s) without a %r value ignored", name, int(missing.sum()),
-                        field)
+            log.warning(
+                "%s: %d label(s) without a %r value ignored", name, int(missing.sum()), field
+            )
             gdf, classes = gdf.loc[~missing], classes[~missing]
         classes = classes.astype(str).str.strip()
 
@@ -120,8 +121,9 @@ def read_labels(
             f"{name}: holds lines; labels must be polygons, boxes or points with a size"
         )
     points = (kinds == _POINT) | (kinds == _MULTIPOINT)
-    out = gpd.GeoDataFrame({"class": classes.to_numpy(dtype=object)}, geometry=geoms,
-                           crs=gdf.crs, index=gdf.index)
+    out = gpd.GeoDataFrame(
+        {"class": classes.to_numpy(dtype=object)}, geometry=geoms, crs=gdf.crs, index=gdf.index
+    )
     out.attrs = dict(gdf.attrs)
     if points.any():
         sizes = _point_sizes(gdf.loc[points], name, point_size, size_field)
@@ -129,19 +131,30 @@ def read_labels(
 
     repaired, report = repair_geometries(out)
     if report.repaired:
-        log.info("%s: %d invalid label geometr%s repaired", name, report.repaired,
-                 "y" if report.repaired == 1 else "ies")
+        log.info(
+            "%s: %d invalid label geometr%s repaired",
+            name,
+            report.repaired,
+            "y" if report.repaired == 1 else "ies",
+        )
     if report.dropped:
-        log.warning("%s: %d label(s) without a usable polygon dropped (null, empty or "
-                    "collapsed geometries)", name, report.dropped)
+        log.warning(
+            "%s: %d label(s) without a usable polygon dropped (null, empty or "
+            "collapsed geometries)",
+            name,
+            report.dropped,
+        )
     if len(repaired) == 0:
-        raise LabelError(f"{name}: no usable label polygons are left after repair; check "
-                         "the geometries in your GIS")
+        raise LabelError(
+            f"{name}: no usable label polygons are left after repair; check "
+            "the geometries in your GIS"
+        )
     return repaired[["class", "geometry"]]
 
 
-def _point_sizes(points: gpd.GeoDataFrame, name: str, point_size: float | None,
-                 size_field: str) -> np.ndarray:
+def _point_sizes(
+    points: gpd.GeoDataFrame, name: str, point_size: float | None, size_field: str
+) -> np.ndarray:
     """Side in metres for each point: its ``size_field`` value, else ``point_size``."""
     sizes = np.full(len(points), np.nan if point_size is None else float(point_size))
     if size_field in points.columns:
@@ -196,8 +209,12 @@ def map_to_pixel_boxes(geoms: np.ndarray, transform: Affine) -> np.ndarray:
     inverse = ~transform
     px = inverse.a * coords[:, 0] + inverse.b * coords[:, 1] + inverse.c
     py = inverse.d * coords[:, 0] + inverse.e * coords[:, 1] + inverse.f
-    for column, values, reduce in ((0, px, np.fmin), (1, py, np.fmin),
-                                   (2, px, np.fmax), (3, py, np.fmax)):
+    for column, values, reduce in (
+        (0, px, np.fmin),
+        (1, py, np.fmin),
+        (2, px, np.fmax),
+        (3, py, np.fmax),
+    ):
         init = np.inf if reduce is np.fmin else -np.inf
         out = np.full(len(geoms), init)
         reduce.at(out, owner, values)
@@ -205,8 +222,9 @@ def map_to_pixel_boxes(geoms: np.ndarray, transform: Affine) -> np.ndarray:
     return boxes
 
 
-def labels_on_grids(labels: gpd.GeoDataFrame, grids: Sequence[MosaicGrid],
-                    classes: Sequence[str]) -> list[GridLabels]:
+def labels_on_grids(
+    labels: gpd.GeoDataFrame, grids: Sequence[MosaicGrid], classes: Sequence[str]
+) -> list[GridLabels]:
     """Pixel boxes of the labels on each mosaic grid (reprojected to each grid's CRS).
 
     A label counts on a grid when its box overlaps the grid's extent with positive area;
@@ -222,14 +240,19 @@ def labels_on_grids(labels: gpd.GeoDataFrame, grids: Sequence[MosaicGrid],
     out = []
     for grid in grids:
         if grid.crs is None:
-            raise LabelError(f"{grid.paths[0]}: raster has no CRS, so map labels cannot be "
-                             "placed on it; assign one to the raster")
+            raise LabelError(
+                f"{grid.paths[0]}: raster has no CRS, so map labels cannot be "
+                "placed on it; assign one to the raster"
+            )
         local = to_crs_checked(labels, grid.crs)
-        boxes = map_to_pixel_boxes(np.asarray(local.geometry.to_numpy(), dtype=object),
-                                   grid.transform)
-        on_grid = (np.isfinite(boxes).all(axis=1)
-                   & (np.minimum(boxes[:, 2], grid.width) - np.maximum(boxes[:, 0], 0) > 0)
-                   & (np.minimum(boxes[:, 3], grid.height) - np.maximum(boxes[:, 1], 0) > 0))
+        boxes = map_to_pixel_boxes(
+            np.asarray(local.geometry.to_numpy(), dtype=object), grid.transform
+        )
+        on_grid = (
+            np.isfinite(boxes).all(axis=1)
+            & (np.minimum(boxes[:, 2], grid.width) - np.maximum(boxes[:, 0], 0) > 0)
+            & (np.minimum(boxes[:, 3], grid.height) - np.maximum(boxes[:, 1], 0) > 0)
+        )
         placed |= on_grid
         out.append(GridLabels(grid, boxes[on_grid], class_ids[on_grid]))
     outside = int((~placed).sum())
@@ -239,8 +262,12 @@ def labels_on_grids(labels: gpd.GeoDataFrame, grids: Sequence[MosaicGrid],
             "that labels and imagery cover the same area and that both CRSs are right"
         )
     if outside:
-        log.warning("%s: %d of %d labels lie outside every input raster and are ignored",
-                    name, outside, len(labels))
+        log.warning(
+            "%s: %d of %d labels lie outside every input raster and are ignored",
+            name,
+            outside,
+            len(labels),
+        )
     return out
 
 
@@ -279,17 +306,26 @@ def read_voc_folder(folder: str | os.PathLike[str]) -> list[ChipLabels]:
     folder = Path(folder)
     images_dir, labels_dir = folder / "images", folder / "labels"
     if not images_dir.is_dir() or not labels_dir.is_dir():
-        raise InputError(f"{folder}: not a VOC chip folder; it needs images/ and labels/ "
-                         "sub-folders (ArcGIS 'Export Training Data', PASCAL_VOC_rectangles)")
-    images = {p.stem: p for p in sorted(images_dir.iterdir())
-              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+        raise InputError(
+            f"{folder}: not a VOC chip folder; it needs images/ and labels/ "
+            "sub-folders (ArcGIS 'Export Training Data', PASCAL_VOC_rectangles)"
+        )
+    images = {
+        p.stem: p
+        for p in sorted(images_dir.iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    }
     if not images:
         raise InputError(f"{images_dir}: holds no chip images ({', '.join(IMAGE_SUFFIXES)})")
     xmls = {p.stem: p for p in sorted(labels_dir.glob("*.xml"))}
     orphans = sorted(set(xmls) - set(images))
     if orphans:
-        log.warning("%s: %d label file(s) without a matching image ignored (e.g. %s.xml)",
-                    labels_dir, len(orphans), orphans[0])
+        log.warning(
+            "%s: %d label file(s) without a matching image ignored (e.g. %s.xml)",
+            labels_dir,
+            len(orphans),
+            orphans[0],
+        )
     chips = []
     for stem, image in images.items():
         if stem in xmls:
@@ -314,15 +350,17 @@ def _parse_voc(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
                 raise ValueError
             box = [float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
         except (TypeError, ValueError):
-            raise LabelError(f"{path}: an <object> lacks a <name> or a numeric <bndbox> "
-                             "(xmin, ymin, xmax, ymax)") from None
+            raise LabelError(
+                f"{path}: an <object> lacks a <name> or a numeric <bndbox> (xmin, ymin, xmax, ymax)"
+            ) from None
         boxes.append(box)
         classes.append(name)
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), tuple(classes)
 
 
-def read_coco(path: str | os.PathLike[str], *,
-              image_root: str | os.PathLike[str] | None = None) -> list[ChipLabels]:
+def read_coco(
+    path: str | os.PathLike[str], *, image_root: str | os.PathLike[str] | None = None
+) -> list[ChipLabels]:
     """Read a COCO detection file (``images``, ``annotations`` with ``bbox`` [x, y, w, h]
     in pixel-edge coordinates, ``categories``).
 
@@ -341,9 +379,12 @@ def read_coco(path: str | os.PathLike[str], *,
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise LabelError(f"{path}: not a readable JSON file ({exc})") from None
     if not isinstance(data, dict) or not all(
-            isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
-        raise LabelError(f"{path}: not a COCO detection file (needs 'images', 'annotations' "
-                         "and 'categories' lists)")
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise LabelError(
+            f"{path}: not a COCO detection file (needs 'images', 'annotations' "
+            "and 'categories' lists)"
+        )
     roots = [Path(image_root)] if image_root else [path.parent, path.parent / "images"]
     try:
         names = {c["id"]: str(c["name"]) for c in data["categories"]}
@@ -355,26 +396,37 @@ def read_coco(path: str | os.PathLike[str], *,
             boxes.append([x, y, x + w, y + h])
             classes.append(names[ann["category_id"]])
     except (KeyError, TypeError, ValueError):
-        raise LabelError(f"{path}: malformed COCO content (every image needs id and "
-                         "file_name, every annotation image_id, category_id and a 4-number "
-                         "bbox that refer to listed images and categories)") from None
+        raise LabelError(
+            f"{path}: malformed COCO content (every image needs id and "
+            "file_name, every annotation image_id, category_id and a 4-number "
+            "bbox that refer to listed images and categories)"
+        ) from None
     chips = []
     for image_id, file_name in files.items():
         image = next((r / file_name for r in roots if (r / file_name).is_file()), None)
         if image is None:
-            raise InputError(f"{path}: image {file_name!r} not found under "
-                             f"{' or '.join(str(r) for r in roots)}; pass the image folder")
+            raise InputError(
+                f"{path}: image {file_name!r} not found under "
+                f"{' or '.join(str(r) for r in roots)}; pass the image folder"
+            )
         boxes, classes = per_image[image_id]
-        chips.append(ChipLabels(image, np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-                                tuple(classes)))
+        chips.append(
+            ChipLabels(image, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), tuple(classes))
+        )
     return chips
 
 
 def chip_grid_of(image: str | os.PathLike[str]) -> MosaicGrid:
     """A one-file mosaic grid over a chip image (georeferenced or not)."""
     info = scene_info(image, allow_no_crs=True)
-    return MosaicGrid(info.crs, info.transform, info.width, info.height,
-                      [Member(info, 0, 0)], bands=list(info.data_bands))
+    return MosaicGrid(
+        info.crs,
+        info.transform,
+        info.width,
+        info.height,
+        [Member(info, 0, 0)],
+        bands=list(info.data_bands),
+    )
 
 
 def chips_on_grids(chips: Sequence[ChipLabels], classes: Sequence[str]) -> list[GridLabels]:
@@ -383,8 +435,11 @@ def chips_on_grids(chips: Sequence[ChipLabels], classes: Sequence[str]) -> list[
     out = []
     for chip in chips:
         boxes = np.asarray(chip.boxes, dtype=np.float64).reshape(-1, 4)
-        bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (
-            boxes[:, 3] <= boxes[:, 1])
+        bad = (
+            ~np.isfinite(boxes).all(axis=1)
+            | (boxes[:, 2] <= boxes[:, 0])
+            | (boxes[:, 3] <= boxes[:, 1])
+        )
         if bad.any():
             log.warning("%s: %d empty or inverted box(es) ignored", chip.image, int(bad.sum()))
         ids = np.array([index[c] for c in chip.classes], dtype=np.int64)

@@ -51,6 +51,9 @@ class ModelSpec:
     box_loss: str = "giou"
     max_object_px: float | None = None
     score_threshold: float = 0.5
+    # Kept boxes become the score-weighted mean of same-class candidates overlapping
+    # them by at least this IoU (box voting); None or 1 turns it off.
+    box_vote_iou: float | None = 0.7
     training: dict[str, Any] = field(default_factory=dict)
     geodetect_version: str = __version__
     format: str = FORMAT
@@ -84,6 +87,8 @@ class ModelSpec:
             out.append("anchor_base_sizes needs one size per pyramid level P3-P7 (5 values)")
         if not self.anchor_scales or not self.anchor_ratios:
             out.append("anchor_scales and anchor_ratios must not be empty")
+        if self.box_vote_iou is not None and not 0 < self.box_vote_iou <= 1:
+            out.append(f"box_vote_iou must be in (0, 1] or None, got {self.box_vote_iou}")
         if self.box_loss not in ("l1", "smooth_l1", "giou", "diou", "ciou"):
             out.append(f"unknown box_loss {self.box_loss!r}")
         return out

@@ -20,14 +20,16 @@ def hflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     """Mirror left-right: x -> W - x."""
     width = image.shape[-1]
     return image.flip(-1), torch.stack(
-        [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+        [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1
+    )
 
 
 def vflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     """Mirror top-bottom: y -> H - y."""
     height = image.shape[-2]
     return image.flip(-2), torch.stack(
-        [boxes[:, 0], height - boxes[:, 3], boxes[:, 2], height - boxes[:, 1]], dim=1)
+        [boxes[:, 0], height - boxes[:, 3], boxes[:, 2], height - boxes[:, 1]], dim=1
+    )
 
 
 def rot90(image: Tensor, boxes: Tensor, k: int = 1) -> tuple[Tensor, Tensor]:
@@ -40,7 +42,8 @@ def rot90(image: Tensor, boxes: Tensor, k: int = 1) -> tuple[Tensor, Tensor]:
         width = image.shape[-1]
         image = torch.rot90(image, 1, dims=(-2, -1))
         boxes = torch.stack(
-            [boxes[:, 1], width - boxes[:, 2], boxes[:, 3], width - boxes[:, 0]], dim=1)
+            [boxes[:, 1], width - boxes[:, 2], boxes[:, 3], width - boxes[:, 0]], dim=1
+        )
     return image, boxes
 
 
@@ -58,13 +61,15 @@ def resize(image: Tensor, boxes: Tensor, size: int) -> tuple[Tensor, Tensor]:
     old = image.shape[-1]
     if old == size:
         return image, boxes
-    out = F.interpolate(image[None], size=(size, size), mode="bilinear",
-                        align_corners=False, antialias=size < old)[0]
+    out = F.interpolate(
+        image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=size < old
+    )[0]
     return out, boxes * (size / old)
 
 
-def jitter_radiometry(image: Tensor, generator: torch.Generator, *, brightness: float,
-                      contrast: float, colour: float) -> Tensor:
+def jitter_radiometry(
+    image: Tensor, generator: torch.Generator, *, brightness: float, contrast: float, colour: float
+) -> Tensor:
     """Random brightness (shift in std units), contrast (about the chip mean) and
     per-band gain (colour balance), each drawn uniformly within ±the given amount."""
     bands = image.shape[0]
@@ -98,19 +103,26 @@ class Augmentation:
     noise: float = 0.03
     scale: float = 0.1
 
-    def __call__(self, image: Tensor, boxes: Tensor, generator: torch.Generator
-                 ) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, image: Tensor, boxes: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
         """Apply the geometric and radiometric parts (scale is applied by the reader)."""
         if self.dihedral:
             index = int(torch.randint(8, (1,), generator=generator))
             image, boxes = dihedral(image, boxes, index)
         if self.brightness or self.contrast or self.colour:
-            image = jitter_radiometry(image, generator, brightness=self.brightness,
-                                      contrast=self.contrast, colour=self.colour)
+            image = jitter_radiometry(
+                image,
+                generator,
+                brightness=self.brightness,
+                contrast=self.contrast,
+                colour=self.colour,
+            )
         if self.noise:
             image = image + torch.randn(image.shape, generator=generator) * self.noise
         return image.contiguous(), boxes
 
 
-NO_AUGMENTATION = Augmentation(dihedral=False, brightness=0.0, contrast=0.0, colour=0.0,
-                               noise=0.0, scale=0.0)
+NO_AUGMENTATION = Augmentation(
+    dihedral=False, brightness=0.0, contrast=0.0, colour=0.0, noise=0.0, scale=0.0
+)

@@ -73,7 +73,7 @@ class SplitMap:
         r1 = min(max((row_off + size - 1) // self.block, 0), rows - 1)
         c0 = min(max(col_off // self.block, 0), cols - 1)
         c1 = min(max((col_off + size - 1) // self.block, 0), cols - 1)
-        touched = self.parts[r0:r1 + 1, c0:c1 + 1]
+        touched = self.parts[r0 : r1 + 1, c0 : c1 + 1]
         first = int(touched.flat[0])
         return first if (touched == first).all() and first != EXCLUDED else None
 
@@ -85,8 +85,14 @@ class SplitMap:
         return float((np.outer(heights, widths) * (self.parts == part)).sum())
 
 
-def plan_split(labelled: Sequence[GridLabels], *, val_fraction: float, chip_size: int,
-               seed: int = 0, ordered: bool = False) -> list[SplitMap]:
+def plan_split(
+    labelled: Sequence[GridLabels],
+    *,
+    val_fraction: float,
+    chip_size: int,
+    seed: int = 0,
+    ordered: bool = False,
+) -> list[SplitMap]:
     """Choose the validation area.
 
     Scenes (``ordered=False``) are cut into square blocks of at least two chips a side
@@ -124,8 +130,10 @@ def plan_split(labelled: Sequence[GridLabels], *, val_fraction: float, chip_size
     total_area = sum(c[3] for c in cells)
     total_objects = sum(c[4] for c in cells)
     if len(cells) < 2 or total_objects < 2:
-        log.warning("the labelled area is too small to set aside a validation area; "
-                    "training without validation (the last epoch's model is kept)")
+        log.warning(
+            "the labelled area is too small to set aside a validation area; "
+            "training without validation (the last epoch's model is kept)"
+        )
         return maps
     rng = np.random.default_rng([seed, 7])
     best, best_score = None, math.inf
@@ -143,8 +151,10 @@ def plan_split(labelled: Sequence[GridLabels], *, val_fraction: float, chip_size
         if score < best_score:
             best, best_score = chosen, score
     if best is None:
-        log.warning("no block split puts objects in both training and validation areas; "
-                    "training without validation (the last epoch's model is kept)")
+        log.warning(
+            "no block split puts objects in both training and validation areas; "
+            "training without validation (the last epoch's model is kept)"
+        )
         return maps
     for i in best:
         gi, r, c = cells[i][:3]
@@ -153,13 +163,17 @@ def plan_split(labelled: Sequence[GridLabels], *, val_fraction: float, chip_size
 
 
 def _split_ordered(labelled: Sequence[GridLabels], val_fraction: float) -> list[SplitMap]:
-    maps = [SplitMap(max(g.grid.height, g.grid.width, 1), np.zeros((1, 1), dtype=np.int8))
-            for g in labelled]
+    maps = [
+        SplitMap(max(g.grid.height, g.grid.width, 1), np.zeros((1, 1), dtype=np.int8))
+        for g in labelled
+    ]
     n_val = math.ceil(val_fraction * len(labelled)) if val_fraction > 0 else 0
     if n_val == 0 or n_val >= len(labelled):
         if val_fraction > 0:
-            log.warning("too few chips to set aside validation chips; training without "
-                        "validation (the last epoch's model is kept)")
+            log.warning(
+                "too few chips to set aside validation chips; training without "
+                "validation (the last epoch's model is kept)"
+            )
         return maps
     val_ids = range(len(labelled) - n_val, len(labelled))
     for i in val_ids:
@@ -175,8 +189,9 @@ def _split_ordered(labelled: Sequence[GridLabels], val_fraction: float) -> list[
 
 
 def _footprint(grid: MosaicGrid) -> tuple[float, float, float, float]:
-    xs, ys = zip(*(grid.transform @ (x, y) for x in (0, grid.width) for y in (0, grid.height)),
-                 strict=True)
+    xs, ys = zip(
+        *(grid.transform @ (x, y) for x in (0, grid.width) for y in (0, grid.height)), strict=True
+    )
     return min(xs), min(ys), max(xs), max(ys)
 
 
@@ -192,8 +207,14 @@ def _offset_range(length: int, size: int) -> tuple[int, int]:
     return min(0, length - size), max(0, length - size)
 
 
-def _place_object(rng: np.random.Generator, box: np.ndarray, grid: MosaicGrid,
-                  split: SplitMap, part: int, size: int) -> tuple[int, int] | None:
+def _place_object(
+    rng: np.random.Generator,
+    box: np.ndarray,
+    grid: MosaicGrid,
+    split: SplitMap,
+    part: int,
+    size: int,
+) -> tuple[int, int] | None:
     """A random window (row_off, col_off) that holds ``box`` whole and lies in ``part``."""
     lo_c, hi_c = _offset_range(grid.width, size)
     lo_r, hi_r = _offset_range(grid.height, size)
@@ -212,8 +233,9 @@ def _place_object(rng: np.random.Generator, box: np.ndarray, grid: MosaicGrid,
     return None
 
 
-def _place_negative(rng: np.random.Generator, gl: GridLabels, split: SplitMap, part: int,
-                    size: int) -> tuple[int, int] | None:
+def _place_negative(
+    rng: np.random.Generator, gl: GridLabels, split: SplitMap, part: int, size: int
+) -> tuple[int, int] | None:
     """A random window in ``part`` that no labelled object touches."""
     lo_c, hi_c = _offset_range(gl.grid.width, size)
     lo_r, hi_r = _offset_range(gl.grid.height, size)
@@ -223,15 +245,17 @@ def _place_negative(rng: np.random.Generator, gl: GridLabels, split: SplitMap, p
         if split.part_of(row, col, size) != part:
             continue
         b = gl.boxes
-        touches = ((b[:, 0] < col + size) & (b[:, 2] > col)
-                   & (b[:, 1] < row + size) & (b[:, 3] > row))
+        touches = (
+            (b[:, 0] < col + size) & (b[:, 2] > col) & (b[:, 1] < row + size) & (b[:, 3] > row)
+        )
         if not touches.any():
             return row, col
     return None
 
 
-def chip_targets(gl: GridLabels, row_off: int, col_off: int, size: int, *,
-                 min_visible: float) -> tuple[np.ndarray, np.ndarray]:
+def chip_targets(
+    gl: GridLabels, row_off: int, col_off: int, size: int, *, min_visible: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Targets of one window: boxes (float64 [K, 4], chip pixel-edge ``xyxy``, clipped to
     the chip and the raster) and class indices (int64 [K]) of the objects whose visible
     part is at least ``min_visible`` of their area."""
@@ -240,10 +264,14 @@ def chip_targets(gl: GridLabels, row_off: int, col_off: int, size: int, *,
     x_hi = min(size, gl.grid.width - col_off)
     y_hi = min(size, gl.grid.height - row_off)
     x_lo, y_lo = max(0, -col_off), max(0, -row_off)
-    clipped = np.column_stack([
-        boxes[:, 0].clip(x_lo, x_hi), boxes[:, 1].clip(y_lo, y_hi),
-        boxes[:, 2].clip(x_lo, x_hi), boxes[:, 3].clip(y_lo, y_hi),
-    ])
+    clipped = np.column_stack(
+        [
+            boxes[:, 0].clip(x_lo, x_hi),
+            boxes[:, 1].clip(y_lo, y_hi),
+            boxes[:, 2].clip(x_lo, x_hi),
+            boxes[:, 3].clip(y_lo, y_hi),
+        ]
+    )
     w = clipped[:, 2] - clipped[:, 0]
     h = clipped[:, 3] - clipped[:, 1]
     keep = (w > 0) & (h > 0) & (w * h >= min_visible * np.maximum(full, 1e-12))
@@ -275,10 +303,21 @@ class ChipSet(Dataset):
     planned windows, unaugmented, and cache them.
     """
 
-    def __init__(self, labelled: Sequence[GridLabels], splits: Sequence[SplitMap], part: int,
-                 *, chip_size: int, negative_ratio: float = 1 / 3, min_visible: float = 0.5,
-                 min_valid: float = 0.1, augmentation: Augmentation = NO_AUGMENTATION,
-                 fixed: bool = False, seed: int = 0, max_items: int | None = None) -> None:
+    def __init__(
+        self,
+        labelled: Sequence[GridLabels],
+        splits: Sequence[SplitMap],
+        part: int,
+        *,
+        chip_size: int,
+        negative_ratio: float = 1 / 3,
+        min_visible: float = 0.5,
+        min_valid: float = 0.1,
+        augmentation: Augmentation = NO_AUGMENTATION,
+        fixed: bool = False,
+        seed: int = 0,
+        max_items: int | None = None,
+    ) -> None:
         self.labelled = list(labelled)
         self.splits = list(splits)
         self.part = part
@@ -300,18 +339,22 @@ class ChipSet(Dataset):
         positives = []
         for gi, (gl, split) in enumerate(zip(self.labelled, self.splits, strict=True)):
             for oi in range(len(gl)):
-                place = _place_object(rng, gl.boxes[oi], gl.grid, split, self.part,
-                                      self.chip_size)
+                place = _place_object(rng, gl.boxes[oi], gl.grid, split, self.part, self.chip_size)
                 if place is not None:
                     positives.append(ChipItem(gi, oi, *place))
-        areas = np.array([s.area(self.part, gl.grid.height, gl.grid.width)
-                          for gl, s in zip(self.labelled, self.splits, strict=True)])
+        areas = np.array(
+            [
+                s.area(self.part, gl.grid.height, gl.grid.width)
+                for gl, s in zip(self.labelled, self.splits, strict=True)
+            ]
+        )
         negatives = []
         if areas.sum() > 0:
             for _ in range(round(len(positives) * negative_ratio)):
                 gi = int(rng.choice(len(areas), p=areas / areas.sum()))
-                place = _place_negative(rng, self.labelled[gi], self.splits[gi], self.part,
-                                        self.chip_size)
+                place = _place_negative(
+                    rng, self.labelled[gi], self.splits[gi], self.part, self.chip_size
+                )
                 if place is not None:
                     negatives.append(ChipItem(gi, -1, *place))
         items = positives + negatives
@@ -336,8 +379,9 @@ class ChipSet(Dataset):
         self.band_std = np.asarray(band_std, dtype=np.float32)
         self._cache.clear()
 
-    def window(self, index: int, rng: np.random.Generator | None = None
-               ) -> tuple[int, int, int, int]:
+    def window(
+        self, index: int, rng: np.random.Generator | None = None
+    ) -> tuple[int, int, int, int]:
         """(grid index, row_off, col_off, window size) of item ``index``; a new random
         window when ``rng`` is given, else the planned one."""
         item = self.items[index]
@@ -356,8 +400,9 @@ class ChipSet(Dataset):
             return item.grid_index, item.row_off, item.col_off, self.chip_size
         return item.grid_index, place[0], place[1], size
 
-    def read_raw(self, grid_index: int, row_off: int, col_off: int, size: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def read_raw(
+        self, grid_index: int, row_off: int, col_off: int, size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Raw data [C, size, size] and validity [size, size] of a window."""
         return self.readers[grid_index].read(row_off, col_off, size, size)
 
@@ -369,16 +414,18 @@ class ChipSet(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index, 3])
         return self._load(index, rng)
 
-    def _load(self, index: int, rng: np.random.Generator | None
-              ) -> tuple[Tensor, dict[str, Tensor]]:
+    def _load(
+        self, index: int, rng: np.random.Generator | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         negative = self.items[index].anchor < 0
         for attempt in range(5):
             gi, row, col, size = self.window(index, rng)
             data, valid = self.read_raw(gi, row, col, size)
             if not negative or rng is None or valid.mean() >= self.min_valid or attempt == 4:
                 break
-        boxes, labels = chip_targets(self.labelled[gi], row, col, size,
-                                     min_visible=self.min_visible)
+        boxes, labels = chip_targets(
+            self.labelled[gi], row, col, size, min_visible=self.min_visible
+        )
         image = torch.from_numpy(
             (data.astype(np.float32) - self.band_mean[:, None, None]) / self.band_std[:, None, None]
         )
@@ -392,8 +439,9 @@ class ChipSet(Dataset):
         return image, {"boxes": box_t[big_enough], "labels": labels_t[big_enough]}
 
 
-def collate_chips(items: Sequence[tuple[Tensor, dict[str, Tensor]]]
-                  ) -> tuple[Tensor, list[dict[str, Tensor]]]:
+def collate_chips(
+    items: Sequence[tuple[Tensor, dict[str, Tensor]]],
+) -> tuple[Tensor, list[dict[str, Tensor]]]:
     """Stack images to [N, C, S, S]; targets stay a list of dicts."""
     images, targets = zip(*items, strict=True)
     return torch.stack(images), list(targets)
@@ -417,8 +465,10 @@ def band_statistics(chips: ChipSet, *, max_chips: int = 64) -> tuple[list[float]
         squares += (pixels**2).sum(axis=1)
         n += pixels.shape[1]
     if n == 0:
-        raise RasterError(f"{chips.labelled[0].grid.paths[0]}: the training chips hold no "
-                          "valid pixels (all nodata); check the raster's nodata setting")
+        raise RasterError(
+            f"{chips.labelled[0].grid.paths[0]}: the training chips hold no "
+            "valid pixels (all nodata); check the raster's nodata setting"
+        )
     mean = sums / n
     std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
     return mean.tolist(), np.where(std > 1e-6, std, 1.0).tolist()
@@ -461,15 +511,24 @@ class LabelledData:
 
     def gsd(self) -> float | None:
         """Median pixel size in metres over grids in a metric CRS; None without one."""
-        sizes = [g.grid.gsd for g in self.grids
-                 if g.grid.crs is not None and g.grid.crs.is_projected
-                 and (g.grid.crs.linear_units or "").lower() in ("metre", "meter", "m")]
+        sizes = [
+            g.grid.gsd
+            for g in self.grids
+            if g.grid.crs is not None
+            and g.grid.crs.is_projected
+            and (g.grid.crs.linear_units or "").lower() in ("metre", "meter", "m")
+        ]
         if not sizes:
             return None
         median = float(np.median(sizes))
         if max(sizes) > 1.1 * min(sizes):
-            log.warning("training rasters have different pixel sizes (%.3g-%.3g m); the "
-                        "model records the median, %.3g m", min(sizes), max(sizes), median)
+            log.warning(
+                "training rasters have different pixel sizes (%.3g-%.3g m); the "
+                "model records the median, %.3g m",
+                min(sizes),
+                max(sizes),
+                median,
+            )
         return median
 
     def band_names(self) -> list[str]:
@@ -480,8 +539,11 @@ class LabelledData:
         with rasterio.open(grid.paths[0]) as ds:
             for band in grid.bands:
                 interp = ds.colorinterp[band - 1].name
-                names.append(interp if interp not in ("undefined", "gray", "grey")
-                             else (ds.descriptions[band - 1] or f"band{band}"))
+                names.append(
+                    interp
+                    if interp not in ("undefined", "gray", "grey")
+                    else (ds.descriptions[band - 1] or f"band{band}")
+                )
         return names if len(set(names)) == len(names) else [f"band{b}" for b in grid.bands]
 
 
@@ -505,29 +567,35 @@ def load_labelled(
     """
     sources = sum(x is not None for x in (labels, voc, coco))
     if sources != 1:
-        raise InputError("give training labels in one way: IMAGE... with --labels, or "
-                         "--voc DIR, or --coco JSON")
+        raise InputError(
+            "give training labels in one way: IMAGE... with --labels, or --voc DIR, or --coco JSON"
+        )
     if labels is not None:
         if not images:
             raise InputError("--labels needs at least one IMAGE to train on")
         gdf = read_labels(labels, layer=layer, class_field=class_field, point_size=point_size)
         classes = class_names(gdf)
         grids = open_mosaics(images)
-        labelled = LabelledData(labels_on_grids(gdf, grids, classes), classes,
-                                source={"labels": str(labels),
-                                        "images": [str(p) for g in grids for p in g.paths]})
+        labelled = LabelledData(
+            labels_on_grids(gdf, grids, classes),
+            classes,
+            source={"labels": str(labels), "images": [str(p) for g in grids for p in g.paths]},
+        )
     else:
         if images:
-            raise InputError("IMAGE arguments cannot be combined with --voc or --coco; the "
-                             "chips are the images")
+            raise InputError(
+                "IMAGE arguments cannot be combined with --voc or --coco; the chips are the images"
+            )
         chips = read_voc_folder(voc) if voc is not None else read_coco(coco)
         classes = chip_class_names(chips)
         if not classes:
-            raise LabelError(f"{voc or coco}: holds no labelled objects; export chips with "
-                             "labels")
-        labelled = LabelledData(chips_on_grids(chips, classes), classes, ordered=True,
-                                source={"voc" if voc is not None else "coco":
-                                        str(Path(voc or coco))})
+            raise LabelError(f"{voc or coco}: holds no labelled objects; export chips with labels")
+        labelled = LabelledData(
+            chips_on_grids(chips, classes),
+            classes,
+            ordered=True,
+            source={"voc" if voc is not None else "coco": str(Path(voc or coco))},
+        )
     _check_layout(labelled)
     return labelled
 
@@ -580,17 +648,28 @@ def prepare_training_data(
         LabelError: no object can be placed in a training chip.
     """
     augmentation = Augmentation() if augmentation is None else augmentation
-    splits = plan_split(labelled.grids, val_fraction=val_fraction, chip_size=chip_size,
-                        seed=seed, ordered=labelled.ordered)
-    common = dict(chip_size=chip_size, negative_ratio=negative_ratio, min_visible=min_visible,
-                  seed=seed)
+    splits = plan_split(
+        labelled.grids,
+        val_fraction=val_fraction,
+        chip_size=chip_size,
+        seed=seed,
+        ordered=labelled.ordered,
+    )
+    common = dict(
+        chip_size=chip_size, negative_ratio=negative_ratio, min_visible=min_visible, seed=seed
+    )
     train = ChipSet(labelled.grids, splits, TRAIN, augmentation=augmentation, **common)
     if train.num_positive == 0:
-        raise LabelError("no labelled object fits in a training chip; use a larger "
-                         "--chip-size or a smaller --val-fraction")
+        raise LabelError(
+            "no labelled object fits in a training chip; use a larger "
+            "--chip-size or a smaller --val-fraction"
+        )
     has_val = any((s.parts == VAL).any() for s in splits)
-    val = ChipSet(labelled.grids, splits, VAL, fixed=True, max_items=max_val_chips,
-                  **common) if has_val else None
+    val = (
+        ChipSet(labelled.grids, splits, VAL, fixed=True, max_items=max_val_chips, **common)
+        if has_val
+        else None
+    )
     if val is not None and val.num_positive == 0:
         log.warning("no validation chip holds an object; training without validation")
         val = None
@@ -601,13 +680,28 @@ def prepare_training_data(
     for chips in (train, val):
         if chips is not None:
             chips.set_normalisation(band_mean, band_std)
-    larger = sum(int((np.maximum(g.boxes[:, 2] - g.boxes[:, 0], g.boxes[:, 3] - g.boxes[:, 1])
-                      > chip_size).sum()) for g in labelled.grids)
+    larger = sum(
+        int(
+            (
+                np.maximum(g.boxes[:, 2] - g.boxes[:, 0], g.boxes[:, 3] - g.boxes[:, 1]) > chip_size
+            ).sum()
+        )
+        for g in labelled.grids
+    )
     if larger:
-        log.warning("%d object(s) are larger than a %d-pixel chip and are mostly cut; use a "
-                    "larger --chip-size", larger, chip_size)
-    log.info("training chips: %d with objects + %d without; validation chips: %s "
-             "(%d objects, classes: %s)", train.num_positive, len(train) - train.num_positive,
-             "none" if val is None else f"{val.num_positive} + {len(val) - val.num_positive}",
-             labelled.num_objects, ", ".join(labelled.classes))
+        log.warning(
+            "%d object(s) are larger than a %d-pixel chip and are mostly cut; use a "
+            "larger --chip-size",
+            larger,
+            chip_size,
+        )
+    log.info(
+        "training chips: %d with objects + %d without; validation chips: %s "
+        "(%d objects, classes: %s)",
+        train.num_positive,
+        len(train) - train.num_positive,
+        "none" if val is None else f"{val.num_positive} + {len(val) - val.num_positive}",
+        labelled.num_objects,
+        ", ".join(labelled.classes),
+    )
     return TrainingData(train, val, labelled, band_mean, band_std)

@@ -101,10 +101,19 @@ class TrainResult(FitResult):
     def summary(self) -> str:
         """A few lines for people: best validation AP50, epochs, minutes, output path."""
         best = self.best
-        ap = "n/a (no validation area)" if best is None or best.map_50 is None else (
-            f"{best.map_50:.3f} (epoch {best.epoch}, AP50:95 {best.map:.3f}"
-            + (f", centre error {best.centre_error_px:.2f} px" if best.centre_error_px
-               is not None else "") + ")")
+        ap = (
+            "n/a (no validation area)"
+            if best is None or best.map_50 is None
+            else (
+                f"{best.map_50:.3f} (epoch {best.epoch}, AP50:95 {best.map:.3f}"
+                + (
+                    f", centre error {best.centre_error_px:.2f} px"
+                    if best.centre_error_px is not None
+                    else ""
+                )
+                + ")"
+            )
+        )
         threshold = None if best is None else best.threshold
         lines = [
             f"best validation AP50: {ap}",
@@ -128,8 +137,14 @@ class LRFinderResult:
     suggested: float = DEFAULT_LR
 
 
-def one_cycle_lr(progress: float, *, max_lr: float, pct_start: float = PCT_START,
-                 div_factor: float = 25.0, final_div_factor: float = 40.0) -> float:
+def one_cycle_lr(
+    progress: float,
+    *,
+    max_lr: float,
+    pct_start: float = PCT_START,
+    div_factor: float = 25.0,
+    final_div_factor: float = 40.0,
+) -> float:
     """Learning rate at ``progress`` in [0, 1] of a one-cycle schedule (cosine up from
     ``max_lr / div_factor``, cosine down to ``max_lr / (div_factor * final_div_factor)``)."""
     progress = min(max(progress, 0.0), 1.0)
@@ -141,23 +156,37 @@ def one_cycle_lr(progress: float, *, max_lr: float, pct_start: float = PCT_START
     return end + (max_lr - end) * (1 + math.cos(math.pi * t)) / 2
 
 
-def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float = WEIGHT_DECAY
-                   ) -> torch.optim.AdamW:
+def make_optimizer(
+    model: nn.Module, *, lr: float, weight_decay: float = WEIGHT_DECAY
+) -> torch.optim.AdamW:
     """AdamW without weight decay on norm layers and biases."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )
 
 
-def _loader(chips: ChipSet, *, batch_size: int, shuffle: bool, workers: int, seed: int
-            ) -> DataLoader:
-    return DataLoader(chips, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      collate_fn=collate_chips, persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(seed), drop_last=False)
+def _loader(
+    chips: ChipSet, *, batch_size: int, shuffle: bool, workers: int, seed: int
+) -> DataLoader:
+    return DataLoader(
+        chips,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate_chips,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=False,
+    )
 
 
 def _to_device(images, targets, device):
@@ -181,8 +210,9 @@ def _train_step(model, optimizer, images, targets, amp) -> float:
     return float(loss.detach())
 
 
-def _match(pred: torch.Tensor, truth: torch.Tensor, iou: float = 0.5
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def _match(
+    pred: torch.Tensor, truth: torch.Tensor, iou: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """COCO-style greedy matching of ``pred`` boxes (descending score order) to truth.
 
     Returns:
@@ -205,8 +235,9 @@ def _match(pred: torch.Tensor, truth: torch.Tensor, iou: float = 0.5
     return matched, errors
 
 
-def best_f1_threshold(scores: np.ndarray, matched: np.ndarray, n_truth: int, *,
-                      low: float = 0.2, high: float = 0.6) -> float:
+def best_f1_threshold(
+    scores: np.ndarray, matched: np.ndarray, n_truth: int, *, low: float = 0.2, high: float = 0.6
+) -> float:
     """The score threshold in [low, high] (steps of 0.05) with the best F1 at IoU 0.5;
     ties go to the threshold nearest 0.5."""
     best, best_key = 0.5, (-1.0, 0.0)
@@ -222,9 +253,15 @@ def best_f1_threshold(scores: np.ndarray, matched: np.ndarray, n_truth: int, *,
 
 
 @torch.no_grad()
-def evaluate_chips(model: nn.Module, chips: ChipSet, *, batch_size: int = 8,
-                   device: torch.device | str = "cpu", workers: int = 0,
-                   per_class_iou: float | None = None) -> dict:
+def evaluate_chips(
+    model: nn.Module,
+    chips: ChipSet,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    per_class_iou: float | None = None,
+) -> dict:
     """COCO mAP of ``model`` on a (fixed) chip set, the F1-best score threshold, and
     the mean centre error in pixels of the detections above it matched at IoU 0.5.
 
@@ -240,20 +277,27 @@ def evaluate_chips(model: nn.Module, chips: ChipSet, *, batch_size: int = 8,
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
     per_class = None
     if per_class_iou is not None:
-        per_class = MeanAveragePrecision(box_format="xyxy", iou_type="bbox",
-                                         backend="pycocotools", class_metrics=True,
-                                         iou_thresholds=[float(per_class_iou)])
+        per_class = MeanAveragePrecision(
+            box_format="xyxy",
+            iou_type="bbox",
+            backend="pycocotools",
+            class_metrics=True,
+            iou_thresholds=[float(per_class_iou)],
+        )
     scores, matched, errors, n_truth = [], [], [], 0
     was_training = model.training
     model.eval()
     try:
-        for images, targets in _loader(chips, batch_size=batch_size, shuffle=False,
-                                       workers=workers, seed=0):
+        for images, targets in _loader(
+            chips, batch_size=batch_size, shuffle=False, workers=workers, seed=0
+        ):
             ctx = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
             with ctx:
                 outputs = model(images.to(device))
-            preds = [{k: v.float().cpu() if k != "labels" else v.cpu() for k, v in o.items()}
-                     for o in outputs]
+            preds = [
+                {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in o.items()}
+                for o in outputs
+            ]
             metric.update(preds, targets)
             if per_class is not None:
                 per_class.update(preds, targets)
@@ -282,15 +326,26 @@ def evaluate_chips(model: nn.Module, chips: ChipSet, *, batch_size: int = 8,
         by_class = per_class.compute()
         out["per_class"] = {
             int(c): max(0.0, float(v))
-            for c, v in zip(by_class["classes"].reshape(-1).tolist(),
-                            by_class["map_per_class"].reshape(-1).tolist(), strict=True)
+            for c, v in zip(
+                by_class["classes"].reshape(-1).tolist(),
+                by_class["map_per_class"].reshape(-1).tolist(),
+                strict=True,
+            )
         }
     return out
 
 
-def lr_find(model: nn.Module, chips: ChipSet, *, batch_size: int = 8,
-            device: torch.device | str = "cpu", start_lr: float = 1e-6, end_lr: float = 1.0,
-            steps: int = 60, workers: int = 0) -> LRFinderResult:
+def lr_find(
+    model: nn.Module,
+    chips: ChipSet,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    start_lr: float = 1e-6,
+    end_lr: float = 1.0,
+    steps: int = 60,
+    workers: int = 0,
+) -> LRFinderResult:
     """Exponential learning-rate sweep (Smith's LR range test). The model's weights are
     restored afterwards; the sweep stops early once the loss explodes."""
     device = torch.device(device)
@@ -303,8 +358,9 @@ def lr_find(model: nn.Module, chips: ChipSet, *, batch_size: int = 8,
     step = 0
     try:
         while step < steps:
-            for images, targets in _loader(chips, batch_size=batch_size, shuffle=True,
-                                           workers=workers, seed=step):
+            for images, targets in _loader(
+                chips, batch_size=batch_size, shuffle=True, workers=workers, seed=step
+            ):
                 lr = start_lr * (end_lr / start_lr) ** (step / max(1, steps - 1))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -403,8 +459,14 @@ def fit(
     step = 0
     stop_reason = "epochs"
     bad_steps = 0
-    bar = tqdm(total=planned, disable=not progress, unit="step", dynamic_ncols=True,
-               desc="training", leave=False)
+    bar = tqdm(
+        total=planned,
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
+        desc="training",
+        leave=False,
+    )
     try:
         for epoch in range(1, epochs + 1):
             data.train.set_epoch(epoch)
@@ -421,8 +483,11 @@ def fit(
                     group["lr"] = current_lr
                 t0 = time.monotonic()
                 loss = _train_step(model, optimizer, *_to_device(images, targets, device), amp)
-                step_seconds = time.monotonic() - t0 if step_seconds == 0 else (
-                    0.9 * step_seconds + 0.1 * (time.monotonic() - t0))
+                step_seconds = (
+                    time.monotonic() - t0
+                    if step_seconds == 0
+                    else (0.9 * step_seconds + 0.1 * (time.monotonic() - t0))
+                )
                 step += 1
                 if math.isfinite(loss):
                     losses.append(loss)
@@ -430,25 +495,35 @@ def fit(
                 else:
                     bad_steps += 1
                     if bad_steps >= 10:
-                        raise TrainingError("training diverged (the loss is not finite); use "
-                                            "a lower --lr")
+                        raise TrainingError(
+                            "training diverged (the loss is not finite); use a lower --lr"
+                        )
                 if deadline is not None and p > 0:
                     bar.total = max(step, round(step / p))
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}",
-                                lr=f"{current_lr:.1e}", refresh=False)
+                bar.set_postfix(
+                    epoch=epoch,
+                    loss=f"{np.mean(losses[-20:]):.3f}",
+                    lr=f"{current_lr:.1e}",
+                    refresh=False,
+                )
             final = done or epoch == epochs
             if done and not losses and history and history[-1].map_50 is not None:
                 break  # the budget ran out right after a validated epoch: nothing new
-            stats = EpochStats(epoch, step, float(np.mean(losses)) if losses else float("nan"),
-                               one_cycle_lr(schedule_progress(step), max_lr=lr))
+            stats = EpochStats(
+                epoch,
+                step,
+                float(np.mean(losses)) if losses else float("nan"),
+                one_cycle_lr(schedule_progress(step), max_lr=lr),
+            )
             # The final validation always runs: its time is reserved by the schedule.
             wants_eval = data.val is not None and (final or schedule_progress(step) >= EVAL_FROM)
             time_left = math.inf if deadline is None else deadline - time.monotonic()
             if wants_eval and (final or time_left > reserve()):
                 t0 = time.monotonic()
-                metrics = evaluate_chips(model, data.val, batch_size=batch_size, device=device,
-                                         workers=workers)
+                metrics = evaluate_chips(
+                    model, data.val, batch_size=batch_size, device=device, workers=workers
+                )
                 eval_seconds = time.monotonic() - t0
                 stats.map_50, stats.map = metrics["map_50"], metrics["map"]
                 stats.centre_error_px = metrics["centre_error_px"]
@@ -458,8 +533,9 @@ def fit(
             _log_epoch(stats, bar)
             if _better(stats, best):
                 best, stale = stats, 0
-                best_state = {k: v.detach().to("cpu", copy=True)
-                              for k, v in model.state_dict().items()}
+                best_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                }
             elif stats.map_50 is not None:
                 stale += 1
             if final:
@@ -565,18 +641,31 @@ def train(
 
     base = load_model(resume) if resume is not None else None
     if base is not None and chip_size is not None and chip_size != base.spec.chip_size:
-        log.warning("--chip-size %d ignored: the resumed model works on %d-pixel chips",
-                    chip_size, base.spec.chip_size)
+        log.warning(
+            "--chip-size %d ignored: the resumed model works on %d-pixel chips",
+            chip_size,
+            base.spec.chip_size,
+        )
     size = base.spec.chip_size if base is not None else (chip_size or DEFAULT_CHIP_SIZE)
     if size % 32 or size < 32:
         raise InputError(f"--chip-size {size}: must be a multiple of 32 and at least 32")
 
-    labelled = load_labelled(images, labels, voc=voc, coco=coco, layer=layer,
-                             class_field=class_field, point_size=point_size)
+    labelled = load_labelled(
+        images,
+        labels,
+        voc=voc,
+        coco=coco,
+        layer=layer,
+        class_field=class_field,
+        point_size=point_size,
+    )
     if base is not None:
         _check_resumable(base.spec, labelled.classes, labelled.num_bands, resume)
     data = prepare_training_data(
-        labelled, chip_size=size, val_fraction=val_fraction, augmentation=augmentation,
+        labelled,
+        chip_size=size,
+        val_fraction=val_fraction,
+        augmentation=augmentation,
         seed=seed,
         band_stats=None if base is None else (base.spec.band_mean, base.spec.band_std),
     )
@@ -586,22 +675,32 @@ def train(
         model = base.model
     else:
         extra = {"box_loss": box_loss} if box_loss else {}
-        spec, model = spec_for(data, backbone=backbone, preset=preset, chip_size=size,
-                               pretrained=pretrained, **extra)
+        spec, model = spec_for(
+            data, backbone=backbone, preset=preset, chip_size=size, pretrained=pretrained, **extra
+        )
     spec.max_object_px = max(labelled.max_object_px, spec.max_object_px or 0.0)
 
     batch = batch_size or default_batch_size(dev)
     n_workers = default_workers(dev) if workers is None else workers
     if lr is None and find_lr:
-        lr = lr_find(model.to(dev), data.train, batch_size=batch, device=dev,
-                     workers=n_workers).suggested
+        lr = lr_find(
+            model.to(dev), data.train, batch_size=batch, device=dev, workers=n_workers
+        ).suggested
     lr = lr or DEFAULT_LR
     if epochs is None:
         epochs = 10_000 if deadline is not None else DEFAULT_EPOCHS
     fitted = fit(
-        model, data, epochs=epochs, batch_size=batch, lr=lr, device=dev,
+        model,
+        data,
+        epochs=epochs,
+        batch_size=batch,
+        lr=lr,
+        device=dev,
         deadline=None if deadline is None else deadline - _SAVE_RESERVE_S,
-        patience=patience, workers=n_workers, progress=progress, seed=seed,
+        patience=patience,
+        workers=n_workers,
+        progress=progress,
+        seed=seed,
     )
 
     if fitted.best is not None and fitted.best.threshold is not None:
@@ -629,8 +728,9 @@ def train(
     saved = None
     if out_path is not None:
         saved = save_model(fitted.model, spec, out_path, overwrite=overwrite)
-    result = TrainResult(**vars(fitted), spec=spec, path=saved,
-                         total_seconds=time.monotonic() - started)
+    result = TrainResult(
+        **vars(fitted), spec=spec, path=saved, total_seconds=time.monotonic() - started
+    )
     log.info("training done in %.1f min (%s)", result.total_seconds / 60, fitted.stop_reason)
     return result
 
@@ -642,22 +742,38 @@ def _check_resumable(spec: ModelSpec, classes: list[str], bands: int, resume) ->
             f"{', '.join(classes)}; resume only with labels of the same classes"
         )
     if spec.num_bands != bands:
-        raise InputError(f"{resume}: the model takes {spec.num_bands} band(s) but the "
-                         f"training imagery has {bands}; resume with imagery of that layout")
+        raise InputError(
+            f"{resume}: the model takes {spec.num_bands} band(s) but the "
+            f"training imagery has {bands}; resume with imagery of that layout"
+        )
 
 
-def spec_for(data: TrainingData, *, chip_size: int, backbone: str = "resnet18",
-             preset: str = "lite", pretrained: str = "auto", **overrides
-             ) -> tuple[ModelSpec, nn.Module]:
+def spec_for(
+    data: TrainingData,
+    *,
+    chip_size: int,
+    backbone: str = "resnet18",
+    preset: str = "lite",
+    pretrained: str = "auto",
+    **overrides,
+) -> tuple[ModelSpec, nn.Module]:
     """A fresh detector for ``data``: its ModelSpec (classes, bands, band statistics,
     GSD, chip size, preset widths; ``overrides`` set any other spec field, such as
     ``anchor_scales`` or ``box_loss``) and the untrained network it describes."""
     labelled = data.labelled
     channels, convs = preset_widths(preset)
     spec = ModelSpec(
-        classes=list(labelled.classes), band_mean=data.band_mean, band_std=data.band_std,
-        band_names=labelled.band_names(), input_dtype=labelled.input_dtype,
-        gsd=labelled.gsd(), chip_size=chip_size, backbone=backbone, preset=preset,
-        fpn_channels=channels, head_convs=convs, **overrides,
+        classes=list(labelled.classes),
+        band_mean=data.band_mean,
+        band_std=data.band_std,
+        band_names=labelled.band_names(),
+        input_dtype=labelled.input_dtype,
+        gsd=labelled.gsd(),
+        chip_size=chip_size,
+        backbone=backbone,
+        preset=preset,
+        fpn_channels=channels,
+        head_convs=convs,
+        **overrides,
     )
     return spec, build_retinanet(spec, pretrained=pretrained)
