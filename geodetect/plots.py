@@ -22,6 +22,30 @@ COLOURS = {
 }
 
 
+def new_figure(**kwargs: Any) -> Figure:
+    """A Figure without pyplot; inside Jupyter, make sure Figures display as PNG."""
+    _register_png_display()
+    return Figure(layout="constrained", **kwargs)
+
+
+def _register_png_display() -> None:
+    # Jupyter only shows a bare Figure once IPython's PNG formatter knows the type,
+    # which normally happens on the first pyplot import; geodetect never imports pyplot.
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    formatter = getattr(shell, "display_formatter", None)
+    if formatter is None:
+        return
+    png = formatter.formatters.get("image/png")
+    if png is not None and Figure not in png.type_printers:
+        from IPython.core.pylabtools import print_figure
+
+        png.for_type(Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight"))
+
+
 def to_display(image: Any, valid: np.ndarray | None = None) -> np.ndarray:
     """[C, H, W] array or tensor of any dtype -> [H, W, 3] uint8 stretched 2-98 %."""
     arr = np.asarray(image.cpu() if hasattr(image, "cpu") else image, dtype=np.float64)
@@ -57,7 +81,7 @@ def show_chips(
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    fig = Figure(figsize=(size * ncols, size * nrows), layout="constrained")
+    fig = new_figure(figsize=(size * ncols, size * nrows))
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for k, ax in enumerate(axes):
         ax.set_axis_off()
@@ -75,7 +99,7 @@ def show_chips(
 def plot_history(history: Sequence[Any]) -> Figure:
     """Training loss and validation AP50 per epoch (items with ``epoch``, ``loss`` and
     ``map_50`` attributes, as :class:`geodetect.train.EpochStats`)."""
-    fig = Figure(figsize=(10, 3.5), layout="constrained")
+    fig = new_figure(figsize=(10, 3.5))
     loss_ax, metric_ax = fig.subplots(1, 2)
     epochs = [h.epoch for h in history]
     loss_ax.plot(epochs, [h.loss for h in history], "o-", label="training loss")
@@ -93,7 +117,7 @@ def plot_lr_find(
     lrs: Sequence[float], losses: Sequence[float], suggestion: float | None = None
 ) -> Figure:
     """The learning-rate finder's loss curve on a log axis, with the suggested rate."""
-    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    fig = new_figure(figsize=(5, 3.5))
     ax = fig.subplots()
     ax.plot(lrs, losses)
     ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR finder")
@@ -134,7 +158,7 @@ def plot_detections(
     data, valid, transform = read_overview(grid, max_side=max_side)
     image = to_display(data, valid)
     height, width = image.shape[:2]
-    fig = Figure(figsize=(10, max(3.0, 10 * height / width)), layout="constrained")
+    fig = new_figure(figsize=(10, max(3.0, 10 * height / width)))
     ax = fig.subplots()
     ax.imshow(image)
     ax.set_axis_off()

@@ -202,7 +202,7 @@ def test_max_minutes_budget_is_respected(labelled_scene, tmp_path):
     result = train([tif], labels, tmp_path / "m.model", epochs=1000, max_minutes=0.1, **TINY)
     elapsed = time.monotonic() - started
     assert result.stop_reason == "budget"
-    assert elapsed < 6.0 + 1.5
+    assert elapsed < 6.0 + 3.0  # the budget plus saving, with slack for a busy machine
     assert (tmp_path / "m.model").is_file()
 
 
@@ -247,3 +247,25 @@ def test_cli_train_writes_model_and_summary(labelled_scene, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "best validation AP50" in proc.stdout and str(out) in proc.stdout
     assert load_model(out).spec.classes == ["pool"]
+
+
+def test_lr_find_sweeps_upwards_and_restores_the_weights(labelled_scene):
+    from geodetect.model import ModelSpec, build_retinanet
+    from geodetect.train import lr_find
+
+    tif, labels, _ = labelled_scene
+    data = prepare_training_data(load_labelled([tif], labels), chip_size=64, val_fraction=0.0)
+    spec = ModelSpec(
+        classes=["pool"],
+        band_mean=data.band_mean,
+        band_std=data.band_std,
+        chip_size=64,
+        fpn_channels=32,
+        head_convs=1,
+    )
+    model = build_retinanet(spec, pretrained="none")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = lr_find(model, data.train, batch_size=4, steps=4, start_lr=1e-5, end_lr=1e-2)
+    assert len(result.lrs) == 4 and result.lrs == sorted(result.lrs)
+    assert 1e-6 <= result.suggested <= 1e-3
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

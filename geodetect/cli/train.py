@@ -59,12 +59,12 @@ from geodetect.cli import options
     show_default=True,
     help="FPN/head width: lite = 128 channels, 2 convs; standard = 256, 4.",
 )
-@options.chip_size(default=None, note="(default: 256)")
+@options.chip_size(default=None, note="(default: 128, or 2.5 times the largest object)")
 @click.option(
     "--epochs",
     type=click.IntRange(min=1),
     default=None,
-    help="Planned epochs (default 40; with --max-minutes alone the budget decides).",
+    help="Planned epochs (default 60; with --max-minutes alone the budget decides).",
 )
 @click.option(
     "--max-minutes",
