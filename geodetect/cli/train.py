@@ -92,9 +92,9 @@ from geodetect.cli import options
 @click.option(
     "--patience",
     type=click.IntRange(min=1),
-    default=8,
+    default=10,
     show_default=True,
-    help="Stop after this many validated epochs without a better AP50.",
+    help="Stop after this many validated epochs without a better AP50 + AP50:95.",
 )
 @options.device
 @options.workers

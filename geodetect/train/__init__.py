@@ -17,10 +17,12 @@ from geodetect.train.loop import (
     LRFinderResult,
     TrainingError,
     TrainResult,
+    default_chip_size,
     evaluate_chips,
     fit,
     lr_find,
     one_cycle_lr,
+    selection_score,
     train,
 )
 
@@ -37,6 +39,7 @@ __all__ = [
     "TrainingData",
     "TrainingError",
     "band_statistics",
+    "default_chip_size",
     "evaluate_chips",
     "fit",
     "load_labelled",
@@ -44,5 +47,6 @@ __all__ = [
     "one_cycle_lr",
     "plan_split",
     "prepare_training_data",
+    "selection_score",
     "train",
 ]

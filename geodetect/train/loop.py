@@ -79,8 +79,8 @@ class EpochStats:
 
 @dataclass
 class FitResult:
-    """What :func:`fit` did. ``model`` holds the best weights (by validation AP50, ties
-    broken by AP50:95), or the last ones without validation."""
+    """What :func:`fit` did. ``model`` holds the best weights (by validation AP50 +
+    AP50:95, see :func:`selection_score`), or the last ones without validation."""
 
     model: nn.Module
     history: list[EpochStats]
@@ -386,14 +386,23 @@ def _endless(chips: ChipSet, batch_size: int, workers: int):
         epoch += 1
 
 
-def _better(stats: EpochStats, best: EpochStats | None) -> bool:
+def selection_score(stats: EpochStats) -> float | None:
+    """How a validated epoch ranks: AP50 + AP50:95.
+
+    Finding objects and placing them both count. Ranking on AP50 alone picked
+    mid-schedule weights whose validation AP50 was higher by noise (0.988 vs 0.974 on
+    41 chips) but whose boxes were far worse placed (AP50:95 0.57 vs 0.66).
+    """
     if stats.map_50 is None:
+        return None
+    return stats.map_50 + (stats.map or 0.0)
+
+
+def _better(stats: EpochStats, best: EpochStats | None) -> bool:
+    score = selection_score(stats)
+    if score is None:
         return False
-    if best is None or best.map_50 is None:
-        return True
-    if round(stats.map_50, 3) != round(best.map_50, 3):
-        return stats.map_50 > best.map_50
-    return (stats.map or 0.0) > (best.map or 0.0)
+    return best is None or best.map_50 is None or score > selection_score(best)
 
 
 def fit(
@@ -406,7 +415,7 @@ def fit(
     weight_decay: float = WEIGHT_DECAY,
     device: torch.device | str = "cpu",
     deadline: float | None = None,
-    patience: int | None = 8,
+    patience: int | None = 10,
     workers: int = 0,
     progress: bool = True,
     seed: int = 0,
@@ -417,8 +426,8 @@ def fit(
         epochs: planned epochs (one epoch = every training item once).
         deadline: ``time.monotonic()`` value by which this function returns, final
             validation included; the schedule is compressed to fit it.
-        patience: stop after this many validated epochs without a better AP50
-            (None: never).
+        patience: stop after this many validated epochs without a better
+            :func:`selection_score` (None: never).
 
     Returns:
         A :class:`FitResult`; ``model`` is left in eval mode holding the best weights.
@@ -612,7 +621,7 @@ def train(
     lr: float | None = None,
     find_lr: bool = False,
     val_fraction: float = 0.2,
-    patience: int | None = 8,
+    patience: int | None = 10,
     augmentation: Augmentation | None = None,
     device: str = "auto",
     workers: int | None = None,
