@@ -111,9 +111,9 @@ def oracle() -> LoadedModel:
     return LoadedModel(model=OracleDetector(), spec=spec, model_id="oracle", path=Path("-"))
 
 
-@pytest.fixture
-def tiny_spec() -> ModelSpec:
-    return ModelSpec(
+def make_tiny_spec(**changes) -> ModelSpec:
+    """The smallest useful RetinaNet description (64 px chips, 32-channel FPN)."""
+    fields = dict(
         classes=["pool"],
         band_mean=[100.0] * 3,
         band_std=[50.0] * 3,
@@ -122,6 +122,12 @@ def tiny_spec() -> ModelSpec:
         head_convs=1,
         gsd=0.3,
     )
+    return ModelSpec(**(fields | changes))
+
+
+@pytest.fixture
+def tiny_spec() -> ModelSpec:
+    return make_tiny_spec()
 
 
 NORTH_UP = Affine(0.3, 0, 500000.0, 0, -0.3, 3300000.0)

@@ -29,9 +29,9 @@ from geodetect.errors import GeodetectError, ModelFileError
 from geodetect.geometry import nms_polygons, overlap_ratio, pixel_boxes_to_map
 from geodetect.io.raster import GridReader, grid_band_stats, grid_has_data, open_mosaics
 from geodetect.io.vectors import read_layer
-from geodetect.model import ModelSpec, build_retinanet, load_model, read_spec, save_model
+from geodetect.model import build_retinanet, load_model, read_spec, save_model
 
-from conftest import NORTH_UP, write_geotiff
+from conftest import NORTH_UP, make_tiny_spec, write_geotiff
 
 # GEODETECT_FUZZ_EXAMPLES=2000 fuzzes harder locally; the suite keeps each test short.
 EXAMPLES = int(os.environ.get("GEODETECT_FUZZ_EXAMPLES", "30"))
@@ -205,14 +205,7 @@ def model_file(folder) -> tuple[bytes, int]:
     """A valid model file as (length prefix + JSON header, total size). Examples write
     the header and extend the file to its size with zeros (a sparse file: valid float32
     weights, all zero) so each one costs no 45 MB write."""
-    spec = ModelSpec(
-        classes=["pool"],
-        band_mean=[100.0] * 3,
-        band_std=[50.0] * 3,
-        chip_size=64,
-        fpn_channels=32,
-        head_convs=1,
-    )
+    spec = make_tiny_spec(gsd=None)
     torch.manual_seed(0)
     path = save_model(build_retinanet(spec, pretrained="none"), spec, folder / "valid.model")
     with open(path, "rb") as f:

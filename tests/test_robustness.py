@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from geodetect.model import build_retinanet, save_model
 
-from conftest import NORTH_UP, SHARED_RASTERS, paint_boxes, write_geotiff
+from conftest import NORTH_UP, SHARED_RASTERS, make_tiny_spec, paint_boxes, write_geotiff
 
 GEODETECT = [sys.executable, "-m", "geodetect"]
 FAST = ("--workers", "0", "-q")  # one process, no progress bar: stderr holds only errors
@@ -143,18 +143,9 @@ def listing(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny random RetinaNet (64 px chips) and small scenes, shared by the module."""
-    from geodetect.model import ModelSpec
 
     root = tmp_path_factory.mktemp("inputs")
-    spec = ModelSpec(
-        classes=["pool"],
-        band_mean=[100.0] * 3,
-        band_std=[50.0] * 3,
-        chip_size=64,
-        fpn_channels=32,
-        head_convs=1,
-        gsd=0.3,
-    )
+    spec = make_tiny_spec()
     torch.manual_seed(0)
     model = save_model(build_retinanet(spec, pretrained="none"), spec, root / "tiny.model")
     image = paint_boxes(96, 96, [(10, 10, 30, 30), (50, 40, 70, 75)])

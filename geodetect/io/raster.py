@@ -128,21 +128,7 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
                     f"{path}: has no raster bands (a container of subdatasets?); "
                     "give the image itself"
                 )
-            alpha = next(
-                (i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None
-            )
-            info = SceneInfo(
-                path,
-                ds.crs,
-                ds.transform,
-                ds.width,
-                ds.height,
-                ds.count,
-                ds.dtypes[0],
-                ds.nodata,
-                alpha,
-                _mask_kind(ds),
-            )
+            info = _describe(path, ds)
     except _GDAL_ERRORS as exc:
         raise RasterError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from None
     except UnicodeDecodeError:  # GDAL's message quoted undecodable bytes of the file
@@ -158,6 +144,24 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
             f"{path}: has no geotransform or ground control points; georeference it first"
         )
     return info
+
+
+def _describe(path: Path, ds, warp_crs: tuple[str, str] | None = None) -> SceneInfo:
+    """SceneInfo from an open dataset (or the warped view of one)."""
+    alpha = next((i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None)
+    return SceneInfo(
+        path,
+        ds.crs,
+        ds.transform,
+        ds.width,
+        ds.height,
+        ds.count,
+        ds.dtypes[0],
+        ds.nodata,
+        alpha,
+        _mask_kind(ds),
+        warp_crs,
+    )
 
 
 def _gcp_scene_info(path: Path, ds: rasterio.DatasetReader, gcp_crs: CRS, crs: CRS) -> SceneInfo:
@@ -178,22 +182,7 @@ def _gcp_scene_info(path: Path, ds: rasterio.DatasetReader, gcp_crs: CRS, crs: C
             "GCPs or give it a geotransform"
         )
     with WarpedVRT(ds, src_crs=gcp_crs, crs=crs, resampling=Resampling.bilinear) as vrt:
-        alpha = next(
-            (i + 1 for i, ci in enumerate(vrt.colorinterp) if ci == ColorInterp.alpha), None
-        )
-        info = SceneInfo(
-            path,
-            vrt.crs,
-            vrt.transform,
-            vrt.width,
-            vrt.height,
-            vrt.count,
-            vrt.dtypes[0],
-            vrt.nodata,
-            alpha,
-            _mask_kind(vrt),
-            (gcp_crs.to_wkt(), crs.to_wkt()),
-        )
+        info = _describe(path, vrt, warp_crs=(gcp_crs.to_wkt(), crs.to_wkt()))
     log.info(
         "%s: georeferenced by %d ground control points; read through a warp", path.name, len(gcps)
     )
