@@ -177,13 +177,14 @@ def make_optimizer(
 def _loader(
     chips: ChipSet, *, batch_size: int, shuffle: bool, workers: int, seed: int
 ) -> DataLoader:
+    # Workers are not persistent: each epoch's workers get the chip set as it is then,
+    # with its current epoch (a persistent worker's copy would replay epoch 1's windows).
     return DataLoader(
         chips,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
         collate_fn=collate_chips,
-        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),
         drop_last=False,
     )
