@@ -209,6 +209,7 @@ def detect(
     bands: Sequence[int] | None = None,
     batch_size: int | None = None,
     device: str = "auto",
+    precision: str = "auto",
     workers: int | None = None,
     allow_no_crs: bool = False,
     skip_bad_chips: bool = False,
@@ -232,12 +233,15 @@ def detect(
             answers (score-weighted box averages): boxes land closer to the truth and
             fewer duplicates survive, for 4x the compute. ``False`` is 4x faster.
         bands: 1-based raster bands in the model's band order (default: non-alpha bands).
+        precision: ``"auto"`` (bf16 where the GPU or CPU computes it natively),
+            ``"fp32"`` or ``"bf16"``.
 
     Returns:
         GeoDataFrame of Polygons in the (first) mosaic CRS with columns ``class``,
         ``score``, ``area_m2``, ``source`` (file name) and ``model_id``, sorted by score.
     """
     dev = resolve_device(device)
+    amp = autocast_dtype(dev, precision)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=dev)
     loaded.model.to(dev).eval()
     spec = loaded.spec
@@ -296,7 +300,6 @@ def detect(
         prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers and hasattr(os, "fork") else None,
     )
-    amp = autocast_dtype(dev)
     parts: dict[int, list[dict[str, np.ndarray]]] = {}
     found = 0
     bar = tqdm(

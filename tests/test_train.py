@@ -278,3 +278,24 @@ def test_lr_find_sweeps_upwards_and_restores_the_weights(labelled_scene):
     assert len(result.lrs) == 4 and result.lrs == sorted(result.lrs)
     assert 1e-6 <= result.suggested <= 1e-3
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_weight_average_follows_the_model_with_a_warm_up():
+    from geodetect.train.loop import weight_average
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    averaged = weight_average(net, decay=0.99)
+    averaged.update_parameters(net)  # the first update copies
+    start = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    net[1].num_batches_tracked.fill_(7)
+    averaged.update_parameters(net)  # n = 1: keeps (1 + 1) / (10 + 1) of the average
+    keep = 2 / 11
+    assert torch.allclose(averaged.module[0].weight, keep * start + (1 - keep) * (start + 1))
+    assert int(averaged.module[1].num_batches_tracked) == 7
+    for _ in range(2000):
+        averaged.update_parameters(net)
+    # late updates keep at most `decay`: the average has caught up with the model
+    assert torch.allclose(averaged.module[0].weight, net[0].weight, atol=1e-4)

@@ -79,6 +79,7 @@ def parse_bands(text: str | None) -> list[int] | None:
 @options.bands
 @options.batch_size()
 @options.device
+@options.precision
 @options.workers
 @click.option(
     "--allow-no-crs", is_flag=True, help="Accept rasters without a CRS; the layer then has no CRS."
@@ -103,6 +104,7 @@ def command(
     bands,
     batch_size,
     device,
+    precision,
     workers,
     allow_no_crs,
     skip_bad_chips,
@@ -140,6 +142,7 @@ def command(
         bands=band_list,
         batch_size=batch_size,
         device=device,
+        precision=precision,
         workers=workers,
         allow_no_crs=allow_no_crs,
         skip_bad_chips=skip_bad_chips,

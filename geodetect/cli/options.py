@@ -63,6 +63,17 @@ def device(f: F) -> F:
     )(f)
 
 
+def precision(f: F) -> F:
+    return click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16"]),
+        default="auto",
+        show_default=True,
+        help="Arithmetic: auto uses bf16 where the GPU or CPU computes it natively "
+        "(about 2x faster), else fp32.",
+    )(f)
+
+
 def batch_size(default: int | None = None) -> Callable[[F], F]:
     def deco(f: F) -> F:
         return click.option(

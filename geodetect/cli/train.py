@@ -92,11 +92,13 @@ from geodetect.cli import options
 @click.option(
     "--patience",
     type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="Stop after this many validated epochs without a better AP50 + AP50:95.",
+    default=None,
+    help="Stop after this many validated epochs without a better AP50 + AP50:95 "
+    "(default: never; the one-cycle schedule does its best work at the end, as the "
+    "learning rate decays).",
 )
 @options.device
+@options.precision
 @options.workers
 @click.option(
     "--resume",
@@ -127,6 +129,7 @@ def command(
     val_fraction,
     patience,
     device,
+    precision,
     workers,
     resume,
     seed,
@@ -166,6 +169,7 @@ def command(
         val_fraction=val_fraction,
         patience=patience,
         device=device,
+        precision=precision,
         workers=workers,
         overwrite=overwrite,
         resume=resume,

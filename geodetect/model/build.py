@@ -80,6 +80,11 @@ class ClassificationHead(RetinaNetClassificationHead):
         self.alpha = alpha
         self.gamma = gamma
 
+    def forward(self, x):
+        # Logits leave the head in float32 even under bf16 autocast, so losses and score
+        # ranking are computed at full precision.
+        return super().forward(x).float()
+
     def compute_loss(self, targets, head_outputs, matched_idxs):
         total = head_outputs["cls_logits"].new_zeros(())
         for target, logits, matched in zip(
@@ -103,6 +108,12 @@ class RegressionHead(RetinaNetRegressionHead):
         super().__init__(channels, num_anchors)
         self.conv = _conv_stack(channels, depth)
         self._loss_type = loss
+
+    def forward(self, x):
+        # torchvision's box decoder casts the anchors to the dtype of these offsets: in
+        # bf16 a coordinate near 300 px would be rounded to a multiple of 2 px. Offsets
+        # in float32 keep decoded boxes (and the box loss) exact under autocast.
+        return super().forward(x).float()
 
 
 class VotingRetinaNet(RetinaNet):
@@ -143,7 +154,9 @@ def _vote(candidates: dict, *, nms_iou: float, vote_iou: float, limit: int) -> d
     if len(boxes):
         voters = (box_iou(boxes, boxes) >= vote_iou) & (labels[:, None] == labels[None, :])
         weights = voters.to(boxes.dtype) * scores.to(boxes.dtype)[None, :]
-        boxes = (weights @ boxes) / weights.sum(dim=1, keepdim=True)
+        # Autocast would run this product in bf16 and round coordinates to 1-2 px.
+        with torch.autocast(boxes.device.type, enabled=False):
+            boxes = (weights @ boxes) / weights.sum(dim=1, keepdim=True)
     keep = batched_nms(boxes, scores, labels, nms_iou)[:limit]
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
@@ -201,14 +214,40 @@ def build_backbone(spec: ModelSpec, *, pretrained: str = "auto") -> BackboneWith
         return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
         in_channels_list=stage_channels,
         out_channels=spec.fpn_channels,
-        extra_blocks=LastLevelP6P7(spec.fpn_channels, spec.fpn_channels),
+        extra_blocks=Float32P6P7(spec.fpn_channels, spec.fpn_channels),
     )
+
+
+class Float32Anchors(AnchorGenerator):
+    """torchvision's anchor generator, but anchors are always float32.
+
+    The stock generator makes anchors in the feature maps' dtype: under bf16 autocast a
+    coordinate near 300 px is rounded to a multiple of 2 px, and every decoded box moves
+    with its anchor. Only the maps' shapes matter, so empty float32 stand-ins are passed.
+    """
+
+    def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]):
+        shapes = [f.new_empty((0, 0, *f.shape[-2:]), dtype=torch.float32) for f in feature_maps]
+        return super().forward(image_list, shapes)
+
+
+class Float32P6P7(LastLevelP6P7):
+    """The FPN's P6 and P7 levels, computed in float32 even under autocast.
+
+    They are a few pixels across (1 x 1 on small chips), where oneDNN's bf16 weight
+    gradient of the stride-2 convolution comes out NaN on some CPUs; in float32 they
+    cost next to nothing.
+    """
+
+    def forward(self, p, c, names):
+        with torch.autocast(p[-1].device.type, enabled=False):
+            return super().forward([x.float() for x in p], [x.float() for x in c], names)
 
 
 def build_anchor_generator(spec: ModelSpec) -> AnchorGenerator:
     sizes = tuple(tuple(base * s for s in spec.anchor_scales) for base in spec.anchor_base_sizes)
     ratios = (tuple(spec.anchor_ratios),) * len(sizes)
-    return AnchorGenerator(sizes, ratios)
+    return Float32Anchors(sizes, ratios)
 
 
 def build_retinanet(spec: ModelSpec, *, pretrained: str = "auto") -> RetinaNet:
