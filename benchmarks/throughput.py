@@ -24,7 +24,14 @@ import rasterio
 import torch
 from affine import Affine
 
-from geodetect.detect import Normaliser, default_overlap, detect, predict_with_flips
+from geodetect.detect import (
+    DIHEDRAL,
+    FLIPS,
+    Normaliser,
+    default_overlap,
+    detect,
+    predict_with_flips,
+)
 from geodetect.io.export import write_layer
 from geodetect.model import LoadedModel, ModelSpec, autocast_dtype, build_retinanet
 from geodetect.model.spec import preset_widths
@@ -78,8 +85,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
-        "--tta", action="store_true", help="flip test-time augmentation in both measurements"
+        "--tta",
+        type=int,
+        choices=(0, 4, 8),
+        default=0,
+        help="test-time augmentation views in both measurements (0: none)",
     )
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     args = parser.parse_args()
 
     dev = torch.device(
@@ -115,7 +127,8 @@ def main() -> None:
             chips = torch.from_numpy(ds.read(window=((0, args.chip_size), (0, args.chip_size))))
         batch = chips.unsqueeze(0).repeat(args.batch_size, 1, 1, 1)
         normalise = Normaliser(spec.band_mean, spec.band_std, dev)
-        amp = autocast_dtype(dev)
+        amp = autocast_dtype(dev, args.precision)
+        views = FLIPS if args.tta == 4 else DIHEDRAL
 
         def model_only() -> float:
             n_batches = -(-n_chips // args.batch_size)
@@ -123,7 +136,11 @@ def main() -> None:
             with torch.inference_mode():
                 for _ in range(n_batches):
                     x = normalise(batch.to(dev, non_blocking=True))
-                    run = (lambda b: predict_with_flips(net, b, min_score=0.5)) if args.tta else net
+                    run = (
+                        (lambda b: predict_with_flips(net, b, min_score=0.5, views=views))
+                        if args.tta
+                        else net
+                    )
                     if amp:
                         with torch.autocast(dev.type, dtype=amp):
                             out = run(x)
@@ -145,7 +162,9 @@ def main() -> None:
                 batch_size=args.batch_size,
                 device=str(dev),
                 workers=args.workers,
-                tta=args.tta,
+                tta=bool(args.tta),
+                tta_views=args.tta or 8,
+                precision=args.precision,
                 progress=False,
             )
             write_layer(layer, out, overwrite=True)
@@ -160,7 +179,7 @@ def main() -> None:
     print(
         f"model           : {args.backbone} {args.preset}, chip {args.chip_size}px, "
         f"batch {args.batch_size}, {'bf16 autocast' if amp else 'fp32'}, "
-        f"{'flip TTA' if args.tta else 'no TTA'}"
+        f"{f'{args.tta}-view TTA' if args.tta else 'no TTA'}"
     )
     print(f"scene           : {size}x{size} px, {n_chips} chips, overlap {overlap}px")
     print(f"model-only      : {best_model:8.2f} chips/s")

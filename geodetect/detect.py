@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_iou
 from tqdm.auto import tqdm
 
-from geodetect.errors import RasterError
+from geodetect.errors import InputError, RasterError
 from geodetect.geometry import Chip, chip_grid, nms_polygons, owned_mask, pixel_boxes_to_map
 from geodetect.io.export import area_m2
 from geodetect.io.raster import (
@@ -206,6 +206,7 @@ def detect(
     nms_iou: float = 0.5,
     merge_metric: str = "iou",
     tta: bool = True,
+    tta_views: int = 8,
     bands: Sequence[int] | None = None,
     batch_size: int | None = None,
     device: str = "auto",
@@ -229,9 +230,11 @@ def detect(
         threshold: minimum score (default: the model's).
         nms_iou: overlap above which same-class detections are merged.
         merge_metric: ``"iou"`` or ``"ios"`` (intersection over the smaller box).
-        tta: also run each chip flipped left-right, up-down and both, and fuse the four
-            answers (score-weighted box averages): boxes land closer to the truth and
-            fewer duplicates survive, for 4x the compute. ``False`` is 4x faster.
+        tta: also run turned and flipped copies of each chip and fuse the answers
+            (score-weighted box averages): boxes land closer to the truth and fewer
+            duplicates survive, for ``tta_views`` times the compute.
+        tta_views: 8 (the flips of the chip and of its transpose: all symmetries of the
+            square) or 4 (the chip flipped left-right, up-down and both).
         bands: 1-based raster bands in the model's band order (default: non-alpha bands).
         precision: ``"auto"`` (bf16 where the GPU or CPU computes it natively),
             ``"fp32"`` or ``"bf16"``.
@@ -277,7 +280,10 @@ def detect(
             )
     net = loaded.model
     # With flips, keep weaker per-pass boxes: the fused score decides.
-    net.score_thresh = threshold / 2 if tta else threshold
+    if tta_views not in (4, 8):
+        raise InputError(f"--tta-views {tta_views}: choose 4 (flips) or 8 (all symmetries)")
+    views = () if not tta else FLIPS if tta_views == 4 else DIHEDRAL
+    net.score_thresh = threshold / 2 if views else threshold
     net.nms_thresh = nms_iou
     normalisers = [Normaliser(*_band_scaling(g, spec), dev) for g in grids]
     jobs = plan_chips(grids, chip_size=chip_size, overlap=overlap)
@@ -321,7 +327,7 @@ def detect(
                 if batch is not None:
                     report.chips_read += len(indices)
                     for part in _run_batch(
-                        net, batch, indices, jobs, grids, normalisers, dev, amp, tta, threshold
+                        net, batch, indices, jobs, grids, normalisers, dev, amp, views, threshold
                     ):
                         parts.setdefault(part["grid"], []).append(part)
                         found += len(part["score"])
@@ -344,7 +350,7 @@ def _all_grids(inputs) -> bool:
 
 
 def _run_batch(
-    net, batch, indices, jobs, grids, normalisers, dev, amp, tta, threshold
+    net, batch, indices, jobs, grids, normalisers, dev, amp, views, threshold
 ) -> list[dict]:
     """Run one batch (possibly spanning grids) and keep the detections each chip owns.
 
@@ -359,7 +365,11 @@ def _run_batch(
         normed[sel] = normalisers[gi](batch[sel])
     ctx = torch.autocast(dev.type, dtype=amp) if amp else nullcontext()
     with ctx:
-        outputs = predict_with_flips(net, normed, min_score=threshold) if tta else net(normed)
+        outputs = (
+            predict_with_flips(net, normed, min_score=threshold, views=views)
+            if views
+            else net(normed)
+        )
     parts = []
     for job_index, out in zip(indices, outputs, strict=True):
         boxes = out["boxes"].float().cpu().numpy().astype(np.float64)
@@ -398,27 +408,53 @@ def _flip_boxes(boxes: torch.Tensor, size: int, dims: tuple[int, ...]) -> torch.
     return out
 
 
-FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+View = tuple[bool, tuple[int, ...]]
+"""A view of a square chip for test-time augmentation: (transpose rows and columns
+first?, dims then flipped: 2 = rows, 3 = columns)."""
+
+FLIPS: tuple[View, ...] = ((False, ()), (False, (3,)), (False, (2,)), (False, (2, 3)))
+DIHEDRAL: tuple[View, ...] = FLIPS + tuple((True, dims) for _, dims in FLIPS)
+
+
+def _view(batch: torch.Tensor, view: View) -> torch.Tensor:
+    transpose, dims = view
+    out = batch.transpose(-2, -1) if transpose else batch
+    return torch.flip(out, dims) if dims else out
+
+
+def _unview_boxes(boxes: torch.Tensor, size: int, view: View) -> torch.Tensor:
+    """Map xyxy boxes found in ``_view(chip, view)`` back to the chip itself."""
+    transpose, dims = view
+    out = _flip_boxes(boxes, size, dims)
+    return out[:, [1, 0, 3, 2]] if transpose else out
 
 
 def predict_with_flips(
-    net, batch: torch.Tensor, *, min_score: float = 0.0, fuse_iou: float = 0.55
+    net,
+    batch: torch.Tensor,
+    *,
+    min_score: float = 0.0,
+    fuse_iou: float = 0.55,
+    views: Sequence[View] = FLIPS,
 ) -> list[dict]:
-    """Test-time augmentation: run the four flips of each chip and fuse the answers.
+    """Test-time augmentation: run several views of each chip (the four flips by
+    default; :data:`DIHEDRAL` adds the four transposed ones) and fuse the answers.
 
-    Boxes of one class that overlap (IoU > ``fuse_iou``) across flips are one object:
-    its box is the score-weighted mean of theirs and its score the mean over all four
-    passes (an object seen in one pass only keeps a quarter of its score); fused
-    objects scoring below ``min_score`` are dropped.
+    Boxes of one class that overlap (IoU > ``fuse_iou``) across views are one object:
+    its box is the score-weighted mean of theirs and its score the mean over all
+    passes (an object seen in one of four passes only keeps a quarter of its score);
+    fused objects scoring below ``min_score`` are dropped. Chips must be square.
     """
     size = batch.shape[-1]
-    passes = [net(torch.flip(batch, dims) if dims else batch) for dims in FLIPS]
+    if batch.shape[-2] != size:
+        raise ValueError(f"test-time augmentation needs square chips, got {tuple(batch.shape)}")
+    passes = [net(_view(batch, view)) for view in views]
     fused = []
     for i in range(batch.shape[0]):
         boxes = torch.cat(
             [
-                _flip_boxes(p[i]["boxes"].double(), size, dims)
-                for p, dims in zip(passes, FLIPS, strict=True)
+                _unview_boxes(p[i]["boxes"].double(), size, view)
+                for p, view in zip(passes, views, strict=True)
             ]
         )
         scores = torch.cat([p[i]["scores"].double() for p in passes])
@@ -434,10 +470,10 @@ def predict_with_flips(
             group = (~taken) & (labels == labels[k]) & (iou[k] > fuse_iou)
             taken |= group
             weights = scores[group]
-            if weights.sum() / len(FLIPS) < min_score:
+            if weights.sum() / len(views) < min_score:
                 continue
             out_boxes.append((boxes[group] * weights[:, None]).sum(0) / weights.sum())
-            out_scores.append(weights.sum() / len(FLIPS))
+            out_scores.append(weights.sum() / len(views))
             out_labels.append(labels[k])
         fused.append(
             {

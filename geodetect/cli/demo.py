@@ -19,7 +19,7 @@ from geodetect.cli import options
 @click.option(
     "--train-minutes",
     type=click.FloatRange(min=0.2),
-    default=6.0,
+    default=7.0,
     show_default=True,
     help="Training budget.",
 )
