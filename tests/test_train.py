@@ -299,3 +299,16 @@ def test_weight_average_follows_the_model_with_a_warm_up():
         averaged.update_parameters(net)
     # late updates keep at most `decay`: the average has caught up with the model
     assert torch.allclose(averaged.module[0].weight, net[0].weight, atol=1e-4)
+
+
+def test_later_epochs_within_validation_noise_replace_the_kept_weights():
+    from geodetect.train.loop import EpochStats, _better
+
+    def epoch(ap50, ap):
+        return EpochStats(epoch=1, steps=1, loss=0.1, lr=1e-3, map_50=ap50, map=ap)
+
+    assert _better(epoch(0.9, 0.6), None)  # the first validation is always kept
+    assert _better(epoch(0.89, 0.6), 1.5, tolerance=1 / 40)  # 0.01 below: noise
+    assert not _better(epoch(0.85, 0.6), 1.5, tolerance=1 / 40)  # 0.05 below: worse
+    assert not _better(epoch(0.89, 0.6), 1.5)  # no tolerance: strictly not worse
+    assert not _better(EpochStats(epoch=2, steps=2, loss=0.1, lr=1e-3), 1.5, tolerance=1.0)

@@ -81,7 +81,8 @@ class EpochStats:
 @dataclass
 class FitResult:
     """What :func:`fit` did. ``model`` holds the best weights (by validation AP50 +
-    AP50:95, see :func:`selection_score`), or the last ones without validation."""
+    AP50:95, see :func:`selection_score`; of epochs that score within one validation
+    object's worth of the best, the latest), or the last ones without validation."""
 
     model: nn.Module
     history: list[EpochStats]
@@ -295,9 +296,10 @@ def evaluate_chips(
     the mean centre error in pixels of the detections above it matched at IoU 0.5.
 
     Returns:
-        ``map_50``, ``map`` (AP50:95), ``threshold`` and ``centre_error_px`` (None
-        without matches); with ``per_class_iou``, also ``per_class``: {class index: AP
-        at that IoU} (computed in the same pass).
+        ``map_50``, ``map`` (AP50:95), ``threshold``, ``centre_error_px`` (None
+        without matches) and ``n_truth`` (objects in the chips); with
+        ``per_class_iou``, also ``per_class``: {class index: AP at that IoU} (computed
+        in the same pass).
     """
     from torchmetrics.detection import MeanAveragePrecision  # heavy import, only here
 
@@ -350,6 +352,7 @@ def evaluate_chips(
         "map": max(0.0, float(result["map"])),
         "threshold": threshold,
         "centre_error_px": float(all_errors[confident].mean()) if confident.any() else None,
+        "n_truth": n_truth,
     }
     if per_class is not None:
         by_class = per_class.compute()
@@ -428,11 +431,18 @@ def selection_score(stats: EpochStats) -> float | None:
     return stats.map_50 + (stats.map or 0.0)
 
 
-def _better(stats: EpochStats, best: EpochStats | None) -> bool:
+def _better(stats: EpochStats, peak: float | None, tolerance: float = 0.0) -> bool:
+    """Whether a validated epoch replaces the kept weights: its score is within
+    ``tolerance`` of the best score so far (``peak``; None: nothing validated yet).
+
+    Later epochs have seen more data at a lower learning rate; a validation score that
+    trails the peak by less than the validation set can resolve (``tolerance``, one
+    object's worth of AP) is noise, not a reason to keep older weights.
+    """
     score = selection_score(stats)
     if score is None:
         return False
-    return best is None or best.map_50 is None or score > selection_score(best)
+    return peak is None or score >= peak - tolerance
 
 
 def fit(
@@ -503,6 +513,8 @@ def fit(
 
     history: list[EpochStats] = []
     best: EpochStats | None = None
+    peak: float | None = None  # the best selection score so far
+    tolerance = 0.0  # set from the validation set's size at the first validation
     best_state = None
     stale = 0
     step = 0
@@ -589,16 +601,21 @@ def fit(
                 stats.map_50, stats.map = metrics["map_50"], metrics["map"]
                 stats.centre_error_px = metrics["centre_error_px"]
                 stats.threshold = metrics["threshold"]
+                tolerance = 1.0 / max(1, metrics["n_truth"])
             stats.seconds = time.monotonic() - started
             history.append(stats)
             _log_epoch(stats, bar)
-            if _better(stats, best):
-                best, stale = stats, 0
+            score = selection_score(stats)
+            if _better(stats, peak, tolerance):
+                best = stats
+            if score is not None and (peak is None or score > peak):
+                peak, stale = score, 0
+            elif score is not None:
+                stale += 1
+            if best is stats:
                 best_state = {
                     k: v.detach().to("cpu", copy=True) for k, v in kept.state_dict().items()
                 }
-            elif stats.map_50 is not None:
-                stale += 1
             if final:
                 break
             if patience is not None and stale >= patience:
