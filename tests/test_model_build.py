@@ -1,4 +1,4 @@
-"""The RetinaNet builder: boxes keep full precision under bf16 autocast."""
+"""The RetinaNet builder: boxes keep full precision under bf16 autocast; box losses."""
 
 from __future__ import annotations
 
@@ -42,3 +42,30 @@ def test_precision_choice():
     assert autocast_dtype(cpu, "auto") is expected
     with pytest.raises(InputError, match="--precision"):
         autocast_dtype(cpu, "fp8")
+
+
+def _box_loss(kind: str, size: float, shift: float) -> float:
+    """The regression head's loss for one anchor on a ``size`` px square whose
+    prediction is ``shift`` px to the right."""
+    head = build_retinanet(make_tiny_spec(box_loss=kind), pretrained="none").head
+    reg = head.regression_head
+    truth = torch.tensor([[10.0, 10.0, 10.0 + size, 10.0 + size]])
+    predicted = truth + torch.tensor([shift, 0.0, shift, 0.0])
+    offsets = reg.box_coder.encode_single(predicted, truth)
+    loss = reg.compute_loss(
+        [{"boxes": truth, "labels": torch.tensor([0])}],
+        {"bbox_regression": offsets[None]},
+        [truth],
+        [torch.tensor([0])],
+    )
+    return float(loss)
+
+
+def test_pixel_box_loss_makes_large_boxes_pay_for_each_pixel():
+    assert _box_loss("giou_l1", 40.0, 0.0) == pytest.approx(0.0, abs=1e-5)
+    # GIoU alone is scale-free: one pixel off costs an 80 px box a seventh of what it
+    # costs a 10 px box, so big objects are placed loosely in metres.
+    assert _box_loss("giou", 80.0, 1.0) < 0.2 * _box_loss("giou", 10.0, 1.0)
+    # The pixel term charges every pixel of error alike.
+    assert _box_loss("giou_l1", 80.0, 1.0) > 0.4 * _box_loss("giou_l1", 10.0, 1.0)
+    assert _box_loss("giou_l1", 80.0, 2.0) > _box_loss("giou_l1", 80.0, 1.0)

@@ -312,3 +312,21 @@ def test_later_epochs_within_validation_noise_replace_the_kept_weights():
     assert not _better(epoch(0.85, 0.6), 1.5, tolerance=1 / 40)  # 0.05 below: worse
     assert not _better(epoch(0.89, 0.6), 1.5)  # no tolerance: strictly not worse
     assert not _better(EpochStats(epoch=2, steps=2, loss=0.1, lr=1e-3), 1.5, tolerance=1.0)
+
+
+def test_score_threshold_from_validation():
+    from geodetect.train.loop import best_f1_threshold
+
+    # Ten objects all found with scores 0.7-0.9, one false positive at 0.1: F1 is the
+    # same for every threshold in range, so the middle one is kept.
+    scores = np.array([0.9, 0.85, 0.8, 0.8, 0.75, 0.75, 0.7, 0.7, 0.7, 0.7, 0.1])
+    matched = np.array([True] * 10 + [False])
+    assert best_f1_threshold(scores, matched, 10) == pytest.approx(0.3)
+    # Two objects found at 0.22-0.24 only: a higher threshold loses them.
+    low_scores = np.concatenate([scores, [0.24, 0.22]])
+    low_matched = np.concatenate([matched, [True, True]])
+    assert best_f1_threshold(low_scores, low_matched, 12) == pytest.approx(0.2)
+    # False positives at 0.3-0.38 push it up, but never past the top of the range.
+    fp_scores = np.concatenate([scores, [0.38, 0.36, 0.33, 0.3]])
+    fp_matched = np.concatenate([matched, [False] * 4])
+    assert best_f1_threshold(fp_scores, fp_matched, 10) == pytest.approx(0.4)

@@ -14,6 +14,9 @@ PRESETS = {
     "standard": (256, 4),
     "lite": (128, 2),
 }
+# torchvision's RetinaNet box losses, and geodetect's GIoU + pixel smooth-L1 (see
+# geodetect.model.build.RegressionHead).
+BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou", "giou_l1")
 DEFAULT_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
 DEFAULT_RATIOS = (0.5, 1.0, 2.0)
 # Anchor base sizes for P3..P7 (strides 8..128). Smaller than torchvision's 32..512
@@ -48,7 +51,7 @@ class ModelSpec:
     anchor_ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
-    box_loss: str = "giou"
+    box_loss: str = "giou_l1"
     max_object_px: float | None = None
     score_threshold: float = 0.5
     # Kept boxes become the score-weighted mean of same-class candidates overlapping
@@ -89,7 +92,7 @@ class ModelSpec:
             out.append("anchor_scales and anchor_ratios must not be empty")
         if self.box_vote_iou is not None and not 0 < self.box_vote_iou <= 1:
             out.append(f"box_vote_iou must be in (0, 1] or None, got {self.box_vote_iou}")
-        if self.box_loss not in ("l1", "smooth_l1", "giou", "diou", "ciou"):
+        if self.box_loss not in BOX_LOSSES:
             out.append(f"unknown box_loss {self.box_loss!r}")
         return out
 
