@@ -52,7 +52,7 @@ def parse_bands(text: str | None) -> list[int] | None:
     "--threshold",
     type=click.FloatRange(0, 1),
     default=None,
-    help="Minimum score (default: the model's, usually 0.5).",
+    help="Minimum score (default: the model's, the best F1 on its validation area).",
 )
 @click.option(
     "--nms-iou",
