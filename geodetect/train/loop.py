@@ -612,17 +612,16 @@ def fit(
             stats.seconds = time.monotonic() - started
             history.append(stats)
             _log_epoch(stats, bar)
-            score = selection_score(stats)
             if _better(stats, peak, tolerance):
                 best = stats
+                best_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in kept.state_dict().items()
+                }
+            score = selection_score(stats)
             if score is not None and (peak is None or score > peak):
                 peak, stale = score, 0
             elif score is not None:
                 stale += 1
-            if best is stats:
-                best_state = {
-                    k: v.detach().to("cpu", copy=True) for k, v in kept.state_dict().items()
-                }
             if final:
                 break
             if patience is not None and stale >= patience:
@@ -743,7 +742,7 @@ def train(
         if not (out_path.parent if str(out_path.parent) else Path(".")).is_dir():
             raise OutputError(f"{out_path}: folder {out_path.parent} does not exist; create it")
     dev = resolve_device(device)
-    autocast_dtype(dev, precision)  # refuse an impossible precision before any work
+    amp = autocast_dtype(dev, precision)  # refuses an impossible precision before any work
     torch.manual_seed(seed)
 
     base = load_model(resume) if resume is not None else None
@@ -836,7 +835,7 @@ def train(
         "stop_reason": fitted.stop_reason,
         "lr": lr,
         "batch_size": batch,
-        "precision": "fp32" if autocast_dtype(dev, precision) is None else "bf16",
+        "precision": "fp32" if amp is None else "bf16",
         "device": str(dev),
         "seed": seed,
         "resumed_from": None if resume is None else str(resume),
