@@ -1,5 +1,6 @@
 """Training labels: label layers turned into pixel boxes on mosaic grids, and chip folders
-(PASCAL VOC as ArcGIS exports it, COCO JSON) read into the same pixel-box form.
+(PASCAL VOC as ArcGIS exports it, COCO JSON, YOLO folders from Ultralytics or Roboflow)
+read into the same pixel-box form.
 
 Pixel boxes follow the project convention: ``xyxy`` in pixel-edge coordinates of the
 array they belong to (pixel (0, 0) covers [0, 1) × [0, 1)). A labelled object's box is
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
+import yaml
 from affine import Affine
 from pyproj import CRS
 
@@ -276,7 +279,7 @@ def labels_on_grids(
 
 @dataclass(frozen=True)
 class ChipLabels:
-    """One labelled chip image from a VOC folder or a COCO file.
+    """One labelled chip image from a VOC folder, a COCO file or a YOLO folder.
 
     Attributes:
         image: the image file.
@@ -416,6 +419,302 @@ def read_coco(
     return chips
 
 
+# --- YOLO folders (Ultralytics, Roboflow) ---------------------------------------------
+
+YOLO_YAML_FILES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
+YOLO_CLASSES_FILE = "classes.txt"
+# Exporters round boxes that touch the image edge a little past it; anything further out
+# is not a normalised coordinate (usually pixels written by mistake).
+_NORMALISED_SLACK = 0.05
+
+
+@dataclass(frozen=True)
+class _YoloSplit:
+    """One image folder of a YOLO dataset and the label folder its files pair with."""
+
+    name: str
+    images: Path
+    labels: Path
+
+
+def _split_rank(name: str) -> int:
+    """Train first, then validation, then test: the order chips are handed to training."""
+    lowered = name.lower()
+    if lowered.startswith("val"):
+        return 1
+    if lowered.startswith("test"):
+        return 2
+    return 0
+
+
+def _yolo_splits(folder: Path) -> list[_YoloSplit]:
+    """Image folders in both layouts: ``images/[split/]`` beside ``labels/[split/]``
+    (Ultralytics) and ``split/images`` beside ``split/labels`` (Roboflow)."""
+    splits = []
+    top = folder / "images"
+    if top.is_dir():
+        splits.append(_YoloSplit("", top, folder / "labels"))
+        splits += [
+            _YoloSplit(d.name, d, folder / "labels" / d.name) for d in top.iterdir() if d.is_dir()
+        ]
+    splits += [
+        _YoloSplit(d.name, d / "images", d / "labels")
+        for d in folder.iterdir()
+        if d.is_dir() and d.name not in ("images", "labels") and (d / "images").is_dir()
+    ]
+    return sorted(splits, key=lambda s: (_split_rank(s.name), s.name))
+
+
+def _label_files(labels_dir: Path) -> dict[str, Path]:
+    """Label files of a folder by stem (labelImg's ``classes.txt`` is not one)."""
+    if not labels_dir.is_dir():
+        return {}
+    return {
+        p.stem: p
+        for p in sorted(labels_dir.glob("*.txt"))
+        if p.name != YOLO_CLASSES_FILE and p.is_file()
+    }
+
+
+def is_yolo_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` looks like a YOLO dataset: a ``data.yaml`` or ``*.txt`` label
+    files in a label folder of either layout :func:`read_yolo` reads."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    if any((folder / name).is_file() for name in YOLO_YAML_FILES):
+        return True
+    return any(_label_files(s.labels) for s in _yolo_splits(folder))
+
+
+def read_yolo(folder: str | os.PathLike[str]) -> list[ChipLabels]:
+    """Read a YOLO detection folder as Ultralytics uses it or Roboflow exports it.
+
+    Layouts (image files: tif, png, jpg; each paired with the ``.txt`` of the same stem
+    in the matching label folder):
+
+    - Ultralytics: ``images/{train,val,test}/`` + ``labels/{train,val,test}/``, or flat
+      ``images/`` + ``labels/``;
+    - Roboflow "YOLOv5/v8/v11 PyTorch": ``{train,valid,test}/images/`` +
+      ``{train,valid,test}/labels/``.
+
+    The ``train``/``val`` paths inside ``data.yaml`` are not used (Roboflow's point
+    outside the folder); the layout decides.
+
+    Each label line is ``class cx cy w h`` (centre and size, normalised to 0-1 by the
+    image width and height) or a segmentation polygon ``class x1 y1 x2 y2 ... xn yn``
+    (normalised, at least 3 points), read as its bounding box. Boxes are returned in
+    pixel-edge coordinates of the image, whose size is read from the file.
+
+    Class names come from ``names:`` in ``data.yaml`` (or ``dataset.yaml``), a list or
+    an ``{id: name}`` mapping; without one, from a ``classes.txt`` (one name per line,
+    line *i* is class *i*) in the folder or a label folder; without either, a class is
+    named by its id (``"0"``, ``"1"``...).
+
+    An empty label file, or an image without one, is a negative chip; an image folder
+    without any label folder is skipped with a warning (an unlabelled test split must not
+    train as background); label files without an image are counted in one warning.
+
+    Chips come split by split, train first, then val/valid, then test (other split
+    folders count as train), each sorted by file name. The order matters: chip folders
+    give their last chips to validation (:func:`geodetect.train.data.plan_split`), so
+    validation chips tend to be the exporter's own validation images.
+
+    Returns:
+        One :class:`ChipLabels` per image; boxes float64 [N, 4] ``xyxy`` pixel-edge.
+
+    Raises:
+        InputError: ``folder`` is missing or has no YOLO layout with label files.
+        LabelError: ``data.yaml`` has no usable ``names``, or a label line is malformed
+            (the message names the file and line).
+        RasterError: an image with labels cannot be read.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder; give the YOLO dataset folder")
+    splits = _yolo_splits(folder)
+    names, names_source = _yolo_class_names(folder, splits)
+    chips: list[ChipLabels] = []
+    orphans: list[Path] = []
+    label_count = 0
+    for split in splits:
+        images = sorted(
+            p for p in split.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        if not images:
+            continue
+        if not split.labels.is_dir():
+            log.warning(
+                "%s: no label folder %s; its %d image(s) are skipped",
+                split.images,
+                split.labels,
+                len(images),
+            )
+            continue
+        texts = _label_files(split.labels)
+        label_count += len(texts)
+        stems = {p.stem for p in images}
+        orphans += [path for stem, path in texts.items() if stem not in stems]
+        for image in images:
+            text = texts.get(image.stem)
+            if text is None:
+                chips.append(ChipLabels(image, np.zeros((0, 4)), ()))
+            else:
+                boxes, classes = _parse_yolo(text, image, names, names_source)
+                chips.append(ChipLabels(image, boxes, classes))
+    if label_count == 0:
+        raise InputError(
+            f"{folder}: not a YOLO folder (no .txt label files found); expected images/ + "
+            "labels/ (Ultralytics, flat or with train/ val/ test/ sub-folders) or "
+            "train/images/ + train/labels/ (Roboflow YOLO export), each image with a "
+            ".txt file of the same name"
+        )
+    if orphans:
+        log.warning(
+            "%s: %d label file(s) without a matching image ignored (e.g. %s)",
+            folder,
+            len(orphans),
+            orphans[0].relative_to(folder),
+        )
+    return chips
+
+
+def _yolo_class_names(
+    folder: Path, splits: Sequence[_YoloSplit]
+) -> tuple[dict[int, str] | None, str]:
+    """Class names by id, and where they came from (for messages); None: use the ids."""
+    for file_name in YOLO_YAML_FILES:
+        path = folder / file_name
+        if path.is_file():
+            return _read_yaml_names(path), file_name
+    candidates = [folder / YOLO_CLASSES_FILE, folder / "labels" / YOLO_CLASSES_FILE]
+    candidates += [s.labels / YOLO_CLASSES_FILE for s in splits]
+    for path in candidates:
+        if path.is_file():
+            try:
+                lines = path.read_text(encoding="utf-8-sig").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise LabelError(f"{path}: not a readable class list ({exc})") from None
+            names = [line.strip() for line in lines if line.strip()]
+            return dict(enumerate(names)), str(path.relative_to(folder))
+    return None, ""
+
+
+def _read_yaml_names(path: Path) -> dict[int, str]:
+    """``names:`` of a YOLO ``data.yaml`` (list or ``{id: name}`` mapping) by class id."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelError(f"{path}: not a readable YAML file ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise LabelError(f"{path}: not a readable YAML file ({_yaml_problem(exc)})") from None
+    names = data.get("names") if isinstance(data, dict) else None
+    try:
+        if isinstance(names, list) and names:
+            return {i: str(name) for i, name in enumerate(names)}
+        if isinstance(names, dict) and names:
+            return {int(key): str(name) for key, name in names.items()}
+    except (TypeError, ValueError):
+        pass
+    raise LabelError(
+        f"{path}: has no usable 'names:' (a list of class names, or a mapping of integer "
+        "class ids to names); add e.g. names: ['pool']"
+    )
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's complaint on one line: where and what, without its quoted snippet."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(exc).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _parse_yolo(
+    path: Path,
+    image: Path,
+    names: dict[int, str] | None,
+    names_source: str,
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Boxes (float64 [N, 4] pixel-edge ``xyxy`` of ``image``) and class names of one
+    YOLO label file."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelError(f"{path}: not a readable YOLO label file ({exc})") from None
+    boxes, classes = [], []
+    width = height = None
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            class_id, xs, ys = _yolo_object(fields, names, names_source)
+        except ValueError as exc:
+            raise LabelError(f"{path} line {number}: {exc}") from None
+        if width is None:
+            info = scene_info(image, allow_no_crs=True)
+            width, height = info.width, info.height
+        boxes.append([xs.min() * width, ys.min() * height, xs.max() * width, ys.max() * height])
+        classes.append(names[class_id] if names is not None else str(class_id))
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), tuple(classes)
+
+
+def _yolo_object(
+    fields: Sequence[str], names: dict[int, str] | None, names_source: str
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Class id and normalised x and y coordinates (box corners or polygon vertices) of
+    one YOLO label line split into fields.
+
+    Raises:
+        ValueError: the line is malformed; the message says what is wrong and the fix.
+    """
+    values = []
+    for field in fields:
+        try:
+            value = float(field)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(
+                f"{field!r} is not a number; a YOLO label line holds only numbers: a class "
+                "id, then normalised coordinates"
+            )
+        values.append(value)
+    if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
+        raise ValueError(
+            "expected 'class cx cy w h' or a polygon 'class x1 y1 x2 y2 ...' (at least 3 "
+            f"points), got {len(values)} numbers; write one object per line"
+        )
+    if not values[0].is_integer() or values[0] < 0:
+        raise ValueError(
+            f"class id {fields[0]!r} is not a whole number >= 0; the first number is the "
+            "class index (0, 1, 2...)"
+        )
+    class_id = int(values[0])
+    if names is not None and class_id not in names:
+        known = ", ".join(f"{k}: {v}" for k, v in sorted(names.items())[:10])
+        raise ValueError(
+            f"class id {class_id} is not in the class names of {names_source} ({known}); "
+            f"fix the id or add the class to {names_source}"
+        )
+    coords = np.asarray(values[1:])
+    outside = (coords < -_NORMALISED_SLACK) | (coords > 1 + _NORMALISED_SLACK)
+    if outside.any():
+        raise ValueError(
+            f"coordinate {fields[1 + int(np.argmax(outside))]} is outside 0-1; YOLO "
+            "coordinates are normalised by the image width and height (divide pixel "
+            "coordinates by them)"
+        )
+    if len(coords) > 4:
+        return class_id, coords[0::2], coords[1::2]
+    cx, cy, w, h = coords
+    if w < 0 or h < 0:
+        raise ValueError("the box width or height is negative; w and h are sizes >= 0")
+    return class_id, np.array([cx - w / 2, cx + w / 2]), np.array([cy - h / 2, cy + h / 2])
+
+
 def chip_grid_of(image: str | os.PathLike[str]) -> MosaicGrid:
     """A one-file mosaic grid over a chip image (georeferenced or not)."""
     info = scene_info(image, allow_no_crs=True)
@@ -469,10 +768,12 @@ __all__ = [
     "chip_grid_of",
     "chips_on_grids",
     "class_names",
+    "is_yolo_folder",
     "labels_on_grids",
     "largest_side",
     "map_to_pixel_boxes",
     "read_coco",
     "read_labels",
     "read_voc_folder",
+    "read_yolo",
 ]
