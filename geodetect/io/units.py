@@ -1,0 +1,74 @@
+"""Pixel sizes in metres, whatever unit the raster's CRS counts in (metres, feet, degrees)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from affine import Affine
+from pyproj import CRS, Geod
+
+
+def gsd_metres(crs: Any, transform: Affine, width: int, height: int) -> float | None:
+    """Ground sample distance of a raster in metres: the longer side of one pixel.
+
+    Projected (and other linear) CRSs scale the pixel size by their unit's length in
+    metres (0.3048006 for US survey feet): the nominal map-unit size, without the
+    projection's scale factor (negligible in UTM and state planes, 1/cos(latitude) in
+    Web Mercator). Geographic CRSs measure the pixel at the raster's centre on the
+    CRS's ellipsoid, so 1e-5 degrees of longitude is about 0.85 m at 40 N and 1.1 m
+    at the equator.
+
+    Args:
+        crs: a rasterio or pyproj CRS, or anything ``pyproj.CRS.from_user_input``
+            takes; None when the raster has none.
+        transform: pixel (col, row) -> CRS (x, y), x being easting or longitude.
+        width, height: raster size in pixels; the centre pixel is measured.
+
+    Returns:
+        The pixel size in metres, or None without a CRS or when the CRS's unit is
+        not a length or an angle (or the centre is not on the globe).
+    """
+    if crs is None:
+        return None
+    crs = CRS.from_user_input(crs)
+    if not crs.axis_info:
+        return None
+    unit = crs.axis_info[0]
+    if crs.is_geographic:
+        return _geodesic_pixel_size(crs, transform, width, height, unit.unit_conversion_factor)
+    # A projected CRS always counts in a length; others (engineering, local) may not.
+    if not crs.is_projected and not _is_length(unit.unit_name):
+        return None
+    if not unit.unit_conversion_factor or unit.unit_conversion_factor <= 0:
+        return None
+    t = transform
+    side = max(math.hypot(t.a, t.d), math.hypot(t.b, t.e))
+    return side * unit.unit_conversion_factor
+
+
+def _geodesic_pixel_size(
+    crs: CRS, transform: Affine, width: int, height: int, radians_per_unit: float
+) -> float | None:
+    """Longer side, in metres on the ellipsoid, of the pixel at the raster's centre."""
+    to_degrees = math.degrees(radians_per_unit)
+    col, row = width // 2, height // 2
+    # (lon, lat) of the pixel's top-left corner and of its neighbours across and down.
+    (lon0, lat0), (lon1, lat1), (lon2, lat2) = [
+        (x * to_degrees, y * to_degrees)
+        for x, y in (transform @ (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (0, 1)))
+    ]
+    if any(not -90 <= lat <= 90 for lat in (lat0, lat1, lat2)):
+        return None
+    geod = crs.get_geod() or Geod(ellps="WGS84")
+    _, _, across = geod.inv(lon0, lat0, lon1, lat1)
+    _, _, down = geod.inv(lon0, lat0, lon2, lat2)
+    size = max(across, down)
+    return float(size) if math.isfinite(size) and size > 0 else None
+
+
+def _is_length(name: str) -> bool:
+    # Engineering CRSs may name no unit ("unknown") and still carry a factor of 1.
+    from pyproj.database import get_units_map
+
+    return name in get_units_map(category="linear") or name.lower() in ("metre", "meter", "m")

@@ -1,0 +1,77 @@
+"""Pixel sizes in metres from metre, US-foot and degree CRSs; the GSD check uses them."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import rasterio
+from affine import Affine
+
+from geodetect.detect import detect
+from geodetect.io.units import gsd_metres
+from geodetect.model import LoadedModel
+
+from conftest import OracleDetector, make_tiny_spec, paint_boxes, write_geotiff
+
+US_FOOT = 1200 / 3937  # metres
+# Metres per degree near 40 N on WGS84: of latitude, and of longitude.
+LAT_DEGREE_M, LON_DEGREE_M = 111_035.0, 85_394.0
+
+PIXEL_0_3_M = {
+    "EPSG:32617": Affine(0.3, 0, 500_000.0, 0, -0.3, 4_400_000.0),
+    "EPSG:2236": Affine(0.3 / US_FOOT, 0, 700_000.0, 0, -0.3 / US_FOOT, 800_000.0),
+    "EPSG:4326": Affine(0.3 / LON_DEGREE_M, 0, -80.0, 0, -0.3 / LAT_DEGREE_M, 40.0),
+}
+
+
+def _scene(path, crs, transform):
+    image = paint_boxes(64, 64, [(10, 10, 30, 30)])
+    return write_geotiff(path, image, transform=transform, crs=crs)
+
+
+@pytest.mark.parametrize("crs", sorted(PIXEL_0_3_M))
+def test_0_3_m_pixels_measure_0_3_m_in_any_crs_unit(tmp_path, crs):
+    path = _scene(tmp_path / "scene.tif", crs, PIXEL_0_3_M[crs])
+    with rasterio.open(path) as ds:
+        gsd = gsd_metres(ds.crs, ds.transform, ds.width, ds.height)
+    assert gsd == pytest.approx(0.3, rel=0.01)
+
+
+def test_degrees_are_measured_at_the_raster_centre():
+    # 1e-5 degree pixels: ~1.11 m square at the equator, ~0.85 m across at 60 N
+    # (the longer side, north-south, stays ~1.11 m).
+    at_equator = gsd_metres("EPSG:4326", Affine(1e-5, 0, 10, 0, -1e-5, 0.005), 1000, 1000)
+    assert at_equator == pytest.approx(1.11, rel=0.01)
+    wide = Affine(2e-5, 0, 10, 0, -1e-5, 60.005)
+    assert gsd_metres("EPSG:4326", wide, 1000, 1000) == pytest.approx(
+        2 * 111_320 * math.cos(math.radians(60)) * 1e-5, rel=0.01
+    )
+
+
+def test_no_crs_or_no_length_unit_gives_none():
+    assert gsd_metres(None, Affine(0.3, 0, 0, 0, -0.3, 0), 10, 10) is None
+    # Latitudes off the globe: a degree CRS given metre coordinates.
+    assert gsd_metres("EPSG:4326", Affine(0.3, 0, 500_000, 0, -0.3, 4e6), 10, 10) is None
+
+
+def _oracle(gsd):
+    spec = dataclasses.replace(make_tiny_spec(), gsd=gsd)
+    return LoadedModel(model=OracleDetector(), spec=spec, model_id="oracle", path=Path("-"))
+
+
+@pytest.mark.parametrize("crs", ["EPSG:2236", "EPSG:4326"])
+def test_gsd_check_compares_metres_with_metres(tmp_path, caplog, crs):
+    path = _scene(tmp_path / "scene.tif", crs, PIXEL_0_3_M[crs])
+    warning = "pixels but the model was trained"
+    with caplog.at_level(logging.WARNING, logger="geodetect"):
+        detect([path], _oracle(0.3), workers=0, progress=False, tta=False)
+    assert warning not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geodetect"):
+        # "native": read as it is, not resampled to the model's GSD first.
+        detect([path], _oracle(0.6), workers=0, progress=False, tta=False, gsd="native")
+    assert "scene.tif has 0.3 m pixels but the model was trained at 0.6 m" in caplog.text
