@@ -24,6 +24,7 @@ import torch
 from matplotlib.figure import Figure
 
 from geodetect.detect import detect
+from geodetect.io.labels import is_yolo_folder
 from geodetect.model import LoadedModel, load_model, resolve_device, save_model
 from geodetect.plots import plot_detections, plot_history, plot_lr_find, show_chips
 from geodetect.train import (
@@ -36,7 +37,7 @@ from geodetect.train import (
     lr_find,
     prepare_training_data,
 )
-from geodetect.train.loop import default_batch_size, spec_for
+from geodetect.train.loop import default_batch_size, record_object_sizes, spec_for
 
 __all__ = ["DetectionData", "RetinaNet", "detect_objects", "plot_detections", "prepare_data"]
 
@@ -112,7 +113,9 @@ def prepare_data(
     Args:
         path: raster file(s), a glob or a folder of GeoTIFFs — or a folder exported by
             ArcGIS "Export Training Data For Deep Learning" (``images/`` +
-            ``labels/*.xml``, PASCAL VOC), in which case ``labels`` is not needed.
+            ``labels/*.xml``, PASCAL VOC) or a YOLO folder (Ultralytics or Roboflow, see
+            :func:`geodetect.io.labels.read_yolo`), in which case ``labels`` is not
+            needed.
         labels: polygons, boxes or points in any vector format and CRS.
         chip_size: chip edge in pixels (a multiple of 32).
         batch_size: chips per training step (default: 8 on CPU, more on a GPU).
@@ -124,10 +127,12 @@ def prepare_data(
         >>> data.show_batch()                                                       # doctest: +SKIP
     """
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
-    voc = None
-    if labels is None and len(paths) == 1 and (Path(paths[0]) / "labels").is_dir():
+    voc = yolo = None
+    if labels is None and len(paths) == 1 and is_yolo_folder(paths[0]):
+        yolo, paths = paths[0], None
+    elif labels is None and len(paths) == 1 and (Path(paths[0]) / "labels").is_dir():
         voc, paths = paths[0], None
-    labelled = load_labelled(paths, labels, voc=voc, class_field=class_field)
+    labelled = load_labelled(paths, labels, voc=voc, yolo=yolo, class_field=class_field)
     training = prepare_training_data(
         labelled, chip_size=chip_size, val_fraction=val_fraction, seed=seed
     )
@@ -324,9 +329,7 @@ class RetinaNet:
                 "val_map_50": max((h.map_50 or 0) for h in self.history),
             }
         if self.data is not None:
-            spec.max_object_px = max(
-                spec.max_object_px or 0, self.data.training.labelled.max_object_px
-            )
+            record_object_sizes(spec, self.data.training.labelled)
         return save_model(self.model, spec, path, overwrite=overwrite)
 
     def loaded(self) -> LoadedModel:

@@ -25,3 +25,7 @@ class ModelFileError(InputError):
 
 class OutputError(GeodetectError):
     """An output cannot be written (exists, unknown format, unwritable, disk full)."""
+
+
+class DownloadError(GeodetectError):
+    """A file cannot be downloaded (no network, server refusal, damaged transfer)."""

@@ -131,3 +131,21 @@ def tiny_spec() -> ModelSpec:
 
 
 NORTH_UP = Affine(0.3, 0, 500000.0, 0, -0.3, 3300000.0)
+
+
+@pytest.fixture
+def torch_cache(tmp_path, monkeypatch):
+    """torch's cache moved to tmp_path; yields its checkpoints folder (not yet created)."""
+    hub = tmp_path / "torch" / "hub"
+    monkeypatch.setenv("TORCH_HOME", str(hub.parent))
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    if torch.hub.get_dir() == str(hub):
+        yield hub / "checkpoints"
+        return
+    previous = torch.hub.get_dir()  # torch.hub.set_dir() was called in this process
+    torch.hub.set_dir(str(hub))
+    try:
+        yield hub / "checkpoints"
+    finally:
+        torch.hub.set_dir(previous)

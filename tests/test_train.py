@@ -163,9 +163,10 @@ def test_augmented_chip_boxes_cover_their_bright_square(labelled_scene):
                 assert (image[0, y1:y2, x1:x2] > threshold).float().mean() > 0.95
 
 
-def test_default_chip_size_fits_the_largest_object():
+def test_default_chip_size_follows_the_typical_object():
     assert default_chip_size(47) == 128
-    assert default_chip_size(100) == 256
+    assert default_chip_size(84) == 128  # 1.5 x 84 = 126
+    assert default_chip_size(100) == 160
     assert default_chip_size(1000) == 512
 
 

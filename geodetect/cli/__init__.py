@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
+import warnings
+from collections.abc import Iterator
 
 import click
 
@@ -21,6 +25,7 @@ _COMMANDS = {
     "evaluate": "geodetect.cli.evaluate",
     "synth": "geodetect.cli.synth",
     "demo": "geodetect.cli.demo",
+    "weights": "geodetect.cli.weights",
 }
 
 
@@ -69,6 +74,101 @@ def _unless_debugging(default_hook):
     return hook
 
 
+# Library warnings geodetect expects, said in its own words: (warning class name or
+# None, pattern on the message's first line or None, log level, sentence; {0}, {1}...
+# are the pattern's groups). Most are DEBUG: geodetect deals with the matter itself.
+_EXPECTED_WARNINGS = (
+    (
+        None,
+        re.compile(r"Encountered more than (\d+) detections in a single image"),
+        logging.DEBUG,
+        "AP (torchmetrics) counts the {0} highest-scoring boxes of each chip, as COCO does",
+    ),
+    (
+        None,
+        re.compile(r"This DataLoader will create (\d+) worker processes"),
+        logging.DEBUG,
+        "{0} reader processes, more than torch suggests for this machine "
+        "(--workers sets the number)",
+    ),
+    (
+        None,
+        re.compile(r"torch\.meshgrid: in an upcoming release"),
+        logging.DEBUG,
+        "torch.meshgrid indexing notice from torchvision (harmless)",
+    ),
+    (
+        "NotGeoreferencedWarning",
+        None,
+        logging.DEBUG,
+        "a raster has no georeferencing (geodetect checks and reports the CRS itself)",
+    ),
+    (
+        None,
+        re.compile(r"'crs' was not provided"),
+        logging.WARNING,
+        "the layer is written without a CRS, as the imagery has none; GIS software "
+        "cannot place it on a map",
+    ),
+)
+
+
+def _origin(filename: str) -> str:
+    """The top-level package (or script name) a warning was raised from."""
+    path = os.path.abspath(filename)
+    # Longest first: site-packages may lie inside the current directory (a venv).
+    for entry in sorted({os.path.abspath(p) for p in sys.path}, key=len, reverse=True):
+        if path.startswith(entry + os.sep):
+            return path[len(entry) + 1 :].split(os.sep)[0].removesuffix(".py")
+    return os.path.basename(filename).removesuffix(".py")
+
+
+class _WarningsToLog:
+    """A ``warnings.showwarning`` that logs instead of printing ``file:line: UserWarning``.
+
+    Expected library warnings become a geodetect sentence (mostly at DEBUG); any other
+    says its first line and the package it came from at WARNING. Each distinct message
+    is said once; with -vv, every one Python lets through, with its class and location.
+    """
+
+    def __init__(self) -> None:
+        self.log = logging.getLogger("geodetect.warnings")
+        self.said: set[tuple[str, str]] = set()
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message).strip()
+        first = text.splitlines()[0] if text else category.__name__
+        debugging = self.log.isEnabledFor(logging.DEBUG)
+        key = (category.__name__, first)
+        if key in self.said and not debugging:
+            return
+        self.said.add(key)
+        where = f"{category.__name__} from {filename}:{lineno}"
+        for name, pattern, level, sentence in _EXPECTED_WARNINGS:
+            match = pattern.search(first) if pattern is not None else None
+            if (name is None or name == category.__name__) and (pattern is None or match):
+                said = sentence.format(*(match.groups() if match else ()))
+                if debugging:
+                    self.log.log(level, "%s [%s: %s]", said, where, first)
+                else:
+                    self.log.log(level, "%s", said)
+                return
+        if debugging:
+            self.log.warning("%s (%s)", first, where)
+        else:
+            self.log.warning("%s (from %s)", first, _origin(filename))
+
+
+@contextlib.contextmanager
+def _warnings_to_log() -> Iterator[None]:
+    previous = warnings.showwarning
+    warnings.showwarning = _WarningsToLog()
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: turns every failure into one line on stderr and an exit code."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -78,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     if sys.unraisablehook is sys.__unraisablehook__:
         sys.unraisablehook = _unless_debugging(sys.__unraisablehook__)
     try:
-        cli.main(args=argv, prog_name="geodetect", standalone_mode=False)
+        with _warnings_to_log():
+            cli.main(args=argv, prog_name="geodetect", standalone_mode=False)
     except GeodetectError as exc:
         _fail(str(exc))
     except click.exceptions.Abort:

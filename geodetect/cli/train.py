@@ -31,6 +31,14 @@ from geodetect.cli import options
     help="Instead of IMAGE + --labels: a COCO detection JSON file.",
 )
 @click.option(
+    "--yolo",
+    type=click.Path(),
+    default=None,
+    help="Instead of IMAGE + --labels: a YOLO folder as Ultralytics uses it "
+    "(images/, labels/, optionally with train/ val/ test/) or Roboflow exports it "
+    "(train/images, train/labels..., data.yaml); boxes or polygons.",
+)
+@click.option(
     "--out", "-o", required=True, type=click.Path(dir_okay=False), help="Model file to write."
 )
 @click.option(
@@ -59,7 +67,11 @@ from geodetect.cli import options
     show_default=True,
     help="FPN/head width: lite = 128 channels, 2 convs; standard = 256, 4.",
 )
-@options.chip_size(default=None, note="(default: 128, or 2.5 times the largest object)")
+@options.chip_size(
+    default=None,
+    note="(default: 128, or 1.5 times the 95th percentile of object sizes; larger "
+    "objects are learnt from windows shrunk to the chip)",
+)
 @click.option(
     "--epochs",
     type=click.IntRange(min=1),
@@ -106,6 +118,19 @@ from geodetect.cli import options
     default=None,
     help="Continue training from this model file (same classes and bands).",
 )
+@click.option(
+    "--init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start from this model file's weights (same --backbone and --preset), e.g. one "
+    "trained on `geodetect synth` imagery; scaling and chip size come from the new data.",
+)
+@click.option(
+    "--hard-examples",
+    is_flag=True,
+    help="Twice during training, scan the training area for the model's most confident "
+    "false alarms and train on chips around them too (costs some steps).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @options.overwrite
 @options.verbosity
@@ -115,6 +140,7 @@ def command(
     layer,
     voc,
     coco,
+    yolo,
     out,
     class_field,
     point_size,
@@ -132,13 +158,16 @@ def command(
     precision,
     workers,
     resume,
+    init,
+    hard_examples,
     seed,
     overwrite,
     verbose,
     quiet,
 ):
     """Train a detector on IMAGE... (GeoTIFFs, globs or folders) labelled by --labels,
-    or on a chip folder (--voc) or COCO file (--coco), and write the model to --out.
+    or on a chip folder (--voc), COCO file (--coco) or YOLO folder (--yolo), and write
+    the model to --out.
 
     Labels in another CRS are reprojected; a part of the area (--val-fraction) is kept
     aside to measure AP50 each epoch, and the best model is written.
@@ -155,6 +184,7 @@ def command(
         out,
         voc=voc,
         coco=coco,
+        yolo=yolo,
         layer=layer,
         class_field=class_field,
         point_size=point_size,
@@ -173,6 +203,8 @@ def command(
         workers=workers,
         overwrite=overwrite,
         resume=resume,
+        init=init,
+        hard_examples=hard_examples,
         seed=seed,
         progress=not quiet,
     )

@@ -9,7 +9,13 @@ from geodetect.geometry.boxes import (
     pixel_boxes_to_map_coords,
 )
 from geodetect.geometry.grid import Chip, ChipGrid, axis_offsets, chip_grid, owned_mask
-from geodetect.geometry.merge import MERGE_METRICS, nms_polygons, overlap_ratio
+from geodetect.geometry.merge import (
+    MERGE_METRICS,
+    cut_mask,
+    merge_pieces,
+    nms_polygons,
+    overlap_ratio,
+)
 
 __all__ = [
     "Chip",
@@ -18,6 +24,8 @@ __all__ = [
     "axis_offsets",
     "box_centres",
     "chip_grid",
+    "cut_mask",
+    "merge_pieces",
     "nms_polygons",
     "overlap_ratio",
     "owned_mask",

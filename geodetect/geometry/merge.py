@@ -86,3 +86,128 @@ def nms_polygons(
         keep.append(i)
         suppressed[worse[starts[i] : ends[i]]] = True
     return np.asarray(keep, dtype=np.int64)
+
+
+def cut_mask(
+    boxes: np.ndarray, core: tuple[float, float, float, float], *, size: int, margin: float = 4.0
+) -> np.ndarray:
+    """Which chip-pixel boxes (N×4 ``xyxy``) reach within ``margin`` pixels of an
+    *interior* edge of a ``size``-pixel chip (a side where its core is finite, i.e. a
+    neighbouring chip continues the scene): such a box may be only the piece of an
+    object that this chip cuts."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    xmin, ymin, xmax, ymax = core
+    cut = np.zeros(len(boxes), dtype=bool)
+    if np.isfinite(xmin):
+        cut |= boxes[:, 0] <= margin
+    if np.isfinite(ymin):
+        cut |= boxes[:, 1] <= margin
+    if np.isfinite(xmax):
+        cut |= boxes[:, 2] >= size - margin
+    if np.isfinite(ymax):
+        cut |= boxes[:, 3] >= size - margin
+    return cut
+
+
+def _box_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i into ``a``, j into ``b``) of intersecting xyxy boxes."""
+    if len(a) == 0 or len(b) == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    tree = shapely.STRtree(shapely.box(*b.T))
+    return tree.query(shapely.box(*a.T), predicate="intersects")
+
+
+def _intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.column_stack(
+        [np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])]
+    ).reshape(-1, 4)
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+def _same_object(boxes, windows, a, b, min_iou) -> np.ndarray:
+    """Whether boxes ``a`` and ``b`` (index arrays) found by two chips are one object:
+    where both chips see the scene (their windows' intersection), the parts of the
+    two boxes there must agree (IoU >= ``min_iou``)."""
+    common = _intersect(windows[a], windows[b])
+    part_a, part_b = _intersect(boxes[a], common), _intersect(boxes[b], common)
+    inter = _area(_intersect(part_a, part_b))
+    union = _area(part_a) + _area(part_b) - inter
+    other_chip = (windows[a] != windows[b]).any(axis=1)
+    return other_chip & (inter >= min_iou * np.maximum(union, 1e-12)) & (inter > 0)
+
+
+def merge_pieces(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    pieces: np.ndarray,
+    windows: np.ndarray,
+    *,
+    min_iou: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Put objects that chip edges cut back together, in one grid's pixel coordinates.
+
+    A *piece* is a box that touches an interior chip edge (see :func:`cut_mask`). Two
+    boxes of one class from different chips are the same object when, inside the area
+    both chips see, their parts agree (IoU >= ``min_iou``). A piece that is the same
+    object as a whole box is dropped (the whole box stands for it); pieces that are the
+    same object as each other (an object larger than the chip overlap, which no chip
+    saw whole) become one box, their envelope, with the best score. Everything else
+    passes unchanged.
+
+    Args:
+        boxes: float64 [N, 4] ``xyxy`` in the grid's pixel-edge coordinates.
+        scores, labels: [N].
+        pieces: bool [N], True for pieces.
+        windows: float64 [N, 4] ``xyxy`` grid pixel window of the chip each box came from.
+
+    Returns:
+        ``keep`` int64 [K] indices of the boxes that remain and ``merged`` float64 [K, 4]
+        their boxes (the envelope for joined pieces; the box itself otherwise).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    windows = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
+    n = len(boxes)
+    pieces = np.asarray(pieces, dtype=bool)
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    piece_ids, whole_ids = np.flatnonzero(pieces), np.flatnonzero(~pieces)
+    dropped = np.zeros(n, dtype=bool)
+    i, j = _box_pairs(boxes[piece_ids], boxes[whole_ids])
+    p, w = piece_ids[i], whole_ids[j]
+    inside = (labels[p] == labels[w]) & _same_object(boxes, windows, p, w, min_iou)
+    dropped[p[inside]] = True
+
+    # Connected groups of pieces that are one object: union-find over agreeing pairs.
+    left = piece_ids[~dropped[piece_ids]]
+    i, j = _box_pairs(boxes[left], boxes[left])
+    a, b = left[i], left[j]
+    pair = (a < b) & (labels[a] == labels[b])
+    a, b = a[pair], b[pair]
+    joined = _same_object(boxes, windows, a, b, min_iou)
+    parent = np.arange(n)
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for x, y in zip(a[joined], b[joined], strict=True):
+        rx, ry = root(int(x)), root(int(y))
+        if rx != ry:
+            parent[max(rx, ry)] = min(rx, ry)
+    merged = boxes.copy()
+    groups = np.array([root(int(k)) for k in left], dtype=np.int64)
+    for g in np.unique(groups):
+        members = left[groups == g]
+        if len(members) < 2:
+            continue
+        top = members[np.argmax(scores[members])]
+        merged[top] = [*boxes[members, :2].min(axis=0), *boxes[members, 2:].max(axis=0)]
+        dropped[members[members != top]] = True
+    keep = np.flatnonzero(~dropped)
+    return keep, merged[keep]

@@ -27,6 +27,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geodetect.errors import InputError, RasterError
+from geodetect.io.units import gsd_metres
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,13 @@ class SceneInfo:
     mask_kind: str  # "none", "nodata", "mask" (internal/per-dataset or alpha)
     # GCP-only rasters: (GCP CRS, target CRS) as WKT; pixels are read through a warp
     warp_crs: tuple[str, str] | None = None
+    # Scenes read on another pixel grid than their own (resampled to a target GSD): that
+    # grid's affine (six numbers), width and height; pixels are read through a warp.
+    warp_grid: tuple[tuple[float, ...], int, int] | None = None
+    source_gsd: float | None = None  # the file's own pixel size when resampled
+    # The file's own footprint (minx, miny, maxx, maxy, CRS units) when resampled: the
+    # resampled window snaps outward to whole target pixels, the data does not.
+    source_bounds: tuple[float, float, float, float] | None = None
 
     @property
     def data_bands(self) -> list[int]:
@@ -146,7 +154,7 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
     return info
 
 
-def _describe(path: Path, ds, warp_crs: tuple[str, str] | None = None) -> SceneInfo:
+def _describe(path: Path, ds, warp_crs: tuple[str, str] | None = None, **warp) -> SceneInfo:
     """SceneInfo from an open dataset (or the warped view of one)."""
     alpha = next((i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None)
     return SceneInfo(
@@ -161,6 +169,7 @@ def _describe(path: Path, ds, warp_crs: tuple[str, str] | None = None) -> SceneI
         alpha,
         _mask_kind(ds),
         warp_crs,
+        **warp,
     )
 
 
@@ -190,12 +199,39 @@ def _gcp_scene_info(path: Path, ds: rasterio.DatasetReader, gcp_crs: CRS, crs: C
 
 
 def open_scene(info: SceneInfo) -> rasterio.DatasetReader:
-    """Open a scene for reading pixels (through a warp for GCP-only rasters)."""
+    """Open a scene for reading pixels (through a warp for GCP-only and resampled
+    rasters)."""
     ds = rasterio.open(info.path)
-    if info.warp_crs is None:
+    if info.warp_crs is None and info.warp_grid is None:
         return ds
-    src_crs, crs = (CRS.from_wkt(w) for w in info.warp_crs)
-    return WarpedVRT(ds, src_crs=src_crs, crs=crs, resampling=Resampling.bilinear)
+    try:
+        return _warped(ds, info.warp_crs, info.warp_grid)
+    except BaseException:
+        ds.close()
+        raise
+
+
+def _warped(ds, warp_crs, warp_grid) -> WarpedVRT:
+    """The warped view of ``ds``: from its GCPs (``warp_crs``) and/or onto another pixel
+    grid (``warp_grid``). Shrinking averages every source pixel under a target pixel
+    (no aliasing); enlarging is bilinear. A source without nodata or alpha gets an alpha
+    band, so pixels outside it stay masked, never black data."""
+    kwargs: dict = {"resampling": Resampling.bilinear}
+    if warp_crs is not None:
+        src_crs, crs = (CRS.from_wkt(w) for w in warp_crs)
+        kwargs.update(src_crs=src_crs, crs=crs)
+    if warp_grid is not None:
+        numbers, width, height = warp_grid
+        transform = Affine(*numbers[:6])
+        kwargs.update(transform=transform, width=width, height=height)
+        kwargs.setdefault("crs", ds.crs)
+        src_size = max(math.hypot(ds.transform.a, ds.transform.d), 1e-300)
+        if warp_crs is None and math.hypot(transform.a, transform.d) > 1.01 * src_size:
+            kwargs["resampling"] = Resampling.average
+        has_alpha = ColorInterp.alpha in ds.colorinterp
+        if ds.nodata is None and not has_alpha:
+            kwargs["add_alpha"] = True
+    return WarpedVRT(ds, **kwargs)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -244,6 +280,30 @@ class MosaicGrid:
     @property
     def paths(self) -> list[Path]:
         return [m.info.path for m in self.members]
+
+    def data_extent(self) -> tuple[float, float, float, float]:
+        """Pixel-edge ``xyxy`` envelope of the files' data on this grid: the whole grid,
+        except that resampled files end where their data ends, inside the whole target
+        pixels their windows snap out to."""
+        x0 = y0 = math.inf
+        x1 = y1 = -math.inf
+        inverse = ~self.transform
+        for m in self.members:
+            box = (m.col_off, m.row_off, m.col_off + m.info.width, m.row_off + m.info.height)
+            if m.info.source_bounds is not None:
+                bx0, by0, bx1, by1 = m.info.source_bounds
+                cols, rows = zip(
+                    *(inverse @ (x, y) for x in (bx0, bx1) for y in (by0, by1)), strict=True
+                )
+                box = (
+                    max(box[0], min(cols)),
+                    max(box[1], min(rows)),
+                    min(box[2], max(cols)),
+                    min(box[3], max(rows)),
+                )
+            x0, y0 = min(x0, box[0]), min(y0, box[1])
+            x1, y1 = max(x1, box[2]), max(y1, box[3])
+        return (x0, y0, x1, y1)
 
     def members_in(self, row_off: int, col_off: int, height: int, width: int) -> list[Member]:
         """Members whose footprint intersects the window."""
@@ -308,6 +368,106 @@ def open_mosaics(
 ) -> list[MosaicGrid]:
     """Expand inputs and group them into mosaic grids (see :func:`build_mosaics`)."""
     return build_mosaics([scene_info(p, allow_no_crs=allow_no_crs) for p in expand_inputs(inputs)])
+
+
+def resample_scene(info: SceneInfo, lattice: Affine) -> SceneInfo:
+    """``info`` seen on another pixel lattice (same CRS): the smallest window of
+    ``lattice`` (a north-up affine whose pixel size is the target GSD and whose origin
+    anchors the lattice) that covers the file, read through a warp.
+
+    Files resampled onto one lattice line up as a mosaic again (see
+    :func:`build_mosaics`), so objects on their seams are still read whole.
+    """
+    corners = [info.transform @ (x, y) for x in (0, info.width) for y in (0, info.height)]
+    inverse = ~lattice
+    cols, rows = zip(*(inverse @ c for c in corners), strict=True)
+    # Snap to whole lattice pixels; the tolerance keeps exact edges from growing a pixel.
+    c0, r0 = math.floor(min(cols) + 1e-6), math.floor(min(rows) + 1e-6)
+    c1, r1 = math.ceil(max(cols) - 1e-6), math.ceil(max(rows) - 1e-6)
+    transform = lattice @ Affine.translation(c0, r0)
+    warp_grid = (tuple(transform)[:6], max(1, c1 - c0), max(1, r1 - r0))
+    try:
+        with rasterio.open(info.path) as ds, _warped(ds, info.warp_crs, warp_grid) as vrt:
+            xs, ys = zip(*corners, strict=True)
+            return _describe(
+                info.path,
+                vrt,
+                info.warp_crs,
+                warp_grid=warp_grid,
+                source_gsd=info.gsd,
+                source_bounds=(min(xs), min(ys), max(xs), max(ys)),
+            )
+    except _GDAL_ERRORS as exc:
+        raise RasterError(
+            f"{info.path}: cannot be resampled to a {lattice.a:g}-unit grid ({_first_line(exc)})"
+        ) from None
+
+
+def resample_grid(grid: MosaicGrid, pixel_size: float) -> list[MosaicGrid]:
+    """The files of ``grid`` on a north-up lattice of ``pixel_size`` (CRS units) that
+    shares the grid's origin; band selection is kept. Usually one grid comes back (more
+    only if the files' footprints leave gaps that split them, which cannot happen on a
+    shared lattice, so in practice one)."""
+    origin = grid.transform
+    lattice = Affine(pixel_size, 0.0, origin.c, 0.0, -pixel_size, origin.f)
+    infos = [resample_scene(m.info, lattice) for m in grid.members]
+    out = build_mosaics(infos)
+    for g in out:
+        g.bands = list(grid.bands)
+    return out
+
+
+def grid_gsd_metres(grid: MosaicGrid) -> float | None:
+    """The grid's pixel size in metres (None without a CRS in lengths or angles)."""
+    return gsd_metres(grid.crs, grid.transform, grid.width, grid.height)
+
+
+def resample_to_gsd(
+    grids: Sequence[MosaicGrid], gsd: float, *, tolerance: float, max_factor: float = 4.0
+) -> list[MosaicGrid]:
+    """Grids whose pixels are more than ``tolerance`` (relative) away from ``gsd`` metres,
+    read at ``gsd`` instead, through a warp on a lattice sharing each grid's origin; the
+    others as they are. Grids in degrees are left alone with a warning (square metre
+    pixels need a projected CRS), and so are grids more than ``max_factor`` finer or
+    coarser (10 m satellite pixels read at 0.3 m would be a thousand times the pixels,
+    and objects of a few pixels do not come back by resampling)."""
+    out = []
+    for grid in grids:
+        size_m = grid_gsd_metres(grid)
+        if size_m is None or abs(size_m / gsd - 1) <= tolerance:
+            out.append(grid)
+            continue
+        if not 1 / max_factor <= size_m / gsd <= max_factor:
+            log.warning(
+                "%s has %.3g m pixels, more than %gx the model's %.3g m either way; it is "
+                "read as it is (resample it yourself, or use a model trained nearer its "
+                "resolution)",
+                grid.paths[0].name,
+                size_m,
+                max_factor,
+                gsd,
+            )
+            out.append(grid)
+            continue
+        if grid.crs is None or not grid.crs.is_projected:
+            log.warning(
+                "%s has %.3g m pixels in a geographic CRS and cannot be resampled to %.3g m; "
+                "reproject it to a projected CRS (e.g. UTM) for better results",
+                grid.paths[0].name,
+                size_m,
+                gsd,
+            )
+            out.append(grid)
+            continue
+        log.info(
+            "%s%s: %.3g m pixels, read at %.3g m",
+            grid.paths[0].name,
+            f" and {len(grid.members) - 1} more" if len(grid.members) > 1 else "",
+            size_m,
+            gsd,
+        )
+        out.extend(resample_grid(grid, gsd * grid.gsd / size_m))
+    return out
 
 
 class GridReader:

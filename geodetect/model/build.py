@@ -194,10 +194,20 @@ def _vote(candidates: dict, *, nms_iou: float, vote_iou: float, limit: int) -> d
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
+def imagenet_url(backbone: str) -> str:
+    """Where torchvision publishes the ImageNet weights of ``backbone`` (a ResNet name)."""
+    return _RESNET_WEIGHTS[backbone].url
+
+
+def imagenet_cache_path(backbone: str) -> Path:
+    """Where torch's cache keeps the ImageNet weights of ``backbone``, under the file name
+    torchvision downloads them to: ``$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(imagenet_url(backbone)).name
+
+
 def _imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor] | None:
     """ImageNet weights from torch's local cache, or None; never downloads."""
-    weights = _RESNET_WEIGHTS[backbone]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    cached = imagenet_cache_path(backbone)
     if not cached.is_file():
         return None
     try:
@@ -234,7 +244,8 @@ def build_backbone(spec: ModelSpec, *, pretrained: str = "auto") -> BackboneWith
         if state is None and pretrained == "imagenet":
             raise FileNotFoundError(
                 f"ImageNet weights for {spec.backbone} are not in torch's cache "
-                f"({torch.hub.get_dir()}/checkpoints); run with pretrained='none'"
+                f"({torch.hub.get_dir()}/checkpoints); place them with 'geodetect weights "
+                f"fetch {spec.backbone}' or run with pretrained='none'"
             )
         if state is not None:
             resnet.load_state_dict(state)

@@ -53,6 +53,9 @@ class ModelSpec:
     focal_gamma: float = 2.0
     box_loss: str = "giou_l1"
     max_object_px: float | None = None
+    # 95th percentile of the training objects' longest sides, in pixels at ``gsd``:
+    # what detection overlaps are planned for (None in older model files).
+    typical_object_px: float | None = None
     score_threshold: float = 0.5
     # Kept boxes become the score-weighted mean of same-class candidates overlapping
     # them by at least this IoU (box voting); None or 1 turns it off.

@@ -43,15 +43,31 @@ from geodetect.io.labels import (
     read_coco,
     read_labels,
     read_voc_folder,
+    read_yolo,
 )
-from geodetect.io.raster import GridReader, MosaicGrid, open_mosaics
+from geodetect.io.raster import (
+    GridReader,
+    MosaicGrid,
+    grid_gsd_metres,
+    open_mosaics,
+    resample_to_gsd,
+)
 from geodetect.train.augment import NO_AUGMENTATION, Augmentation, resize
 
 log = logging.getLogger(__name__)
 
 TRAIN, VAL, EXCLUDED = 0, 1, 2
+NEGATIVE, HARD = -1, -2  # ChipItem.anchor of a random negative and of a mined hard example
+# Percentile of object sizes that sets chip sizes and overlaps (see typical_object_px).
+TYPICAL_PERCENTILE = 95
+# Training rasters whose pixels differ from the training GSD by more than this share
+# are resampled to it.
+GSD_TOLERANCE = 0.02
 _BLOCKS_PER_GRID = 16  # aim: a 4 x 4 checkerboard of candidate validation blocks
 _PLACE_TRIES = 50
+# An object whose longest side exceeds a chip divided by this is read in a larger window,
+# shrunk to the chip: it is learnt whole, at a smaller scale, instead of cut.
+_FIT = 1.25
 
 
 @dataclass(frozen=True)
@@ -233,6 +249,14 @@ def _place_object(
     return None
 
 
+def window_for(box: np.ndarray, size: int) -> int:
+    """Window edge for a chip of ``size`` pixels meant to hold ``box`` whole: ``size``,
+    or ``_FIT`` times the object's longest side when that is larger (the window is then
+    shrunk to ``size`` on reading)."""
+    side = max(float(box[2] - box[0]), float(box[3] - box[1]))
+    return max(size, math.ceil(_FIT * side))
+
+
 def _place_negative(
     rng: np.random.Generator, gl: GridLabels, split: SplitMap, part: int, size: int
 ) -> tuple[int, int] | None:
@@ -280,13 +304,16 @@ def chip_targets(
 
 @dataclass(frozen=True)
 class ChipItem:
-    """One item of a chip set: its grid, its anchor object (-1: a negative) and a
-    window found at planning time (used as is for validation, as a fallback in training)."""
+    """One item of a chip set: its grid, its anchor object (``NEGATIVE``: a random
+    object-free window; ``HARD``: a mined window around a false alarm, always read where
+    it was found) and a window found at planning time (used as is for validation and
+    hard examples, as a fallback in training)."""
 
     grid_index: int
     anchor: int
     row_off: int
     col_off: int
+    size: int
 
 
 class ChipSet(Dataset):
@@ -317,6 +344,8 @@ class ChipSet(Dataset):
         fixed: bool = False,
         seed: int = 0,
         max_items: int | None = None,
+        items: Sequence[ChipItem] | None = None,
+        cache: bool = True,
     ) -> None:
         self.labelled = list(labelled)
         self.splits = list(splits)
@@ -332,16 +361,19 @@ class ChipSet(Dataset):
         self.band_std = np.ones(self.labelled[0].grid.count, dtype=np.float32)
         self.readers = [GridReader(gl.grid) for gl in self.labelled]
         self._cache: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}
-        self.items = self._plan(negative_ratio, max_items)
+        self.cache = cache
+        self.items = list(items) if items is not None else self._plan(negative_ratio, max_items)
+        self.hard: list[ChipItem] = []
 
     def _plan(self, negative_ratio: float, max_items: int | None) -> list[ChipItem]:
         rng = np.random.default_rng([self.seed, self.part, 11])
         positives = []
         for gi, (gl, split) in enumerate(zip(self.labelled, self.splits, strict=True)):
             for oi in range(len(gl)):
-                place = _place_object(rng, gl.boxes[oi], gl.grid, split, self.part, self.chip_size)
+                size = window_for(gl.boxes[oi], self.chip_size)
+                place = _place_object(rng, gl.boxes[oi], gl.grid, split, self.part, size)
                 if place is not None:
-                    positives.append(ChipItem(gi, oi, *place))
+                    positives.append(ChipItem(gi, oi, *place, size))
         areas = np.array(
             [
                 s.area(self.part, gl.grid.height, gl.grid.width)
@@ -356,7 +388,7 @@ class ChipSet(Dataset):
                     rng, self.labelled[gi], self.splits[gi], self.part, self.chip_size
                 )
                 if place is not None:
-                    negatives.append(ChipItem(gi, -1, *place))
+                    negatives.append(ChipItem(gi, NEGATIVE, *place, self.chip_size))
         items = positives + negatives
         if max_items is not None and len(items) > max_items:
             keep = np.sort(rng.choice(len(items), size=max_items, replace=False))
@@ -368,7 +400,16 @@ class ChipSet(Dataset):
         return sum(1 for item in self.items if item.anchor >= 0)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) + len(self.hard)
+
+    def set_hard_examples(self, items: Sequence[ChipItem]) -> None:
+        """Windows around false alarms of the model so far (see ``mine_hard_examples``),
+        trained on every epoch from now on besides the planned items (replacing earlier
+        ones)."""
+        self.hard = list(items)
+
+    def item(self, index: int) -> ChipItem:
+        return self.items[index] if index < len(self.items) else self.hard[index - len(self.items)]
 
     def set_epoch(self, epoch: int) -> None:
         """Draw other windows and augmentations from now on (training sets only)."""
@@ -384,20 +425,21 @@ class ChipSet(Dataset):
     ) -> tuple[int, int, int, int]:
         """(grid index, row_off, col_off, window size) of item ``index``; a new random
         window when ``rng`` is given, else the planned one."""
-        item = self.items[index]
-        if rng is None:
-            return item.grid_index, item.row_off, item.col_off, self.chip_size
+        item = self.item(index)
+        if rng is None or item.anchor == HARD:
+            return item.grid_index, item.row_off, item.col_off, item.size
         scale = self.augmentation.scale
         size = self.chip_size
         if scale:
             size = round(self.chip_size / rng.uniform(1 - scale, 1 + scale))
         gl, split = self.labelled[item.grid_index], self.splits[item.grid_index]
         if item.anchor >= 0:
+            size = window_for(gl.boxes[item.anchor], size)
             place = _place_object(rng, gl.boxes[item.anchor], gl.grid, split, self.part, size)
         else:
             place = _place_negative(rng, gl, split, self.part, size)
         if place is None:
-            return item.grid_index, item.row_off, item.col_off, self.chip_size
+            return item.grid_index, item.row_off, item.col_off, item.size
         return item.grid_index, place[0], place[1], size
 
     def read_raw(
@@ -408,6 +450,8 @@ class ChipSet(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         if self.fixed:
+            if not self.cache:
+                return self._load(index, None)
             if index not in self._cache:
                 self._cache[index] = self._load(index, None)
             return self._cache[index]
@@ -417,7 +461,7 @@ class ChipSet(Dataset):
     def _load(
         self, index: int, rng: np.random.Generator | None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        negative = self.items[index].anchor < 0
+        negative = self.item(index).anchor == NEGATIVE
         for attempt in range(5):
             gi, row, col, size = self.window(index, rng)
             data, valid = self.read_raw(gi, row, col, size)
@@ -437,6 +481,31 @@ class ChipSet(Dataset):
         labels_t = torch.as_tensor(labels, dtype=torch.int64)
         big_enough = ((box_t[:, 2] - box_t[:, 0]) >= 1) & ((box_t[:, 3] - box_t[:, 1]) >= 1)
         return image, {"boxes": box_t[big_enough], "labels": labels_t[big_enough]}
+
+
+def area_windows(
+    labelled: Sequence[GridLabels],
+    splits: Sequence[SplitMap],
+    part: int,
+    size: int,
+    *,
+    max_windows: int | None = None,
+    seed: int = 0,
+) -> list[ChipItem]:
+    """Non-overlapping ``size``-pixel windows that tile a part's area (each wholly inside
+    the part and its grid), objects or not: a sample of the scene as detection sees it,
+    background included (at most ``max_windows``, spread at random)."""
+    items = []
+    for gi, (gl, split) in enumerate(zip(labelled, splits, strict=True)):
+        for row in range(0, gl.grid.height - size + 1, size):
+            for col in range(0, gl.grid.width - size + 1, size):
+                if split.part_of(row, col, size) == part:
+                    items.append(ChipItem(gi, NEGATIVE, row, col, size))
+    if max_windows is not None and len(items) > max_windows:
+        rng = np.random.default_rng([seed, 5])
+        keep = np.sort(rng.choice(len(items), size=max_windows, replace=False))
+        items = [items[i] for i in keep]
+    return items
 
 
 def collate_chips(
@@ -509,27 +578,27 @@ class LabelledData:
     def max_object_px(self) -> float:
         return max(largest_side(g.boxes) for g in self.grids)
 
-    def gsd(self) -> float | None:
-        """Median pixel size in metres over grids in a metric CRS; None without one."""
-        sizes = [
-            g.grid.gsd
+    def object_sides_px(self) -> np.ndarray:
+        """Longest side in pixels of every labelled object (float64 [N])."""
+        sides = [
+            np.maximum(g.boxes[:, 2] - g.boxes[:, 0], g.boxes[:, 3] - g.boxes[:, 1])
             for g in self.grids
-            if g.grid.crs is not None
-            and g.grid.crs.is_projected
-            and (g.grid.crs.linear_units or "").lower() in ("metre", "meter", "m")
         ]
-        if not sizes:
-            return None
-        median = float(np.median(sizes))
-        if max(sizes) > 1.1 * min(sizes):
-            log.warning(
-                "training rasters have different pixel sizes (%.3g-%.3g m); the "
-                "model records the median, %.3g m",
-                min(sizes),
-                max(sizes),
-                median,
-            )
-        return median
+        return np.concatenate(sides) if sides else np.zeros(0)
+
+    @property
+    def typical_object_px(self) -> float:
+        """The size that chip sizes and overlaps are planned for: the
+        :data:`TYPICAL_PERCENTILE` th percentile of the objects' longest sides, so one
+        outlier (a lake labelled as a pool, a water park) does not set them."""
+        sides = self.object_sides_px()
+        return float(np.percentile(sides, TYPICAL_PERCENTILE)) if len(sides) else 0.0
+
+    def gsd(self) -> float | None:
+        """Pixel size in metres of the training grids (all at one GSD after
+        :func:`to_training_gsd`; the upper median otherwise); None without a CRS."""
+        sizes = [s for s in (grid_gsd_metres(g.grid) for g in self.grids) if s]
+        return _upper_median(sizes) if sizes else None
 
     def band_names(self) -> list[str]:
         """Band names from the first raster's colour interpretation (``band<i>`` when
@@ -553,29 +622,32 @@ def load_labelled(
     *,
     voc: str | os.PathLike[str] | None = None,
     coco: str | os.PathLike[str] | None = None,
+    yolo: str | os.PathLike[str] | None = None,
     layer: str | int | None = None,
     class_field: str | None = None,
     point_size: float | None = None,
 ) -> LabelledData:
     """Read training labels from exactly one source: rasters + a label layer, a VOC
-    chip folder, or a COCO JSON file; check that all imagery has one band layout.
+    chip folder, a COCO JSON file or a YOLO folder (Ultralytics or Roboflow, see
+    :func:`geodetect.io.labels.read_yolo`); check that all imagery has one band layout.
 
     Raises:
         InputError: no source, several sources, or missing files.
         LabelError: unusable labels (see :func:`geodetect.io.labels.read_labels`).
         RasterError: rasters that differ in band count or data type.
     """
-    sources = sum(x is not None for x in (labels, voc, coco))
+    sources = sum(x is not None for x in (labels, voc, coco, yolo))
     if sources != 1:
         raise InputError(
-            "give training labels in one way: IMAGE... with --labels, or --voc DIR, or --coco JSON"
+            "give training labels in one way: IMAGE... with --labels, or --voc DIR, "
+            "or --coco JSON, or --yolo DIR"
         )
     if labels is not None:
         if not images:
             raise InputError("--labels needs at least one IMAGE to train on")
         gdf = read_labels(labels, layer=layer, class_field=class_field, point_size=point_size)
         classes = class_names(gdf)
-        grids = open_mosaics(images)
+        grids = to_training_gsd(open_mosaics(images))
         labelled = LabelledData(
             labels_on_grids(gdf, grids, classes),
             classes,
@@ -584,20 +656,56 @@ def load_labelled(
     else:
         if images:
             raise InputError(
-                "IMAGE arguments cannot be combined with --voc or --coco; the chips are the images"
+                "IMAGE arguments cannot be combined with --voc, --coco or --yolo; "
+                "the chips are the images"
             )
-        chips = read_voc_folder(voc) if voc is not None else read_coco(coco)
+        kind, path, reader = next(
+            (kind, path, reader)
+            for kind, path, reader in (
+                ("voc", voc, read_voc_folder),
+                ("coco", coco, read_coco),
+                ("yolo", yolo, read_yolo),
+            )
+            if path is not None
+        )
+        chips = reader(path)
         classes = chip_class_names(chips)
         if not classes:
-            raise LabelError(f"{voc or coco}: holds no labelled objects; export chips with labels")
+            raise LabelError(f"{path}: holds no labelled objects; export chips with labels")
         labelled = LabelledData(
             chips_on_grids(chips, classes),
             classes,
             ordered=True,
-            source={"voc" if voc is not None else "coco": str(Path(voc or coco))},
+            source={kind: str(Path(path))},
         )
     _check_layout(labelled)
     return labelled
+
+
+def _upper_median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return float(ordered[len(ordered) // 2])
+
+
+def to_training_gsd(grids: Sequence[MosaicGrid]) -> list[MosaicGrid]:
+    """One training GSD for rasters of several: the upper median of their pixel sizes in
+    metres (so a 0.1 m and a 0.2 m flight train at 0.2 m, never upsampled, and a lone
+    coarse raster does not coarsen the rest); rasters off it by more than
+    :data:`GSD_TOLERANCE` are read resampled to it, and labels land on the resampled
+    pixels. Grids without a metric or angular CRS are left as they are."""
+    sizes = [s for s in (grid_gsd_metres(g) for g in grids) if s]
+    if not sizes:
+        return list(grids)
+    target = _upper_median(sizes)
+    if max(sizes) > (1 + GSD_TOLERANCE) * min(sizes):
+        log.warning(
+            "training rasters have pixels of %.3g-%.3g m; all are read at %.3g m (their "
+            "upper median), which the model records as its GSD",
+            min(sizes),
+            max(sizes),
+            target,
+        )
+    return resample_to_gsd(grids, target, tolerance=GSD_TOLERANCE)
 
 
 def _check_layout(labelled: LabelledData) -> None:
@@ -620,6 +728,30 @@ class TrainingData:
     labelled: LabelledData
     band_mean: list[float]
     band_std: list[float]
+    splits: list[SplitMap] = field(default_factory=list)
+
+    def val_area(self, *, max_windows: int | None = None) -> ChipSet | None:
+        """Windows tiling the validation area (see :func:`area_windows`), 2 training
+        chips a side (at most 512 px), for choosing the score threshold on what detection
+        meets: mostly background. None without a validation area or for chip folders."""
+        if self.val is None or self.labelled.ordered:
+            return None
+        size = min(512, 2 * self.train.chip_size)
+        items = area_windows(self.labelled.grids, self.splits, VAL, size, max_windows=max_windows)
+        if not items:
+            return None
+        windows = ChipSet(
+            self.labelled.grids,
+            self.splits,
+            VAL,
+            chip_size=size,
+            min_visible=self.train.min_visible,
+            fixed=True,
+            items=items,
+            cache=False,
+        )
+        windows.set_normalisation(self.band_mean, self.band_std)
+        return windows
 
     @property
     def classes(self) -> list[str]:
@@ -680,19 +812,14 @@ def prepare_training_data(
     for chips in (train, val):
         if chips is not None:
             chips.set_normalisation(band_mean, band_std)
-    larger = sum(
-        int(
-            (
-                np.maximum(g.boxes[:, 2] - g.boxes[:, 0], g.boxes[:, 3] - g.boxes[:, 1]) > chip_size
-            ).sum()
-        )
-        for g in labelled.grids
-    )
+    sides = labelled.object_sides_px()
+    larger = int((_FIT * sides > chip_size).sum())
     if larger:
-        log.warning(
-            "%d object(s) are larger than a %d-pixel chip and are mostly cut; use a "
-            "larger --chip-size",
+        log.info(
+            "%d of %d objects are too large for a %d-pixel chip; they are learnt whole "
+            "from larger windows shrunk to the chip",
             larger,
+            len(sides),
             chip_size,
         )
     log.info(
@@ -704,4 +831,4 @@ def prepare_training_data(
         labelled.num_objects,
         ", ".join(labelled.classes),
     )
-    return TrainingData(train, val, labelled, band_mean, band_std)
+    return TrainingData(train, val, labelled, band_mean, band_std, splits)

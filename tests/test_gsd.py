@@ -1,0 +1,114 @@
+"""One GSD per model: training rasters of several GSDs are resampled to one, and
+detection reads imagery at the model's GSD, so the same scene at 0.1 m and at 0.2 m
+gives the same map boxes."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+
+from geodetect.detect import detect
+from geodetect.geometry import pixel_boxes_to_map
+from geodetect.io.raster import GridReader, open_mosaics, resample_to_gsd
+from geodetect.model import LoadedModel, ModelSpec
+from geodetect.train import load_labelled, prepare_training_data
+from geodetect.train.augment import NO_AUGMENTATION
+
+from conftest import OracleDetector, paint_boxes, write_geotiff
+
+ORIGIN = (500000.0, 3300000.0)
+
+
+def _scene(path, gsd, map_boxes, *, size_m=60.0, origin=ORIGIN, nodata=None):
+    """A scene of ``size_m`` metres at ``gsd`` with bright rectangles at ``map_boxes``
+    (xmin, ymin, xmax, ymax in metres from the origin's corner, y down)."""
+    n = round(size_m / gsd)
+    pixel = [tuple(round(v / gsd) for v in b) for b in map_boxes]
+    transform = Affine(gsd, 0, origin[0], 0, -gsd, origin[1])
+    return write_geotiff(path, paint_boxes(n, n, pixel), transform=transform, nodata=nodata)
+
+
+BOXES_M = [(4.0, 6.0, 10.0, 9.6), (30.2, 20.0, 36.0, 28.0), (44.0, 44.0, 47.6, 50.0)]
+
+
+def _map_polys(origin=ORIGIN):
+    return [
+        shapely.box(origin[0] + x1, origin[1] - y2, origin[0] + x2, origin[1] - y1)
+        for x1, y1, x2, y2 in BOXES_M
+    ]
+
+
+def test_resampled_grid_reads_the_same_scene_at_the_target_gsd(tmp_path):
+    fine = _scene(tmp_path / "fine.tif", 0.1, BOXES_M)
+    coarse = _scene(tmp_path / "coarse.tif", 0.2, BOXES_M)
+    [fine_grid] = open_mosaics([fine])
+    [read_at] = resample_to_gsd([fine_grid], 0.2, tolerance=0.15)
+    [native] = open_mosaics([coarse])
+    assert (read_at.width, read_at.height) == (native.width, native.height) == (300, 300)
+    assert read_at.transform.almost_equals(native.transform)
+    a, a_valid = GridReader(read_at).read(0, 0, 300, 300)
+    b, _ = GridReader(native).read(0, 0, 300, 300)
+    assert a_valid.all()
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    # beyond the file: padded and masked, not black data
+    _, outside = GridReader(read_at).read(250, 250, 100, 100)
+    assert outside[:50, :50].all() and not outside[50:, :].any() and not outside[:, 50:].any()
+    # within the tolerance nothing is resampled
+    assert resample_to_gsd([native], 0.21, tolerance=0.15)[0] is native
+
+
+def test_training_on_two_gsds_gives_chips_at_one_gsd_with_boxes_to_match(tmp_path):
+    fine = _scene(tmp_path / "fine.tif", 0.1, BOXES_M)
+    far = (ORIGIN[0] + 1000.0, ORIGIN[1])
+    coarse = _scene(tmp_path / "coarse.tif", 0.2, BOXES_M, origin=far)
+    labels = tmp_path / "labels.gpkg"
+    gpd.GeoDataFrame(geometry=_map_polys() + _map_polys(far), crs=32617).to_file(labels)
+    labelled = load_labelled([fine, coarse], labels)
+    assert labelled.gsd() == pytest.approx(0.2)
+    assert [g.grid.width for g in labelled.grids] == [300, 300]
+    want = np.array([[x1 / 0.2, y1 / 0.2, x2 / 0.2, y2 / 0.2] for x1, y1, x2, y2 in BOXES_M])
+    for gl in labelled.grids:
+        np.testing.assert_allclose(gl.boxes, want, atol=1e-6)
+    data = prepare_training_data(
+        labelled, chip_size=64, val_fraction=0.0, augmentation=NO_AUGMENTATION
+    )
+    threshold = (150 - data.band_mean[0]) / data.band_std[0]
+    seen = set()
+    for i in range(len(data.train)):
+        image, target = data.train[i]
+        assert image.shape[-2:] == (64, 64)
+        seen.add(data.train.items[i].grid_index)
+        for x1, y1, x2, y2 in target["boxes"].round().int().tolist():
+            assert (image[0, y1:y2, x1:x2] > threshold).float().mean() > 0.9
+    assert seen == {0, 1}
+
+
+@pytest.mark.parametrize("gsd", [0.1, 0.2, 0.4])
+def test_a_scene_at_half_or_double_the_model_gsd_gives_the_same_map_boxes(tmp_path, gsd):
+    oracle = LoadedModel(
+        OracleDetector(),
+        ModelSpec(
+            classes=["pool"],
+            band_mean=[0.0] * 3,
+            band_std=[1.0] * 3,
+            chip_size=128,
+            gsd=0.2,
+            typical_object_px=40,
+        ),
+        "oracle",
+        None,
+    )
+    path = _scene(tmp_path / "s.tif", gsd, BOXES_M)
+    layer = detect([path], oracle, chip_size=128, workers=0, progress=False)
+    assert len(layer) == len(BOXES_M)
+    # within half a 0.2 m pixel of the truth (bilinear at 0.4 m blurs edges by one more)
+    tol = 0.1 if gsd <= 0.2 else 0.2
+    for truth in _map_polys():
+        dist = [shapely.hausdorff_distance(truth, g) for g in layer.geometry]
+        assert min(dist) <= tol + 1e-9, (gsd, min(dist))
+    native = detect([path], oracle, chip_size=128, workers=0, progress=False, gsd="native")
+    assert len(native) == len(BOXES_M)
+    assert pixel_boxes_to_map is not None

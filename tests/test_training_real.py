@@ -1,0 +1,133 @@
+"""What real imagery needed from training: the score threshold chosen over the
+validation *area* (mostly background), mined hard examples around false alarms, and a
+start from another model's weights."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import torch
+
+from geodetect.errors import InputError
+from geodetect.geometry import pixel_boxes_to_map
+from geodetect.model import load_model
+from geodetect.train import load_labelled, prepare_training_data, train
+from geodetect.train.data import HARD, TRAIN, VAL, SplitMap
+from geodetect.train.loop import area_threshold, mine_hard_examples, recall_leaning_threshold
+
+from conftest import NORTH_UP, OracleDetector, paint_boxes, random_boxes, write_geotiff
+
+
+class ScoredOracle(OracleDetector):
+    """The oracle, in eval/train mode like a network; every bright blob scores 0.7."""
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        for o in out:
+            o["scores"] = torch.full_like(o["scores"], 0.7)
+        return out
+
+
+@pytest.fixture
+def half_labelled(tmp_path):
+    """600 x 600 px scene of bright squares; only every other one is labelled, so the
+    others are what a detector would call false alarms."""
+    rng = np.random.default_rng(7)
+    boxes = random_boxes(rng, 600, 600, 60, min_size=10, max_size=20, gap=12)
+    tif = write_geotiff(tmp_path / "s.tif", paint_boxes(600, 600, boxes), transform=NORTH_UP)
+    labels = tmp_path / "labels.gpkg"
+    labelled_boxes = boxes[::2]
+    gpd.GeoDataFrame(
+        geometry=list(pixel_boxes_to_map(labelled_boxes, NORTH_UP)), crs=32617
+    ).to_file(labels)
+    # Unit scaling, so the oracle sees raw brightness as it does in detection.
+    data = prepare_training_data(
+        load_labelled([tif], labels),
+        chip_size=64,
+        val_fraction=0.0,
+        band_stats=([0.0] * 3, [1.0] * 3),
+    )
+    return data, boxes, labelled_boxes
+
+
+def test_mined_hard_examples_are_centred_on_unlabelled_look_alikes(half_labelled):
+    data, boxes, labelled_boxes = half_labelled
+    items = mine_hard_examples(ScoredOracle(), data, count=10, min_score=0.5)
+    assert len(items) == 10 and all(item.anchor == HARD for item in items)
+    unlabelled = boxes[1::2]
+    for item in items:
+        centre = np.array([item.col_off + 32, item.row_off + 32])
+        alarm_centres = (unlabelled[:, :2] + unlabelled[:, 2:]) / 2
+        # the chip is centred on a false alarm (up to the clipping at the scene edge)
+        assert np.abs(alarm_centres - centre).max(axis=1).min() <= 32
+        assert data.splits[item.grid_index].part_of(item.row_off, item.col_off, 64) == TRAIN
+    data.train.set_hard_examples(items)
+    before = len(data.train.items)
+    assert len(data.train) == before + 10
+    image, target = data.train[before]  # a hard chip reads where it was found
+    assert image.shape[-1] == 64
+
+
+def test_threshold_over_the_validation_area_counts_background_false_alarms(half_labelled):
+    data, boxes, _ = half_labelled
+    # The whole scene is validation area.
+    data.splits[0] = SplitMap(data.splits[0].block, np.full_like(data.splits[0].parts, VAL))
+    data.val = data.train
+    windows = data.val_area()
+    assert windows is not None and windows.chip_size == 128 and len(windows) == 16
+    result = area_threshold(ScoredOracle(), windows)
+    # Half of what is found is unlabelled: precision about 0.5 and recall about 1.
+    assert result["windows"] == 16
+    assert 0.35 <= result["precision"] <= 0.65 and result["recall"] >= 0.9
+    assert result["threshold"] == 0.2  # every score is 0.7: the lowest equal-F1 threshold
+
+
+def test_recall_leaning_threshold_takes_the_lowest_near_the_best_f1():
+    scores = np.array([0.9, 0.8, 0.75, 0.65, 0.55, 0.45, 0.35, 0.25])
+    matched = np.array([True, True, True, True, False, True, False, False])
+    # F1 (5 objects): 0.2: 10/13, 0.3: 10/12, 0.4: 10/11 (best), 0.5: 8/10, 0.6: 8/9
+    assert recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.0) == 0.4
+    assert recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.1) == 0.3
+    assert recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.15) == 0.2
+    assert recall_leaning_threshold(scores, matched, 5, low=0.5, high=0.8, slack=0.0) == 0.6
+
+
+def test_init_starts_a_new_model_from_another_ones_weights(tmp_path):
+    rng = np.random.default_rng(2)
+    boxes = random_boxes(rng, 200, 200, 12, min_size=8, max_size=16, gap=4)
+    tif = write_geotiff(tmp_path / "s.tif", paint_boxes(200, 200, boxes), transform=NORTH_UP)
+    labels = tmp_path / "l.gpkg"
+    gpd.GeoDataFrame(geometry=list(pixel_boxes_to_map(boxes, NORTH_UP)), crs=32617).to_file(labels)
+    tiny = dict(chip_size=64, batch_size=4, pretrained="none", progress=False, val_fraction=0)
+    first = train([tif], labels, tmp_path / "a.model", epochs=1, **tiny)
+    source = load_model(first.path).model.state_dict()
+    second = train([tif], labels, None, epochs=1, init=first.path, lr=1e-12, **tiny)
+    started = second.model.state_dict()
+    # a learning rate of ~0 leaves the copied weights where they started
+    same = [k for k, v in source.items() if v.is_floating_point() and "running" not in k]
+    assert all(torch.allclose(started[k], source[k], atol=1e-5) for k in same)
+    assert second.spec.training["initialised_from"] == str(first.path)
+    with pytest.raises(InputError, match="give one of them"):
+        train([tif], labels, None, epochs=1, init=first.path, resume=first.path, **tiny)
+
+
+def test_synthetic_start_is_built_by_a_command_and_used_by_train(tmp_path, torch_cache):
+    from geodetect.cli import main
+    from geodetect.train.pretrain import build_synthetic_start, synthetic_start_path
+
+    path = build_synthetic_start(minutes=0.15, size=600, progress=False)
+    assert path == synthetic_start_path() and path.parent == torch_cache and path.is_file()
+    with pytest.raises(SystemExit) as exc:
+        main(["weights", "synth", "--minutes", "0.1", "-q"])  # already there
+    assert exc.value.code == 1
+    rng = np.random.default_rng(3)
+    boxes = random_boxes(rng, 200, 200, 12, min_size=8, max_size=16, gap=4)
+    tif = write_geotiff(tmp_path / "s.tif", paint_boxes(200, 200, boxes), transform=NORTH_UP)
+    labels = tmp_path / "l.gpkg"
+    gpd.GeoDataFrame(geometry=list(pixel_boxes_to_map(boxes, NORTH_UP)), crs=32617).to_file(labels)
+    tiny = dict(chip_size=64, batch_size=4, progress=False, val_fraction=0, epochs=1)
+    started = train([tif], labels, None, **tiny)  # pretrained="auto"
+    assert started.spec.training["initialised_from"] == str(path)
+    cold = train([tif], labels, None, pretrained="none", **tiny)
+    assert cold.spec.training["initialised_from"] is None
