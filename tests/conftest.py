@@ -103,12 +103,19 @@ class OracleDetector(torch.nn.Module):
         return results
 
 
-@pytest.fixture
-def oracle() -> LoadedModel:
-    spec = ModelSpec(
+def make_oracle(**spec_fields) -> LoadedModel:
+    """The oracle detector as a loaded model; ``spec_fields`` change its spec (unit
+    scaling, 64 px chips, largest object 30 px by default)."""
+    fields = dict(
         classes=["pool"], band_mean=[0.0] * 3, band_std=[1.0] * 3, chip_size=64, max_object_px=30
     )
+    spec = ModelSpec(**(fields | spec_fields))
     return LoadedModel(model=OracleDetector(), spec=spec, model_id="oracle", path=Path("-"))
+
+
+@pytest.fixture
+def oracle() -> LoadedModel:
+    return make_oracle()
 
 
 def make_tiny_spec(**changes) -> ModelSpec:

@@ -13,11 +13,10 @@ from affine import Affine
 from geodetect.detect import detect
 from geodetect.geometry import pixel_boxes_to_map
 from geodetect.io.raster import GridReader, open_mosaics, resample_to_gsd
-from geodetect.model import LoadedModel, ModelSpec
 from geodetect.train import load_labelled, prepare_training_data
 from geodetect.train.augment import NO_AUGMENTATION
 
-from conftest import OracleDetector, paint_boxes, write_geotiff
+from conftest import make_oracle, paint_boxes, write_geotiff
 
 ORIGIN = (500000.0, 3300000.0)
 
@@ -88,19 +87,7 @@ def test_training_on_two_gsds_gives_chips_at_one_gsd_with_boxes_to_match(tmp_pat
 
 @pytest.mark.parametrize("gsd", [0.1, 0.2, 0.4])
 def test_a_scene_at_half_or_double_the_model_gsd_gives_the_same_map_boxes(tmp_path, gsd):
-    oracle = LoadedModel(
-        OracleDetector(),
-        ModelSpec(
-            classes=["pool"],
-            band_mean=[0.0] * 3,
-            band_std=[1.0] * 3,
-            chip_size=128,
-            gsd=0.2,
-            typical_object_px=40,
-        ),
-        "oracle",
-        None,
-    )
+    oracle = make_oracle(chip_size=128, gsd=0.2, typical_object_px=40)
     path = _scene(tmp_path / "s.tif", gsd, BOXES_M)
     layer = detect([path], oracle, chip_size=128, workers=0, progress=False)
     assert len(layer) == len(BOXES_M)

@@ -12,11 +12,11 @@ from test_detect import _match
 
 from geodetect.detect import default_overlap, detect
 from geodetect.geometry import cut_mask, merge_pieces, pixel_boxes_to_map
-from geodetect.model import LoadedModel, ModelSpec
+from geodetect.model import ModelSpec
 from geodetect.train import default_chip_size, load_labelled, prepare_training_data
 from geodetect.train.augment import Augmentation
 
-from conftest import NORTH_UP, OracleDetector, paint_boxes, random_boxes, write_geotiff
+from conftest import NORTH_UP, make_oracle, paint_boxes, random_boxes, write_geotiff
 
 
 def _label_scene(tmp_path, boxes, *, size=600):
@@ -123,19 +123,7 @@ def test_merge_pieces_joins_pieces_and_drops_those_inside_a_whole_box():
 def test_objects_larger_than_the_overlap_are_found_once_whole(tmp_path, shift):
     """With the default overlap for a typical 20 px object, 40-90 px objects straddle
     seams wherever the grid falls: each must come out once, with its whole box."""
-    oracle = LoadedModel(
-        OracleDetector(),
-        ModelSpec(
-            classes=["pool"],
-            band_mean=[0.0] * 3,
-            band_std=[1.0] * 3,
-            chip_size=128,
-            typical_object_px=20,
-            max_object_px=90,
-        ),
-        "oracle",
-        None,
-    )
+    oracle = make_oracle(chip_size=128, typical_object_px=20, max_object_px=90)
     assert default_overlap(oracle.spec, 128) == 32
     rng = np.random.default_rng(shift)
     small = random_boxes(rng, 400, 400, 25, min_size=8, max_size=20, gap=6)

@@ -118,3 +118,21 @@ def bands(f: F) -> F:
         metavar="1,2,3",
         help="1-based raster bands to feed the model, in its band order.",
     )(f)
+
+
+def architecture(f: F) -> F:
+    """--backbone and --preset of a new detector."""
+    f = click.option(
+        "--preset",
+        type=click.Choice(["lite", "standard"]),
+        default="lite",
+        show_default=True,
+        help="FPN/head width: lite = 128 channels, 2 convs; standard = 256, 4.",
+    )(f)
+    return click.option(
+        "--backbone",
+        type=click.Choice(["resnet18", "resnet34", "resnet50"]),
+        default="resnet18",
+        show_default=True,
+        help="ResNet body of the detector.",
+    )(f)

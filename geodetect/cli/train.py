@@ -53,20 +53,7 @@ from geodetect.cli import options
     default=None,
     help="Side in metres of point labels without a 'size' attribute.",
 )
-@click.option(
-    "--backbone",
-    type=click.Choice(["resnet18", "resnet34", "resnet50"]),
-    default="resnet18",
-    show_default=True,
-    help="ResNet body of the detector.",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(["lite", "standard"]),
-    default="lite",
-    show_default=True,
-    help="FPN/head width: lite = 128 channels, 2 convs; standard = 256, 4.",
-)
+@options.architecture
 @options.chip_size(
     default=None,
     note="(default: 128, or 1.5 times the 95th percentile of object sizes; larger "

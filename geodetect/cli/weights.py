@@ -85,20 +85,7 @@ def import_weights(file, backbone, overwrite, verbose, quiet):
 
 
 @command.command("synth")
-@click.option(
-    "--backbone",
-    type=click.Choice(["resnet18", "resnet34", "resnet50"]),
-    default="resnet18",
-    show_default=True,
-    help="ResNet body of the starting model (as `geodetect train --backbone`).",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(["lite", "standard"]),
-    default="lite",
-    show_default=True,
-    help="FPN/head width (as `geodetect train --preset`).",
-)
+@options.architecture
 @click.option(
     "--minutes",
     type=click.FloatRange(min=0, min_open=True),

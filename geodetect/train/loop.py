@@ -242,6 +242,14 @@ def weight_average(model: nn.Module, *, decay: float = EMA_DECAY) -> AveragedMod
     return AveragedModel(model, multi_avg_fn=ema, use_buffers=True)
 
 
+def _predict(model: nn.Module, images: torch.Tensor, device: torch.device, amp) -> list[dict]:
+    """The model's detections for a batch of chips (eval mode), under autocast when
+    ``amp`` is a dtype."""
+    ctx = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
+    with ctx:
+        return model(images.to(device))
+
+
 def _to_device(images, targets, device):
     images = images.to(device, non_blocking=True)
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
@@ -378,9 +386,7 @@ def evaluate_chips(
         for images, targets in _loader(
             chips, batch_size=batch_size, shuffle=False, workers=workers, seed=0
         ):
-            ctx = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
-            with ctx:
-                outputs = model(images.to(device))
+            outputs = _predict(model, images, device, amp)
             preds = [
                 {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in o.items()}
                 for o in outputs
@@ -461,9 +467,7 @@ def area_threshold(
         for images, targets in _loader(
             windows, batch_size=batch_size, shuffle=True, workers=workers, seed=1
         ):
-            ctx = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
-            with ctx:
-                outputs = model(images.to(device))
+            outputs = _predict(model, images, device, amp)
             for out, target in zip(outputs, targets, strict=True):
                 boxes, score = out["boxes"].float().cpu(), out["scores"].float().cpu()
                 keep = inside(boxes)
@@ -544,9 +548,7 @@ def mine_hard_examples(
     try:
         done = 0
         for images, _ in _loader(windows, batch_size=batch_size, shuffle=False, workers=0, seed=0):
-            ctx = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
-            with ctx:
-                outputs = model(images.to(device))
+            outputs = _predict(model, images, device, amp)
             for out in outputs:
                 item = windows.items[done]
                 done += 1
