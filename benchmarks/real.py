@@ -161,10 +161,11 @@ def main() -> None:
             f"training         : {args.minutes:g} min budget {args.train_args or '(defaults)'}"
             f" -> {figures['train_minutes']} min wall"
         )
+    typical = m["typical_object_px"]
     print(
         f"model            : {m['backbone']}, {m['chip_size']} px chips at {m['gsd']} m, "
-        f"typical object {m['typical_object_px']:.0f} px, {m['steps']} steps / "
-        f"{m['epochs']} epochs, threshold {m['score_threshold']}"
+        f"typical object {'n/a' if typical is None else f'{typical:.0f}'} px, "
+        f"{m['steps']} steps / {m['epochs']} epochs, threshold {m['score_threshold']}"
     )
     for name in args.sets.split(","):
         f = figures[name]

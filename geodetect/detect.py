@@ -591,18 +591,19 @@ def _fuse(boxes, scores, labels, image, *, fuse_iou: float, n_views: int):
         return boxes.new_zeros((0, 4)), scores.new_zeros(0), labels[:0], image[:0]
     group = image * (int(labels.max()) + 1) + labels
     leaders = batched_nms(boxes.float(), scores.float(), group, fuse_iou)  # by score, desc
-    # Offsetting each group far apart keeps boxes of other chips/classes from matching.
-    span = float(boxes.abs().max()) * 2 + 1
-    shifted = boxes + (group.to(boxes.dtype) * span)[:, None]
-    # The first (best-scored) leader a box overlaps takes it, as a greedy pass would.
-    # Rows go in chunks so the IoU matrix stays small whatever the candidate count.
+    # The first (best-scored) leader of its chip and class that a box overlaps takes it,
+    # as a greedy pass would; a box NMS suppressed by a hair that float rounding puts
+    # back under the threshold goes to the leader it overlaps most. Rows go in chunks
+    # so the IoU matrix stays small whatever the candidate count.
     rows = max(1, _FUSE_PAIRS // len(leaders))
-    owner = torch.cat(
-        [
-            torch.argmax((box_iou(part, shifted[leaders]) > fuse_iou).to(torch.uint8), dim=1)
-            for part in shifted.split(rows)
-        ]
-    )
+    owners = []
+    for part, part_group in zip(boxes.split(rows), group.split(rows), strict=True):
+        iou = box_iou(part, boxes[leaders])
+        iou = iou.masked_fill(part_group[:, None] != group[leaders][None, :], -1.0)
+        above = iou > fuse_iou
+        first = torch.argmax(above.to(torch.uint8), dim=1)
+        owners.append(torch.where(above.any(dim=1), first, torch.argmax(iou, dim=1)))
+    owner = torch.cat(owners)
     owner[leaders] = torch.arange(len(leaders), device=boxes.device)
     weight_sum = scores.new_zeros(len(leaders)).index_add_(0, owner, scores)
     box_sum = boxes.new_zeros((len(leaders), 4)).index_add_(0, owner, boxes * scores[:, None])

@@ -157,3 +157,22 @@ def test_flip_fusion_matches_single_pass_and_unflips_exactly(tmp_path, oracle):
 
     out = predict_with_flips(OnlyUnflipped(), image)[0]
     assert out["scores"].tolist() == pytest.approx([0.9 / 4])
+
+
+def test_fusion_keeps_chips_and_classes_apart_and_takes_every_box():
+    import torch
+
+    from geodetect.detect import _fuse
+
+    box = [10.0, 10.0, 30.0, 30.0]
+    near = [11.0, 10.0, 31.0, 30.0]
+    boxes = torch.tensor([box, near, box, box, near], dtype=torch.float64)
+    scores = torch.tensor([0.9, 0.6, 0.8, 0.7, 0.5], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    image = torch.tensor([0, 0, 1, 1, 1])
+    fused, score, label, chip = _fuse(boxes, scores, labels, image, fuse_iou=0.55, n_views=2)
+    # (chip 0, class 0), (chip 1, class 0), (chip 1, class 1): three objects
+    assert sorted(zip(chip.tolist(), label.tolist(), strict=True)) == [(0, 0), (1, 0), (1, 1)]
+    assert float(score.sum()) == pytest.approx(float(scores.sum()) / 2)  # no box lost
+    first = (chip == 0) & (label == 0)
+    assert fused[first][0, 0].item() == pytest.approx((10 * 0.9 + 11 * 0.6) / 1.5)

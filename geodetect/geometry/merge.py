@@ -1,8 +1,10 @@
-"""The seam merge: class-wise non-maximum suppression of map-coordinate polygons.
+"""The seam merge: pieces of objects cut by chip edges put back together, then
+class-wise non-maximum suppression of map-coordinate polygons.
 
-Chip ownership (see :mod:`geodetect.geometry.grid`) already keeps each object once
-within one chip grid; this step removes what is left where grids or files overlap, and
-what the detector itself reported twice.
+Chip ownership (see :mod:`geodetect.geometry.grid`) keeps each object that fits the
+chip overlap once within one chip grid; :func:`merge_pieces` joins larger objects that
+chip edges cut; NMS removes what is left where grids or files overlap, and what the
+detector itself reported twice.
 """
 
 from __future__ import annotations
@@ -202,10 +204,9 @@ def merge_pieces(
             parent[max(rx, ry)] = min(rx, ry)
     merged = boxes.copy()
     groups = np.array([root(int(k)) for k in left], dtype=np.int64)
-    for g in np.unique(groups):
-        members = left[groups == g]
-        if len(members) < 2:
-            continue
+    _, which, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    for g in np.flatnonzero(sizes > 1):  # only groups of several pieces: few
+        members = left[which == g]
         top = members[np.argmax(scores[members])]
         merged[top] = [*boxes[members, :2].min(axis=0), *boxes[members, 2:].max(axis=0)]
         dropped[members[members != top]] = True

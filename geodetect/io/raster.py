@@ -214,8 +214,8 @@ def open_scene(info: SceneInfo) -> rasterio.DatasetReader:
 def _warped(ds, warp_crs, warp_grid) -> WarpedVRT:
     """The warped view of ``ds``: from its GCPs (``warp_crs``) and/or onto another pixel
     grid (``warp_grid``). Shrinking averages every source pixel under a target pixel
-    (no aliasing); enlarging is bilinear. A source without nodata or alpha gets an alpha
-    band, so pixels outside it stay masked, never black data."""
+    (no aliasing); enlarging is bilinear. A resampled source without an alpha band gets
+    one, so pixels outside it stay masked, never black data."""
     kwargs: dict = {"resampling": Resampling.bilinear}
     if warp_crs is not None:
         src_crs, crs = (CRS.from_wkt(w) for w in warp_crs)
@@ -228,8 +228,9 @@ def _warped(ds, warp_crs, warp_grid) -> WarpedVRT:
         src_size = max(math.hypot(ds.transform.a, ds.transform.d), 1e-300)
         if warp_crs is None and math.hypot(transform.a, transform.d) > 1.01 * src_size:
             kwargs["resampling"] = Resampling.average
-        has_alpha = ColorInterp.alpha in ds.colorinterp
-        if ds.nodata is None and not has_alpha:
+        # Every resampled file without an alpha band gets one (nodata or not), so files
+        # of one mosaic keep one band count and stay one grid.
+        if ColorInterp.alpha not in ds.colorinterp:
             kwargs["add_alpha"] = True
     return WarpedVRT(ds, **kwargs)
 
@@ -405,9 +406,8 @@ def resample_scene(info: SceneInfo, lattice: Affine) -> SceneInfo:
 
 def resample_grid(grid: MosaicGrid, pixel_size: float) -> list[MosaicGrid]:
     """The files of ``grid`` on a north-up lattice of ``pixel_size`` (CRS units) that
-    shares the grid's origin; band selection is kept. Usually one grid comes back (more
-    only if the files' footprints leave gaps that split them, which cannot happen on a
-    shared lattice, so in practice one)."""
+    shares the grid's origin; band selection is kept. The files share that lattice and
+    one band layout, so one grid comes back (the list form follows ``build_mosaics``)."""
     origin = grid.transform
     lattice = Affine(pixel_size, 0.0, origin.c, 0.0, -pixel_size, origin.f)
     infos = [resample_scene(m.info, lattice) for m in grid.members]

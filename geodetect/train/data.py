@@ -3,13 +3,14 @@ chips around objects (plus object-free negatives), normalised and augmented.
 
 Sampling rules (one place for them, used by both parts):
 
-- Every labelled object that a chip can hold anchors one positive item per epoch. Its
-  chip is placed at a random offset that holds the whole object, so objects appear at
-  varied positions; every other object in the chip is part of the target too.
+- Every labelled object anchors one positive item per epoch. Its chip is placed at a
+  random offset that holds the whole object, so objects appear at varied positions;
+  every other object in the chip is part of the target too. An object too large for a
+  chip is read in a window 1.25 times its size, shrunk to the chip (``window_for``).
 - An object cut by the chip edge stays a target, clipped to the chip, when at least
   ``min_visible`` of its area is inside (and inside the raster); otherwise it is simply
-  dropped from the targets (RetinaNet has no "ignore" label, and a detection chip grid
-  overlaps enough that every object is seen whole by some chip).
+  dropped from the targets (RetinaNet has no "ignore" label; detection sees typical
+  objects whole in some chip and joins larger ones from their pieces).
 - Negative items (no object inside) come at ``negative_ratio`` per positive; chips
   with less than ``min_valid`` of real data are redrawn.
 - Validation is *by area*: each grid is cut into square blocks, some of which are
@@ -626,10 +627,13 @@ def load_labelled(
     layer: str | int | None = None,
     class_field: str | None = None,
     point_size: float | None = None,
+    gsd: float | None = None,
 ) -> LabelledData:
     """Read training labels from exactly one source: rasters + a label layer, a VOC
     chip folder, a COCO JSON file or a YOLO folder (Ultralytics or Roboflow, see
     :func:`geodetect.io.labels.read_yolo`); check that all imagery has one band layout.
+    Rasters are read at one training GSD (see :func:`to_training_gsd`; ``gsd`` metres
+    imposes it, as resuming a model does).
 
     Raises:
         InputError: no source, several sources, or missing files.
@@ -647,7 +651,7 @@ def load_labelled(
             raise InputError("--labels needs at least one IMAGE to train on")
         gdf = read_labels(labels, layer=layer, class_field=class_field, point_size=point_size)
         classes = class_names(gdf)
-        grids = to_training_gsd(open_mosaics(images))
+        grids = to_training_gsd(open_mosaics(images), gsd=gsd)
         labelled = LabelledData(
             labels_on_grids(gdf, grids, classes),
             classes,
@@ -687,17 +691,18 @@ def _upper_median(values: Sequence[float]) -> float:
     return float(ordered[len(ordered) // 2])
 
 
-def to_training_gsd(grids: Sequence[MosaicGrid]) -> list[MosaicGrid]:
+def to_training_gsd(grids: Sequence[MosaicGrid], gsd: float | None = None) -> list[MosaicGrid]:
     """One training GSD for rasters of several: the upper median of their pixel sizes in
     metres (so a 0.1 m and a 0.2 m flight train at 0.2 m, never upsampled, and a lone
     coarse raster does not coarsen the rest); rasters off it by more than
     :data:`GSD_TOLERANCE` are read resampled to it, and labels land on the resampled
-    pixels. Grids without a metric or angular CRS are left as they are."""
+    pixels. ``gsd`` (metres) imposes the training GSD instead (a resumed model's).
+    Grids without a metric or angular CRS are left as they are."""
     sizes = [s for s in (grid_gsd_metres(g) for g in grids) if s]
     if not sizes:
         return list(grids)
-    target = _upper_median(sizes)
-    if max(sizes) > (1 + GSD_TOLERANCE) * min(sizes):
+    target = gsd or _upper_median(sizes)
+    if gsd is None and max(sizes) > (1 + GSD_TOLERANCE) * min(sizes):
         log.warning(
             "training rasters have pixels of %.3g-%.3g m; all are read at %.3g m (their "
             "upper median), which the model records as its GSD",
@@ -731,8 +736,8 @@ class TrainingData:
     splits: list[SplitMap] = field(default_factory=list)
 
     def val_area(self, *, max_windows: int | None = None) -> ChipSet | None:
-        """Windows tiling the validation area (see :func:`area_windows`), 2 training
-        chips a side (at most 512 px), for choosing the score threshold on what detection
+        """Windows tiling the validation area (see :func:`area_windows`), twice the
+        training chip a side but at most 512 px, for choosing the score threshold on what detection
         meets: mostly background. None without a validation area or for chip folders."""
         if self.val is None or self.labelled.ordered:
             return None

@@ -67,6 +67,8 @@ _SAVE_RESERVE_S = 3.0
 AREA_SHARE = 0.05
 AREA_THRESHOLD_RANGE = (0.2, 0.8)
 AREA_F1_SLACK = 0.02
+AREA_MIN_OBJECTS = 20  # fewer objects in the scored windows: keep the chips' threshold
+AREA_MAX_WINDOWS = 2000  # windows scanned at most (without a time budget)
 # Hard-example mining: when (share of the schedule; none by default), how many (per chip
 # with objects), and the share of a time budget each scan may take. On real 0.2 m
 # orthophotos, mining at 30 % and 60 % of an 8-minute CPU budget traded recall for
@@ -143,7 +145,7 @@ class TrainResult(FitResult):
             f"minutes: {self.total_seconds / 60:.1f}",
         ]
         area = (self.spec.training.get("val_area") if self.spec else None) or {}
-        if area.get("n_truth"):
+        if area.get("n_truth", 0) >= AREA_MIN_OBJECTS:
             lines.append(
                 f"score threshold: {area['threshold']:.2f} (best F1 over the validation "
                 f"area: F1 {area['f1']:.3f}, precision {area['precision']:.3f}, recall "
@@ -527,7 +529,9 @@ def mine_hard_examples(
     amp = autocast_dtype(device, precision)
     chip = data.train.chip_size
     size = min(512, 2 * chip)
-    items = area_windows(data.labelled.grids, data.splits, TRAIN, size, seed=seed)
+    items = area_windows(
+        data.labelled.grids, data.splits, TRAIN, size, max_windows=AREA_MAX_WINDOWS, seed=seed
+    )
     if not items or count <= 0:
         return []
     order = np.random.default_rng([seed, 9]).permutation(len(items))
@@ -1024,6 +1028,7 @@ def train(
         layer=layer,
         class_field=class_field,
         point_size=point_size,
+        gsd=None if base is None else base.spec.gsd,
     )
     if base is not None:
         size = base.spec.chip_size
@@ -1078,7 +1083,7 @@ def train(
     lr = lr or DEFAULT_LR
     if epochs is None:
         epochs = 10_000 if deadline is not None else DEFAULT_EPOCHS
-    val_area = data.val_area()
+    val_area = data.val_area(max_windows=AREA_MAX_WINDOWS)
     area_reserve = 0.0
     if deadline is not None and val_area is not None:
         area_reserve = max(5.0, AREA_SHARE * (deadline - time.monotonic()))
@@ -1111,7 +1116,7 @@ def train(
             workers=n_workers,
             deadline=None if deadline is None else deadline - _SAVE_RESERVE_S,
         )
-        if area["n_truth"]:
+        if area["n_truth"] >= AREA_MIN_OBJECTS:
             spec.score_threshold = area["threshold"]
         log.info(
             "score threshold %.2f: best F1 over %d validation-area windows (%d objects): "
