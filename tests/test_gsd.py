@@ -89,13 +89,13 @@ def test_training_on_two_gsds_gives_chips_at_one_gsd_with_boxes_to_match(tmp_pat
 def test_a_scene_at_half_or_double_the_model_gsd_gives_the_same_map_boxes(tmp_path, gsd):
     oracle = make_oracle(chip_size=128, gsd=0.2, typical_object_px=40)
     path = _scene(tmp_path / "s.tif", gsd, BOXES_M)
-    layer = detect([path], oracle, chip_size=128, workers=0, progress=False)
+    layer = detect([path], oracle, chip_size=128, progress=False)  # default reader processes
     assert len(layer) == len(BOXES_M)
     # within half a 0.2 m pixel of the truth (bilinear at 0.4 m blurs edges by one more)
     tol = 0.1 if gsd <= 0.2 else 0.2
     for truth in _map_polys():
         dist = [shapely.hausdorff_distance(truth, g) for g in layer.geometry]
         assert min(dist) <= tol + 1e-9, (gsd, min(dist))
-    native = detect([path], oracle, chip_size=128, workers=0, progress=False, gsd="native")
+    native = detect([path], oracle, chip_size=128, progress=False, gsd="native")
     assert len(native) == len(BOXES_M)
     assert pixel_boxes_to_map is not None

@@ -141,7 +141,7 @@ def test_objects_larger_than_the_overlap_are_found_once_whole(tmp_path, shift):
     boxes = np.concatenate([small[clear], big])
     transform = NORTH_UP @ Affine.translation(shift, -shift)
     path = write_geotiff(tmp_path / "s.tif", paint_boxes(400, 400, boxes), transform=transform)
-    layer = detect([path], oracle, chip_size=128, workers=0, progress=False)
+    layer = detect([path], oracle, chip_size=128, progress=False)  # default reader processes
     _match(layer, pixel_boxes_to_map(boxes, transform))
 
 
