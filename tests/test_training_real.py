@@ -131,3 +131,19 @@ def test_synthetic_start_is_built_by_a_command_and_used_by_train(tmp_path, torch
     assert started.spec.training["initialised_from"] == str(path)
     cold = train([tif], labels, None, pretrained="none", **tiny)
     assert cold.spec.training["initialised_from"] is None
+
+
+def test_a_start_with_other_bands_adapts_the_stem_instead_of_dropping_it():
+    from geodetect.model import build_retinanet
+    from geodetect.train.loop import copy_matching_weights
+
+    from conftest import make_tiny_spec
+
+    rgb = build_retinanet(make_tiny_spec(), pretrained="none")
+    four = make_tiny_spec(band_mean=[100.0] * 4, band_std=[50.0] * 4, band_names=list("rgbn"))
+    rgbn = build_retinanet(four, pretrained="none")
+    assert copy_matching_weights(rgbn, rgb, source="rgb.model") == len(rgbn.state_dict())
+    stem = rgb.state_dict()["backbone.body.conv1.weight"]
+    adapted = rgbn.state_dict()["backbone.body.conv1.weight"]
+    assert torch.allclose(adapted[:, :3], stem * 3 / 4)
+    assert torch.allclose(adapted[:, 3], stem.mean(dim=1) * 3 / 4)

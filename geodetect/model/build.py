@@ -217,6 +217,16 @@ def _imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor] | None:
         return None
 
 
+def first_conv_for_bands(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Stem filters [out, C, k, k] made to take ``in_channels`` bands: the first bands keep
+    their filters, extra bands get the mean filter, and all are scaled by C /
+    ``in_channels`` so the response to an image of equal bands stays the same."""
+    have = weight.shape[1]
+    mean_filter = weight.mean(dim=1, keepdim=True)
+    bands = [weight[:, b : b + 1] if b < have else mean_filter for b in range(in_channels)]
+    return torch.cat(bands, dim=1) * (have / in_channels)
+
+
 def _adapt_first_conv(resnet: nn.Module, in_channels: int) -> None:
     """Give the stem ``in_channels`` inputs, reusing RGB filters where they exist."""
     old = resnet.conv1
@@ -224,10 +234,7 @@ def _adapt_first_conv(resnet: nn.Module, in_channels: int) -> None:
         return
     new = nn.Conv2d(in_channels, old.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
     with torch.no_grad():
-        mean_filter = old.weight.mean(dim=1, keepdim=True)
-        for band in range(in_channels):
-            source = old.weight[:, band : band + 1] if band < old.in_channels else mean_filter
-            new.weight[:, band : band + 1] = source * (old.in_channels / in_channels)
+        new.weight.copy_(first_conv_for_bands(old.weight, in_channels))
     resnet.conv1 = new
 
 

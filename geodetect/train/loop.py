@@ -38,7 +38,7 @@ from geodetect.model import (
     resolve_device,
     save_model,
 )
-from geodetect.model.build import imagenet_cache_path
+from geodetect.model.build import first_conv_for_bands, imagenet_cache_path
 from geodetect.train.augment import Augmentation
 from geodetect.train.data import (
     HARD,
@@ -1164,14 +1164,17 @@ def train(
 
 
 def copy_matching_weights(model: nn.Module, source_model: nn.Module, *, source) -> int:
-    """Copy every tensor of ``source_model`` whose name and shape ``model`` shares;
+    """Copy every tensor of ``source_model`` whose name and shape ``model`` shares (the
+    stem's filters adapted when the band counts differ, see ``first_conv_for_bands``);
     returns how many. Refuses a source with nothing in common."""
     target = model.state_dict()
-    same = {
-        k: v
-        for k, v in source_model.state_dict().items()
-        if k in target and target[k].shape == v.shape
-    }
+    stem = "backbone.body.conv1.weight"
+    same = {}
+    for k, v in source_model.state_dict().items():
+        if k == stem and k in target and target[k].shape[1] != v.shape[1]:
+            v = first_conv_for_bands(v, target[k].shape[1])
+        if k in target and target[k].shape == v.shape:
+            same[k] = v
     if not same:
         raise InputError(
             f"{source}: no weights fit this model (another backbone or preset?); "
