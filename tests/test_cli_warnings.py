@@ -85,7 +85,7 @@ def test_real_rasterio_and_pyogrio_warnings_in_geodetect_words(tmp_path, tiny_sp
     torch.manual_seed(0)
     model = save_model(build_retinanet(tiny_spec, pretrained="none"), tiny_spec, tmp_path / "m")
     args = ["detect", tmp_path / "plain.tif", "--model", model, "--allow-no-crs"]
-    args += ["--no-tta", "--workers", "0", "--chip-size", "64", "--overwrite"]
+    args += ["--chip-size", "64", "--overwrite"]  # default reader processes
     args += ["--out", tmp_path / "pools.gpkg"]
 
     proc = _run(*args)

@@ -68,10 +68,10 @@ def test_gsd_check_compares_metres_with_metres(tmp_path, caplog, crs):
     path = _scene(tmp_path / "scene.tif", crs, PIXEL_0_3_M[crs])
     warning = "pixels but the model was trained"
     with caplog.at_level(logging.WARNING, logger="geodetect"):
-        detect([path], _oracle(0.3), workers=0, progress=False, tta=False)
+        detect([path], _oracle(0.3), progress=False)
     assert warning not in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="geodetect"):
         # "native": read as it is, not resampled to the model's GSD first.
-        detect([path], _oracle(0.6), workers=0, progress=False, tta=False, gsd="native")
+        detect([path], _oracle(0.6), progress=False, gsd="native")
     assert "scene.tif has 0.3 m pixels but the model was trained at 0.6 m" in caplog.text

@@ -11,8 +11,6 @@ and 0.778 from scratch.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -55,33 +53,28 @@ def build_synthetic_start(
     from geodetect.train.loop import train
 
     target = synthetic_start_path(backbone, preset)
-    if target.exists() and not overwrite:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not overwrite:  # before minutes of drawing and training
         raise OutputError(
             f"{target}: a synthetic starting model is already there; pass --overwrite to "
             "build it again"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="geodetect-synth-") as tmp:
         scene = synth_scene(
             Path(tmp) / "scene", seed=seed, size=(size, size), gsd=SYNTH_GSD, compress="jpeg"
         )
-        model = Path(tmp) / "start.model"
+        # save_model writes the model file atomically (temporary file, then rename).
         train(
             scene.image_paths,
             scene.truth_path,
-            model,
+            target,
             backbone=backbone,
             preset=preset,
             max_minutes=minutes,
             device=device,
             pretrained="imagenet_if_cached",
+            overwrite=overwrite,
             progress=progress,
         )
-        staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            shutil.copyfile(model, staged)
-            os.replace(staged, target)
-        finally:
-            staged.unlink(missing_ok=True)
     log.info("synthetic starting model written to %s", target)
     return target
