@@ -24,8 +24,18 @@ class ModelFileError(InputError):
 
 
 class OutputError(GeodetectError):
-    """An output cannot be written (exists, unknown format, unwritable, disk full)."""
+    """An output cannot be written (exists, unknown format, unwritable, disk full).
+
+    ``transient`` is True when the same command may succeed later (a full disk), so a
+    finished run's journal is worth keeping for it."""
+
+    transient = False
 
 
 class DownloadError(GeodetectError):
     """A file cannot be downloaded (no network, server refusal, damaged transfer)."""
+
+
+class RunError(GeodetectError):
+    """A run cannot go on: a reader or worker process died, or a system limit was hit.
+    Finished blocks stay in the journal, so the same command continues after the fix."""

@@ -3,6 +3,7 @@
 Nothing here opens a file or imports torch.
 """
 
+from geodetect.geometry.blocks import Block, plan_blocks
 from geodetect.geometry.boxes import (
     box_centres,
     pixel_boxes_to_map,
@@ -18,6 +19,7 @@ from geodetect.geometry.merge import (
 )
 
 __all__ = [
+    "Block",
     "Chip",
     "ChipGrid",
     "MERGE_METRICS",
@@ -28,6 +30,7 @@ __all__ = [
     "merge_pieces",
     "nms_polygons",
     "overlap_ratio",
+    "plan_blocks",
     "owned_mask",
     "pixel_boxes_to_map",
     "pixel_boxes_to_map_coords",

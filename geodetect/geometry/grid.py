@@ -89,6 +89,14 @@ class ChipGrid:
     def col_offsets(self) -> np.ndarray:
         return axis_offsets(self.width, self.chip_size, self.overlap)
 
+    @cached_property
+    def _row_edges(self) -> np.ndarray:
+        return core_bounds(self.row_offsets, self.chip_size)
+
+    @cached_property
+    def _col_edges(self) -> np.ndarray:
+        return core_bounds(self.col_offsets, self.chip_size)
+
     def __len__(self) -> int:
         return len(self.row_offsets) * len(self.col_offsets)
 
@@ -102,8 +110,7 @@ class ChipGrid:
         r, c = divmod(index, n_cols)
         row_off = int(self.row_offsets[r])
         col_off = int(self.col_offsets[c])
-        row_edges = core_bounds(self.row_offsets, self.chip_size)
-        col_edges = core_bounds(self.col_offsets, self.chip_size)
+        row_edges, col_edges = self._row_edges, self._col_edges
         core = (
             float(col_edges[c] - col_off),
             float(row_edges[r] - row_off),

@@ -8,25 +8,30 @@ object that crosses a file boundary is read whole. Nothing reads a whole file at
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import shapely
 from affine import Affine
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from geodetect.errors import InputError, RasterError
+from geodetect.errors import InputError, RasterError, RunError
 from geodetect.io.units import gsd_metres
 
 log = logging.getLogger(__name__)
@@ -96,6 +101,10 @@ class SceneInfo:
     # The file's own footprint (minx, miny, maxx, maxy, CRS units) when resampled: the
     # resampled window snaps outward to whole target pixels, the data does not.
     source_bounds: tuple[float, float, float, float] | None = None
+    # The CRS (WKT) that ``warp_grid`` is in, when it is not the file's own.
+    warp_to_crs: str | None = None
+    # Resampling of the warp onto ``warp_grid`` ("average" when shrinking, else bilinear).
+    warp_resampling: str = "bilinear"
 
     @property
     def data_bands(self) -> list[int]:
@@ -205,31 +214,34 @@ def open_scene(info: SceneInfo) -> rasterio.DatasetReader:
     if info.warp_crs is None and info.warp_grid is None:
         return ds
     try:
-        return _warped(ds, info.warp_crs, info.warp_grid)
+        return _warped(ds, info.warp_crs, info.warp_grid, info.warp_to_crs, info.warp_resampling)
     except BaseException:
         ds.close()
         raise
 
 
-def _warped(ds, warp_crs, warp_grid) -> WarpedVRT:
+def _warped(
+    ds, warp_crs, warp_grid, to_crs: str | None = None, resampling: str | None = None
+) -> WarpedVRT:
     """The warped view of ``ds``: from its GCPs (``warp_crs``) and/or onto another pixel
-    grid (``warp_grid``). Shrinking averages every source pixel under a target pixel
-    (no aliasing); enlarging is bilinear. A resampled source without an alpha band gets
-    one, so pixels outside it stay masked, never black data."""
+    grid (``warp_grid``, in ``to_crs`` or the file's own CRS). ``resampling`` "average"
+    averages every source pixel under a target pixel (for shrinking: no aliasing);
+    otherwise bilinear. A resampled source without an alpha band gets one, so pixels
+    outside it stay masked, never black data."""
     kwargs: dict = {"resampling": Resampling.bilinear}
     if warp_crs is not None:
         src_crs, crs = (CRS.from_wkt(w) for w in warp_crs)
         kwargs.update(src_crs=src_crs, crs=crs)
     if warp_grid is not None:
         numbers, width, height = warp_grid
-        transform = Affine(*numbers[:6])
-        kwargs.update(transform=transform, width=width, height=height)
+        kwargs.update(transform=Affine(*numbers[:6]), width=width, height=height)
+        if to_crs is not None:
+            kwargs["crs"] = CRS.from_wkt(to_crs)
         kwargs.setdefault("crs", ds.crs)
-        src_size = max(math.hypot(ds.transform.a, ds.transform.d), 1e-300)
-        if warp_crs is None and math.hypot(transform.a, transform.d) > 1.01 * src_size:
+        if resampling == "average":
             kwargs["resampling"] = Resampling.average
-        # Every resampled file without an alpha band gets one (nodata or not), so files
-        # of one mosaic keep one band count and stay one grid.
+        # Every resampled file without an alpha band gets one (nodata or not), so the
+        # places it does not cover stay masked.
         if ColorInterp.alpha not in ds.colorinterp:
             kwargs["add_alpha"] = True
     return WarpedVRT(ds, **kwargs)
@@ -265,6 +277,19 @@ class MosaicGrid:
     height: int
     members: list[Member]
     bands: list[int] = field(default_factory=list)  # 1-based, in model order
+    _index: FileIndex | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_index"] = None  # rebuilt on first use in the process that unpickles it
+        return state
+
+    @property
+    def index(self) -> FileIndex:
+        """The files' footprints in grid pixels, searchable in O(log n)."""
+        if self._index is None or self._index.size != len(self.members):
+            self._index = FileIndex(self.members)
+        return self._index
 
     @property
     def count(self) -> int:
@@ -307,15 +332,57 @@ class MosaicGrid:
         return (x0, y0, x1, y1)
 
     def members_in(self, row_off: int, col_off: int, height: int, width: int) -> list[Member]:
-        """Members whose footprint intersects the window."""
-        return [
-            m
-            for m in self.members
-            if m.row_off < row_off + height
-            and row_off < m.row_off + m.info.height
-            and m.col_off < col_off + width
-            and col_off < m.col_off + m.info.width
-        ]
+        """Members whose footprint intersects the window, in input order."""
+        return [self.members[i] for i in self.index.query(row_off, col_off, height, width)]
+
+
+class FileIndex:
+    """An STRtree over the footprints of a grid's files, in grid pixels."""
+
+    def __init__(self, members: Sequence[Member]) -> None:
+        self.size = len(members)
+        self.boxes = np.array(
+            [
+                (m.col_off, m.row_off, m.col_off + m.info.width, m.row_off + m.info.height)
+                for m in members
+            ],
+            dtype=np.float64,
+        ).reshape(-1, 4)
+        self.tree = shapely.STRtree(shapely.box(*self.boxes.T))
+
+    def query(self, row_off: float, col_off: float, height: float, width: float) -> np.ndarray:
+        """Indices (ascending) of the files overlapping the window (not merely touching)."""
+        hits = np.sort(
+            self.tree.query(shapely.box(col_off, row_off, col_off + width, row_off + height))
+        )
+        b = self.boxes[hits]
+        overlap = (
+            (b[:, 0] < col_off + width)
+            & (col_off < b[:, 2])
+            & (b[:, 1] < row_off + height)
+            & (row_off < b[:, 3])
+        )
+        return hits[overlap]
+
+    def first_at(self, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """For each point (grid pixels), the index of the first file holding it, -1 if none."""
+        cols = np.asarray(cols, dtype=np.float64)
+        rows = np.asarray(rows, dtype=np.float64)
+        first = np.full(len(cols), -1, dtype=np.int64)
+        if not len(cols) or not self.size:
+            return first
+        point, member = self.tree.query(shapely.points(cols, rows), predicate="intersects")
+        b = self.boxes[member]
+        inside = (
+            (b[:, 0] <= cols[point])
+            & (cols[point] < b[:, 2])
+            & (b[:, 1] <= rows[point])
+            & (rows[point] < b[:, 3])
+        )
+        point, member = point[inside], member[inside]
+        best = np.full(len(cols), np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(best, point, member)
+        return np.where(best == np.iinfo(np.int64).max, -1, best)
 
 
 def _same_lattice(a: Affine, b: Affine) -> tuple[bool, float, float]:
@@ -331,7 +398,8 @@ def _same_lattice(a: Affine, b: Affine) -> tuple[bool, float, float]:
 
 
 def build_mosaics(infos: Sequence[SceneInfo]) -> list[MosaicGrid]:
-    """Group scenes into mosaic grids: same CRS, pixel size, rotation, lattice and bands.
+    """Group scenes into mosaic grids: same CRS, pixel size, rotation, lattice, data
+    bands and dtype (an alpha band that only some files carry does not split a mosaic).
 
     Files that cannot share a lattice with others (another CRS or resolution, a shifted
     lattice) get a grid of their own; their overlaps are still merged later in map
@@ -341,7 +409,7 @@ def build_mosaics(infos: Sequence[SceneInfo]) -> list[MosaicGrid]:
     for info in infos:
         for group in groups:
             ref = group[0][0]
-            if info.crs != ref.crs or info.count != ref.count or info.dtype != ref.dtype:
+            if info.crs != ref.crs or info.data_bands != ref.data_bands or info.dtype != ref.dtype:
                 continue
             ok, col, row = _same_lattice(ref.transform, info.transform)
             if ok:
@@ -368,39 +436,69 @@ def open_mosaics(
     inputs: Iterable[str | os.PathLike], *, allow_no_crs: bool = False
 ) -> list[MosaicGrid]:
     """Expand inputs and group them into mosaic grids (see :func:`build_mosaics`)."""
-    return build_mosaics([scene_info(p, allow_no_crs=allow_no_crs) for p in expand_inputs(inputs)])
+    return build_mosaics(describe_all(expand_inputs(inputs), allow_no_crs=allow_no_crs))
 
 
-def resample_scene(info: SceneInfo, lattice: Affine) -> SceneInfo:
-    """``info`` seen on another pixel lattice (same CRS): the smallest window of
-    ``lattice`` (a north-up affine whose pixel size is the target GSD and whose origin
-    anchors the lattice) that covers the file, read through a warp.
+def describe_all(paths: Sequence[Path], *, allow_no_crs: bool = False) -> list[SceneInfo]:
+    """:func:`scene_info` of every file, in order; a few threads at a time, since opening
+    a file mostly waits on the disk or the network (GDAL releases the GIL)."""
+    if len(paths) < 16:
+        return [scene_info(p, allow_no_crs=allow_no_crs) for p in paths]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda p: scene_info(p, allow_no_crs=allow_no_crs), paths))
+
+
+def resample_scene(info: SceneInfo, lattice: Affine, crs: CRS | None = None) -> SceneInfo:
+    """``info`` seen on another pixel lattice, optionally in another CRS: the smallest
+    window of ``lattice`` (a north-up affine whose pixel size is the target GSD and whose
+    origin anchors the lattice) that covers the file, read through a warp.
 
     Files resampled onto one lattice line up as a mosaic again (see
     :func:`build_mosaics`), so objects on their seams are still read whole.
     """
     corners = [info.transform @ (x, y) for x in (0, info.width) for y in (0, info.height)]
-    inverse = ~lattice
-    cols, rows = zip(*(inverse @ c for c in corners), strict=True)
-    # Snap to whole lattice pixels; the tolerance keeps exact edges from growing a pixel.
-    c0, r0 = math.floor(min(cols) + 1e-6), math.floor(min(rows) + 1e-6)
-    c1, r1 = math.ceil(max(cols) - 1e-6), math.ceil(max(rows) - 1e-6)
-    transform = lattice @ Affine.translation(c0, r0)
-    warp_grid = (tuple(transform)[:6], max(1, c1 - c0), max(1, r1 - r0))
+    xs, ys = zip(*corners, strict=True)
+    bounds = (min(xs), min(ys), max(xs), max(ys))
+    reproject = crs is not None and info.crs is not None and crs != info.crs
     try:
-        with rasterio.open(info.path) as ds, _warped(ds, info.warp_crs, warp_grid) as vrt:
-            xs, ys = zip(*corners, strict=True)
+        if reproject:
+            bounds = transform_bounds(info.crs, crs, *bounds, densify_pts=21)
+        inverse = ~lattice
+        cols, rows = zip(
+            *(inverse @ (x, y) for x in (bounds[0], bounds[2]) for y in (bounds[1], bounds[3])),
+            strict=True,
+        )
+        # Snap to whole lattice pixels; the tolerance keeps exact edges from growing a pixel.
+        c0, r0 = math.floor(min(cols) + 1e-6), math.floor(min(rows) + 1e-6)
+        c1, r1 = math.ceil(max(cols) - 1e-6), math.ceil(max(rows) - 1e-6)
+        transform = lattice @ Affine.translation(c0, r0)
+        warp_grid = (tuple(transform)[:6], max(1, c1 - c0), max(1, r1 - r0))
+        # Shrinking (target pixels coarser than the file's): average, else bilinear.
+        source_size = info.gsd
+        if reproject:  # the file's pixel in target units (its envelope grows when turned)
+            source_size = min(
+                (bounds[2] - bounds[0]) / info.width, (bounds[3] - bounds[1]) / info.height
+            )
+        resampling = "average" if lattice.a > 1.01 * source_size else "bilinear"
+        to_crs = crs.to_wkt() if reproject else None
+        with (
+            rasterio.open(info.path) as ds,
+            _warped(ds, info.warp_crs, warp_grid, to_crs, resampling) as vrt,
+        ):
             return _describe(
                 info.path,
                 vrt,
                 info.warp_crs,
                 warp_grid=warp_grid,
                 source_gsd=info.gsd,
-                source_bounds=(min(xs), min(ys), max(xs), max(ys)),
+                source_bounds=tuple(bounds),
+                warp_to_crs=to_crs,
+                warp_resampling=resampling,
             )
     except _GDAL_ERRORS as exc:
         raise RasterError(
-            f"{info.path}: cannot be resampled to a {lattice.a:g}-unit grid ({_first_line(exc)})"
+            f"{info.path}: cannot be read on a {lattice.a:g}-unit grid"
+            f"{' in ' + crs.to_string() if reproject else ''} ({_first_line(exc)})"
         ) from None
 
 
@@ -470,32 +568,51 @@ def resample_to_gsd(
     return out
 
 
+def default_max_open() -> int:
+    """How many datasets one reader keeps open: 64, or a quarter of this process's
+    open-file limit when that is lower (a worker also holds pipes, libraries and
+    sockets), at least 4."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 64
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 64
+    return max(4, min(64, soft // 4))
+
+
 class GridReader:
     """Windowed reads from a mosaic grid; pads outside the files and reports validity.
 
-    Each process opens its own dataset handles on first use (handles are dropped when
-    the reader is pickled into a DataLoader worker).
+    Each process opens its own dataset handles on first use and keeps at most
+    ``max_open`` of them (least recently used closed first), so a mosaic of thousands of
+    files runs under a laptop's open-file limit. Handles are dropped when the reader is
+    pickled into another process.
     """
 
-    def __init__(self, grid: MosaicGrid) -> None:
+    def __init__(self, grid: MosaicGrid, *, max_open: int | None = None) -> None:
         self.grid = grid
-        self._handles: dict[Path, rasterio.DatasetReader] = {}
+        self.max_open = max_open or default_max_open()
+        self._handles: OrderedDict[Path, rasterio.DatasetReader] = OrderedDict()
 
     def __getstate__(self) -> dict:
-        return {"grid": self.grid, "_handles": {}}
+        return {"grid": self.grid, "max_open": self.max_open, "_handles": OrderedDict()}
 
     def close(self) -> None:
-        for handle in self._handles.values():
-            handle.close()
-            if isinstance(handle, WarpedVRT):
-                handle.src_dataset.close()
-        self._handles.clear()
+        while self._handles:
+            _close(self._handles.popitem(last=False)[1])
 
-    def _open(self, path: Path) -> rasterio.DatasetReader:
-        if path not in self._handles:
-            info = next(m.info for m in self.grid.members if m.info.path == path)
-            self._handles[path] = open_scene(info)
-        return self._handles[path]
+    def _open(self, info: SceneInfo) -> rasterio.DatasetReader:
+        handle = self._handles.get(info.path)
+        if handle is not None:
+            self._handles.move_to_end(info.path)
+            return handle
+        while len(self._handles) >= self.max_open:
+            _close(self._handles.popitem(last=False)[1])
+        handle = self._handles[info.path] = open_scene(info)
+        return handle
 
     def read(
         self, row_off: int, col_off: int, height: int, width: int
@@ -522,10 +639,11 @@ class GridReader:
             window = Window(c0 - member.col_off, r0 - member.row_off, c1 - c0, r1 - r0)
             dst = (slice(r0 - row_off, r1 - row_off), slice(c0 - col_off, c1 - col_off))
             try:
-                ds = self._open(info.path)
+                ds = self._open(info)
                 block = ds.read(grid.bands, window=window)
                 block_valid = self._valid(ds, info, block, window)
             except (*_GDAL_ERRORS, OSError) as exc:
+                _raise_if_out_of_files(exc, info.path)
                 raise RasterError(
                     f"{info.path}: cannot read window (col {window.col_off}, row "
                     f"{window.row_off}, {window.width}x{window.height}): {_first_line(exc)}; "
@@ -546,6 +664,29 @@ class GridReader:
             is_nodata = np.isnan(block) if math.isnan(nodata) else block == nodata
             return ~is_nodata.all(axis=0) & finite
         return np.ones(block.shape[1:], dtype=bool) & finite
+
+
+def _raise_if_out_of_files(exc: BaseException, path: Path) -> None:
+    """A read that failed because the process may open no more files is not a damaged
+    file: say so, with the limit and how to raise it."""
+    text = _first_line(exc)
+    if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE) or "Too many open files" in text:
+        try:
+            import resource
+
+            limit = f" (the limit is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+        except (ImportError, OSError, ValueError):
+            limit = ""
+        raise RunError(
+            f"{path}: cannot be opened: this process has too many open files{limit}; "
+            "raise the limit (e.g. `ulimit -n 4096`) and rerun to continue"
+        ) from None
+
+
+def _close(handle) -> None:
+    handle.close()
+    if isinstance(handle, WarpedVRT):
+        handle.src_dataset.close()
 
 
 def _overview_read(
