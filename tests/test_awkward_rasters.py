@@ -201,12 +201,10 @@ def test_corrupt_names_file_and_window_or_is_skipped(shared_rasters, tiny_model,
         tiny_model.path,
         "--out",
         out,
-        "--workers",
-        "0",
         "--chip-size",
         "512",
         "-q",
-    )
+    )  # default reader processes: the error crosses from one
     assert_clean_error(proc, "corrupt.tif", "window")
     assert not out.exists() and list(tmp_path.iterdir()) == []
     report = DetectionReport()

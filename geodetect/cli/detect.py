@@ -86,17 +86,49 @@ def parse_bands(text: str | None) -> list[int] | None:
 )
 @click.option(
     "--gsd",
-    type=click.Choice(["model", "native"]),
     default="model",
     show_default=True,
-    help="Pixel size to detect at: the model's (imagery more than 15% off it is "
-    "resampled on the fly) or each file's own.",
+    help="Pixel size of the target grid: 'model' (the model's; imagery more than 15% off "
+    "it is resampled on the fly), a size in metres, or 'native' (each file's own pixels, "
+    "no warps).",
+)
+@click.option(
+    "--crs",
+    default=None,
+    help="CRS of the target grid and the layer (default: the first file's); files in "
+    "other CRSs are warped onto the grid, so objects on their seams are found whole.",
 )
 @options.bands
 @options.batch_size()
 @options.device
 @options.precision
 @options.workers
+@click.option(
+    "--cluster",
+    default=None,
+    metavar="local:N|ADDRESS",
+    help="Run blocks on Dask: local:N starts N worker processes on this machine; "
+    "tcp://HOST:8786 uses a running cluster (its workers need geodetect and the files).",
+)
+@click.option(
+    "--block-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Chips per block side; a block is the unit of progress, journal and scale-out "
+    "(the layer does not depend on it).",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Discard the journal of an earlier, unfinished run and start afresh.",
+)
+@click.option(
+    "--keep-journal",
+    is_flag=True,
+    help="Keep the journal of finished blocks (.OUT.geodetect/ beside OUT) after the "
+    "layer is written.",
+)
 @click.option(
     "--allow-no-crs", is_flag=True, help="Accept rasters without a CRS; the layer then has no CRS."
 )
@@ -119,11 +151,16 @@ def command(
     tta,
     tta_views,
     gsd,
+    crs,
     bands,
     batch_size,
     device,
     precision,
     workers,
+    cluster,
+    block_size,
+    restart,
+    keep_journal,
     allow_no_crs,
     skip_bad_chips,
     overwrite,
@@ -132,14 +169,18 @@ def command(
 ):
     """Detect objects in IMAGE... (GeoTIFF/VRT files, globs or folders) and write OUT.
 
-    Files that share a CRS and pixel grid are treated as one mosaic: an object on a
-    file seam is reported once, whole.
+    All files are read on one target grid (the first file's CRS at the model's pixel
+    size; files in other CRSs or resolutions through a warp), so an object on a file
+    seam is reported once, whole. Finished blocks are journalled beside OUT: if the run
+    stops, the same command continues where it stopped.
 
     \b
     Example:
       geodetect detect mosaic/*.tif --model pools.model --out pools.gpkg
     """
     from geodetect.detect import DetectionReport, detect
+    from geodetect.detect.journal import journal_dir
+    from geodetect.errors import OutputError
     from geodetect.io.export import check_output, write_layer
     from geodetect.model import load_model, resolve_device
 
@@ -159,17 +200,32 @@ def command(
         tta=tta if tta is not None else tta_views is not None,
         tta_views=int(tta_views or 8),
         gsd=gsd,
+        crs=crs,
         bands=band_list,
         batch_size=batch_size,
+        block_size=block_size,
         device=device,
         precision=precision,
         workers=workers,
+        cluster=cluster,
+        journal=None if out == "-" else journal_dir(out),
+        journal_for=out,
+        restart=restart,
+        keep_journal=True,
         allow_no_crs=allow_no_crs,
         skip_bad_chips=skip_bad_chips,
         progress=not quiet,
         report=report,
     )
-    write_layer(layer, out, overwrite=overwrite)
+    try:
+        write_layer(layer, out, overwrite=overwrite)
+    except OutputError as exc:
+        # A layer this format can never hold: the journal would only be left behind.
+        if report.journal is not None and not exc.transient and not keep_journal:
+            report.journal.remove()
+        raise
+    if report.journal is not None and not keep_journal:
+        report.journal.remove()
     if report.skipped_windows:
         log.warning("%d window(s) could not be read and were skipped:", len(report.skipped_windows))
         for message in report.skipped_windows:

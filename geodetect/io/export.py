@@ -53,8 +53,15 @@ def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> None:
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
     folder = path.parent if str(path.parent) else Path(".")
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{path}: {folder} is a file, not a folder; choose another --out")
+    # The nearest ancestor that exists: a file there blocks every folder below it, so
+    # "create it first" would be advice that cannot be followed.
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "a file, not a folder" if existing.is_file() else "not a folder"
+        raise OutputError(
+            f"{path}: {existing} is {what}, so nothing can be written under it; "
+            "choose another --out"
+        )
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK):
@@ -129,7 +136,9 @@ def write_layer(
     except BaseException as exc:
         _cleanup(tmp, driver)
         if isinstance(exc, _WRITE_ERRORS):
-            raise OutputError(f"{path}: could not write ({exc}); nothing was written") from None
+            error = OutputError(f"{path}: could not write ({exc}); nothing was written")
+            error.transient = True  # the same command may work once there is room
+            raise error from None
         raise
     return path
 

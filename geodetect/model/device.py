@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from geodetect.errors import InputError
@@ -19,6 +21,18 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise InputError(f"--device {name}: unknown device; use auto, cpu or cuda") from None
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (at least 1).
+
+    Its affinity where the OS has one (``taskset``, cgroup cpusets, Slurm and container
+    CPU pinning), not ``os.cpu_count()``, which counts every CPU of the machine: sizing
+    reader pools by the machine oversubscribes a job given a few of its cores.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -1,0 +1,253 @@
+"""The block runner: chips in, owned detections out.
+
+Two halves, so reading can run in other processes than the model:
+
+- :class:`ChipReader` reads chips of the plan's grids (picklable: each process opens its
+  own files, a bounded number at a time);
+- :class:`Detector` runs the model on a batch and keeps what each chip owns.
+
+:func:`run_block` joins them for one block; the in-process loop (with DataLoader
+readers, :mod:`geodetect.detect.local`) and Dask workers
+(:mod:`geodetect.detect.cluster`) call the same pieces, so every mode gives the same
+detections.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from geodetect.detect.merge import TABLE_COLUMNS, concat_tables, empty_table
+from geodetect.detect.plan import Plan, RunConfig
+from geodetect.detect.tta import DIHEDRAL, FLIPS, predict_with_flips  # noqa: F401
+from geodetect.errors import RasterError
+from geodetect.geometry import Block, Chip, cut_mask, owned_mask
+from geodetect.io.raster import GridReader, MosaicGrid, grid_band_stats
+from geodetect.model import LoadedModel, ModelSpec, autocast_dtype
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChipData:
+    """One chip as read: ``data`` [C, S, S] in the files' dtype (uint8 stays uint8 so
+    it travels cheaply), None when wholly nodata or skipped; ``error`` says why a
+    damaged window was skipped."""
+
+    grid: int
+    chip: Chip
+    data: np.ndarray | None
+    error: str | None = None
+
+
+class ChipReader:
+    """Reads the chips of a plan's grids (see :class:`geodetect.io.raster.GridReader`)."""
+
+    def __init__(self, grids: Sequence[MosaicGrid], *, skip_bad_chips: bool = False) -> None:
+        self.readers = [GridReader(g) for g in grids]
+        self.skip_bad_chips = skip_bad_chips
+
+    def read(self, grid: int, chip: Chip) -> ChipData:
+        try:
+            data, valid = self.readers[grid].read(
+                chip.row_off, chip.col_off, chip.height, chip.width
+            )
+        except RasterError as exc:
+            if not self.skip_bad_chips:
+                raise
+            return ChipData(grid, chip, None, str(exc))
+        if not valid.any():
+            return ChipData(grid, chip, None)
+        if data.dtype not in (np.uint8, np.float32):
+            data = data.astype(np.float32)
+        return ChipData(grid, chip, data)
+
+    def close(self) -> None:
+        for reader in self.readers:
+            reader.close()
+
+
+class Normaliser:
+    """``(x - mean) / std`` per band on the model's device (inputs stay raw until here)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return (batch.float() - self.mean) / self.std
+
+
+def band_scaling(grid: MosaicGrid, spec: ModelSpec) -> tuple[list[float], list[float]]:
+    """The per-band mean and std the model's inputs are normalised with."""
+    if np.dtype(grid.dtype) == np.dtype(spec.input_dtype):
+        return list(spec.band_mean), list(spec.band_std)
+    # Another radiometry than the training data: match each band's distribution to the
+    # training statistics instead of assuming a fixed range.
+    scene_mean, scene_std = grid_band_stats(grid)
+    log.warning(
+        "%s is %s but the model was trained on %s; scaling bands by their own statistics",
+        grid.paths[0].name,
+        grid.dtype,
+        spec.input_dtype,
+    )
+    return scene_mean.tolist(), scene_std.tolist()
+
+
+@dataclass
+class Detector:
+    """The model side of a run: normalise a batch on the device, run the network (with
+    test-time views if asked), and keep the detections each chip owns."""
+
+    net: torch.nn.Module
+    grids: Sequence[MosaicGrid]
+    config: RunConfig
+    device: torch.device
+    scaling: Sequence[tuple[list[float], list[float]]]
+    amp: torch.dtype | None = None
+    _normalisers: list[Normaliser] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        loaded: LoadedModel,
+        grids: Sequence[MosaicGrid],
+        config: RunConfig,
+        device: torch.device,
+        scaling: Sequence[tuple[list[float], list[float]]] | None = None,
+    ) -> Detector:
+        net = loaded.model.to(device).eval()
+        # With test-time views, keep weaker per-pass boxes: the fused score decides.
+        net.score_thresh = config.threshold / 2 if config.views else config.threshold
+        net.nms_thresh = config.nms_iou
+        if scaling is None:
+            scaling = [band_scaling(g, loaded.spec) for g in grids]
+        amp = autocast_dtype(device, config.precision)
+        return cls(net, grids, config, device, scaling, amp)
+
+    def __post_init__(self) -> None:
+        self._normalisers = [Normaliser(m, s, self.device) for m, s in self.scaling]
+        self._extents = [g.data_extent() for g in self.grids]
+
+    def __call__(self, chips: Sequence[ChipData], batch: torch.Tensor) -> dict[str, np.ndarray]:
+        """Owned detections of ``chips`` (whose pixels ``batch`` stacks), as a table.
+
+        A chip keeps the boxes whose centre lies in its core, plus boxes that may belong
+        to another chip's core but are too large for the seam strip to guarantee that
+        chip saw them whole (larger than the overlap, and not cut by this chip's edge);
+        boxes that touch an interior chip edge are marked as pieces, for
+        :func:`geodetect.geometry.merge_pieces`.
+        """
+        dev = self.device
+        batch = batch.to(dev, non_blocking=True)
+        grid_ids = np.array([c.grid for c in chips])
+        normed = torch.empty(batch.shape, dtype=torch.float32, device=dev)
+        for gi in np.unique(grid_ids):
+            sel = torch.as_tensor(np.flatnonzero(grid_ids == gi), device=dev)
+            normed[sel] = self._normalisers[gi](batch[sel])
+        ctx = torch.autocast(dev.type, dtype=self.amp) if self.amp else nullcontext()
+        with torch.inference_mode(), ctx:
+            outputs = (
+                predict_with_flips(
+                    self.net, normed, min_score=self.config.threshold, views=self.config.views
+                )
+                if self.config.views
+                else self.net(normed)
+            )
+        return concat_tables(self._owned(c, out) for c, out in zip(chips, outputs, strict=True))
+
+    def _owned(self, item: ChipData, out: dict) -> dict[str, np.ndarray]:
+        boxes = out["boxes"].float().cpu().numpy().astype(np.float64)
+        if len(boxes) == 0:
+            return empty_table()
+        chip, grid = item.chip, self.grids[item.grid]
+        # Clip to the grid's data extent: a scene smaller than a chip is padded, and a
+        # resampled file's data ends inside the whole pixels its window snaps out to.
+        x0, y0, x1, y1 = self._extents[item.grid]
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(x0 - chip.col_off, x1 - chip.col_off)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(y0 - chip.row_off, y1 - chip.row_off)
+        width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        cut = cut_mask(boxes, chip.core, size=chip.width)
+        large = np.maximum(width, height) > self.config.overlap
+        keep = (owned_mask(boxes, chip.core) | (large & ~cut)) & (width > 0) & (height > 0)
+        n = int(keep.sum())
+        if not n:
+            return empty_table()
+        boxes = boxes[keep] + np.array([chip.col_off, chip.row_off] * 2, dtype=np.float64)
+        window = (chip.col_off, chip.row_off, chip.col_off + chip.width, chip.row_off + chip.height)
+        table = {
+            "grid": np.full(n, item.grid, dtype=np.int32),
+            "chip": np.full(n, chip.index, dtype=np.int64),
+            "score": out["scores"].float().cpu().numpy()[keep].astype(np.float64),
+            "label": out["labels"].cpu().numpy()[keep].astype(np.int64),
+            "piece": cut[keep],
+            "source": source_names(grid, boxes),
+        }
+        for i, name in enumerate(("x0", "y0", "x1", "y1")):
+            table[name] = boxes[:, i]
+        for i, name in enumerate(("wx0", "wy0", "wx1", "wy1")):
+            table[name] = np.full(n, window[i], dtype=np.float64)
+        return {name: table[name] for name in TABLE_COLUMNS}
+
+
+def source_names(grid: MosaicGrid, boxes: np.ndarray) -> np.ndarray:
+    """Name of the file under each box centre (grid pixels); in a gap, the first file
+    the box touches, else the grid's first."""
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    hit = grid.index.first_at(cx, cy)
+    for i in np.flatnonzero(hit < 0):
+        x0, y0, x1, y1 = boxes[i]
+        touching = grid.index.query(y0, x0, max(y1 - y0, 1e-9), max(x1 - x0, 1e-9))
+        hit[i] = touching[0] if len(touching) else 0
+    names = np.array([m.info.path.name for m in grid.members], dtype=object)
+    return names[hit]
+
+
+@dataclass
+class BlockResult:
+    """What running one block gave: its owned detections and what was read."""
+
+    key: str
+    table: dict[str, np.ndarray]
+    chips: int  # chips of the block (read, empty or skipped)
+    chips_read: int = 0
+    chips_empty: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def stack(chips: Sequence[ChipData]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([c.data for c in chips]))
+
+
+def run_block(plan: Plan, block: Block, reader: ChipReader, detector: Detector) -> BlockResult:
+    """Read and detect one block in this process, batch by batch."""
+    chips = plan.chips(block)
+    result = BlockResult(block.key, empty_table(), len(chips))
+    tables = []
+    size = detector.config.batch_size
+    for start in range(0, len(chips), size):
+        items = [reader.read(block.grid, chip) for chip in chips[start : start + size]]
+        tally(result, items)
+        full = [c for c in items if c.data is not None]
+        if full:
+            tables.append(detector(full, stack(full)))
+    result.table = concat_tables(tables)
+    return result
+
+
+def tally(result: BlockResult, items: Sequence[ChipData]) -> None:
+    """Count a batch's chips into ``result`` and log the skipped windows."""
+    for item in items:
+        if item.data is not None:
+            result.chips_read += 1
+        elif item.error is not None:
+            result.skipped.append(item.error)
+            log.warning("skipped: %s", item.error)
+        else:
+            result.chips_empty += 1
