@@ -171,6 +171,11 @@ def test_killed_run_resumes_and_gives_the_uninterrupted_layer(tmp_path, tiny_mod
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert not out.exists()
+    # Its reader processes do not outlive it (a batch may be stuck in their pipe).
+    deadline = time.monotonic() + 15
+    while subprocess.run(["pgrep", "-f", str(out)], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "reader processes outlived the killed run"
+        time.sleep(0.2)
     done = len(list(journal.glob("*.parquet")))
     rerun = _run(*args, "--out", out)
     assert rerun.returncode == 0, rerun.stderr

@@ -12,6 +12,8 @@ from __future__ import annotations
 import bisect
 import math
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -76,6 +78,16 @@ def _as_is(item):
 
 def _reader_init(_: int) -> None:
     torch.set_num_threads(1)  # readers decode; the main process owns the cores for compute
+    # A reader whose run was killed (kill -9, the OOM killer) must not live on: its
+    # batch may be stuck in a full pipe that nobody reads any more.
+    parent = os.getppid()
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def run_local(
