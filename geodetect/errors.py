@@ -26,10 +26,10 @@ class ModelFileError(InputError):
 class OutputError(GeodetectError):
     """An output cannot be written (exists, unknown format, unwritable, disk full).
 
-    ``transient`` is True when the same command may succeed later (a full disk), so a
-    finished run's journal is worth keeping for it."""
+    ``transient`` is False only when the same command can never succeed (a format that
+    cannot hold the layer); otherwise a finished run's journal is worth keeping."""
 
-    transient = False
+    transient = True
 
 
 class DownloadError(GeodetectError):

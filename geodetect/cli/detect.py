@@ -220,7 +220,8 @@ def command(
     try:
         write_layer(layer, out, overwrite=overwrite)
     except OutputError as exc:
-        # A layer this format can never hold: the journal would only be left behind.
+        # A layer this format can never hold: the journal would only be left behind;
+        # otherwise (a full disk, an output that appeared) the rerun needs only the merge.
         if report.journal is not None and not exc.transient and not keep_journal:
             report.journal.remove()
         raise

@@ -58,7 +58,7 @@ from geodetect.io.raster import (
     grid_has_data,
 )
 from geodetect.io.target import GSD_TOLERANCE, TargetChoice, choose_target, target_grids
-from geodetect.model import LoadedModel, ModelSpec, load_model, resolve_device
+from geodetect.model import LoadedModel, ModelSpec, autocast_dtype, load_model, resolve_device
 
 __all__ = [
     "DIHEDRAL",
@@ -109,11 +109,14 @@ class _MemoryJournal:
     def done(self) -> set[str]:
         return set(self.tables)
 
-    def commit(self, key: str, table: dict[str, np.ndarray]) -> None:
+    def commit(self, key: str, table: dict[str, np.ndarray], info: dict | None = None) -> None:
         self.tables[key] = table
 
     def read(self, key: str) -> dict[str, np.ndarray]:
         return self.tables[key]
+
+    def info(self, key: str) -> dict | None:
+        return None
 
     def remove(self) -> None:
         self.tables.clear()
@@ -226,6 +229,8 @@ def detect(
         "inputs": [_file_stamp(m.info.path) for g in grids for m in g.members],
         "model": loaded.model_id,
         "options": config.identity(),
+        # bf16 and fp32, a GPU and a CPU, give slightly different boxes: never mixed.
+        "compute": [dev.type, str(autocast_dtype(dev, precision))],
         "grids": [
             [g.crs.to_wkt() if g.crs else None, list(g.transform)[:6], g.bands] for g in grids
         ],
@@ -245,6 +250,12 @@ def detect(
     report.chips_total = plan.chips_total
     report.blocks_total = len(plan.blocks)
     report.blocks_resumed = len(plan.blocks) - len(pending)
+    for block in plan.blocks:  # what the resumed blocks read and skipped, earlier
+        info = store.info(block.key) if block.key in done else None
+        if info:
+            report.chips_read += info["chips_read"]
+            report.chips_empty += info["chips_empty"]
+            report.skipped_windows.extend(info["skipped"])
     if report.blocks_resumed:
         log.info(
             "resuming: %d of %d block(s) already done in %s",
@@ -255,7 +266,7 @@ def detect(
     log.debug(
         "%d chip(s) in %d block(s) over %d grid(s)", plan.chips_total, len(plan.blocks), len(grids)
     )
-    sink = _Sink(plan, store, report, progress, on_batch)
+    sink = _Sink(plan, sum(n for _, n in pending), store, report, progress, on_batch)
     try:
         _execute(plan, pending, config, _Model(loaded, scaling, dev), sink, workers, cluster)
     except BaseException:
@@ -286,17 +297,12 @@ class _Model:
 class _Sink:
     """Where finished work goes: the journal, the report and the progress bar."""
 
-    def __init__(self, plan: Plan, store, report: DetectionReport, progress: bool, on_batch):
+    def __init__(self, plan: Plan, pending: int, store, report, progress: bool, on_batch):
         self.plan, self.store, self.report, self.on_batch = plan, store, report, on_batch
         self.blocks, self.objects = report.blocks_resumed, 0
-        done = plan.chips_total - sum(
-            n
-            for b, n in zip(plan.blocks, plan.chip_counts, strict=True)
-            if b.key not in store.done()
-        )
         self.bar = tqdm(
             total=plan.chips_total,
-            initial=done,
+            initial=plan.chips_total - pending,
             unit="chip",
             disable=not progress,
             desc="detect",
@@ -309,7 +315,12 @@ class _Sink:
             self.on_batch(n)
 
     def block(self, result: BlockResult) -> None:
-        self.store.commit(result.key, result.table)
+        info = {
+            "chips_read": result.chips_read,
+            "chips_empty": result.chips_empty,
+            "skipped": result.skipped,
+        }
+        self.store.commit(result.key, result.table, info)
         report = self.report
         report.chips_read += result.chips_read
         report.chips_empty += result.chips_empty
@@ -326,6 +337,8 @@ class _Sink:
 
 def _execute(plan: Plan, pending, config: RunConfig, model: _Model, sink: _Sink, workers, cluster):
     """Run the pending ``(block, chip count)`` pairs here or on Dask."""
+    from geodetect.model.device import available_cpus
+
     blocks = [b for b, _ in pending]
     counts = [n for _, n in pending]
     if not blocks:
@@ -335,6 +348,11 @@ def _execute(plan: Plan, pending, config: RunConfig, model: _Model, sink: _Sink,
 
         loaded = model.loaded
         source = str(loaded.path) if loaded.path.is_file() else loaded
+        threads = None  # a LocalCluster's workers share this machine's cores
+        text = str(cluster)
+        count = text.partition(":")[2] or "2"
+        if text.startswith("local") and count.isdigit() and int(count) > 0:
+            threads = max(1, available_cpus() // int(count))
         with connect(cluster) as client:
             run_cluster(
                 client,
@@ -344,12 +362,12 @@ def _execute(plan: Plan, pending, config: RunConfig, model: _Model, sink: _Sink,
                 source,
                 model.scaling,
                 model.device.type,
+                torch_threads=threads,
                 on_block=sink.block,
                 on_chips=sink.chips,
             )
         return
     from geodetect.detect.local import run_local
-    from geodetect.model.device import available_cpus
 
     if workers is None:
         workers = min(8, max(1, available_cpus() - 1))

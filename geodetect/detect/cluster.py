@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from geodetect.detect.plan import Plan, RunConfig
 from geodetect.detect.runner import BlockResult, ChipReader, Detector, run_block
-from geodetect.errors import InputError, RunError
+from geodetect.errors import GeodetectError, InputError, RunError
 from geodetect.geometry import Block
+from geodetect.model import file_id
 
 log = logging.getLogger(__name__)
 
@@ -30,35 +33,91 @@ class _Payload:
     run_id: str
     plan: Plan
     config: RunConfig
-    model: Any  # a model file path (str) or a LoadedModel
+    model: Any  # a model file path (str, absolute) or a LoadedModel
+    model_id: str
     scaling: tuple
     device: str
+    torch_threads: int | None  # None: the worker's thread count
 
 
-_WORKER_RUNS: dict[str, tuple[ChipReader, Detector]] = {}
+class _WorkerRun:
+    """A worker's share of one run: the model, loaded once and run by one thread at a
+    time, and a chip reader per thread (GDAL handles are not shared across threads)."""
 
+    def __init__(self, payload: _Payload) -> None:
+        import torch
 
-def _worker_side(payload: _Payload) -> tuple[ChipReader, Detector]:
-    """This worker's reader and detector for the run, built on its first block."""
-    if payload.run_id not in _WORKER_RUNS:
-        from geodetect.model import LoadedModel, load_model, resolve_device
+        from geodetect.errors import ModelFileError
+        from geodetect.model import LoadedModel, file_id, load_model, resolve_device
 
         device = resolve_device(payload.device)
         model = payload.model
-        loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
-        _WORKER_RUNS.clear()  # one run at a time per worker: free the previous model
-        _WORKER_RUNS[payload.run_id] = (
-            ChipReader(payload.plan.grids, skip_bad_chips=payload.config.skip_bad_chips),
-            Detector.build(
-                loaded, payload.plan.grids, payload.config, device, list(payload.scaling)
-            ),
+        if isinstance(model, LoadedModel):
+            loaded = model
+        else:
+            if file_id(model) != payload.model_id:
+                raise ModelFileError(
+                    f"{model}: is not the model the run started with on this worker "
+                    "(another version of the file?); give every worker the same file"
+                )
+            loaded = load_model(model, device=device)
+        threads = payload.torch_threads or _worker_threads()
+        torch.set_num_threads(max(1, threads))
+        self.payload = payload
+        self.detector = Detector.build(
+            loaded, payload.plan.grids, payload.config, device, list(payload.scaling)
         )
-    return _WORKER_RUNS[payload.run_id]
+        self.model_lock = threading.Lock()
+        self.local = threading.local()
+
+    def reader(self) -> ChipReader:
+        if not hasattr(self.local, "reader"):
+            self.local.reader = ChipReader(
+                self.payload.plan.grids, skip_bad_chips=self.payload.config.skip_bad_chips
+            )
+        return self.local.reader
+
+    def run(self, block: Block) -> BlockResult:
+        config = self.payload.config
+        return run_block(self.payload.plan, block, self.reader(), self._detect, config.batch_size)
+
+    def _detect(self, chips, batch):
+        with self.model_lock:
+            return self.detector(chips, batch)
+
+
+def _worker_threads() -> int:
+    try:
+        from dask.distributed import get_worker
+
+        return get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        return 1
+
+
+_RUNS: dict[str, _WorkerRun] = {}
+_RUNS_LOCK = threading.Lock()
 
 
 def _run_remote(payload: _Payload, block: Block) -> BlockResult:
-    reader, detector = _worker_side(payload)
-    return run_block(payload.plan, block, reader, detector)
+    with _RUNS_LOCK:  # the first block of a run builds it; the others wait for it
+        run = _RUNS.get(payload.run_id)
+        if run is None:
+            _RUNS.clear()  # one run at a time per worker: free the previous model
+            run = _RUNS[payload.run_id] = _WorkerRun(payload)
+    try:
+        return run.run(block)
+    except GeodetectError as exc:
+        # The same error without its chain: GDAL's own exceptions in it do not survive
+        # pickling, and the client must get a GeodetectError it can say in one line.
+        error = type(exc)(*exc.args)
+    raise error
+
+
+def _forget(run_id: str) -> None:
+    """Drop a finished run's model and open files from this worker."""
+    with _RUNS_LOCK:
+        _RUNS.pop(run_id, None)
 
 
 @contextlib.contextmanager
@@ -67,6 +126,7 @@ def connect(cluster: Any) -> Iterator[Any]:
     of N worker processes (one thread each) for the run; ``"tcp://HOST:PORT"`` (or any
     scheduler address) connects to a running cluster; a Client is used as it is."""
     try:
+        import dask
         from dask.distributed import Client, LocalCluster
     except ImportError:
         raise InputError(
@@ -82,13 +142,15 @@ def connect(cluster: Any) -> Iterator[Any]:
             raise InputError(
                 f"--cluster {text}: give local:N with N worker processes, e.g. local:4"
             )
+        # A block that kills its worker (memory) is retried once, not on every worker.
         with (
+            dask.config.set({"distributed.scheduler.allowed-failures": 1}),
             LocalCluster(
                 n_workers=int(count),
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=":0",
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,  # errors reach the user in one line
             ) as local,
             Client(local) as client,
         ):
@@ -118,6 +180,7 @@ def run_cluster(
     scaling: Sequence,
     device: str,
     *,
+    torch_threads: int | None = None,
     on_block: Callable[[BlockResult], None],
     on_chips: Callable[[int], None],
 ) -> None:
@@ -131,8 +194,21 @@ def run_cluster(
         from distributed import KilledWorker
 
     run_id = uuid.uuid4().hex
+    try:
+        client.wait_for_workers(1, timeout=60)
+    except TimeoutError:
+        raise RunError(
+            "the Dask cluster has no workers (none joined within 60 s); start some with "
+            "`dask worker SCHEDULER_ADDRESS`"
+        ) from None
+    if isinstance(model, str | Path):
+        model_id = file_id(model)
+        model = str(Path(model).resolve())
+    else:
+        model_id = model.model_id
     payload = client.scatter(
-        _Payload(run_id, plan, config, model, tuple(scaling), device), broadcast=True
+        _Payload(run_id, plan, config, model, model_id, tuple(scaling), device, torch_threads),
+        broadcast=True,
     )
     futures = [
         client.submit(_run_remote, payload, block, key=f"geodetect-{run_id}-{block.key}")
@@ -144,6 +220,8 @@ def run_cluster(
             on_chips(result.chips)
             on_block(result)
             future.release()
+    except GeodetectError:
+        raise
     except KilledWorker as exc:
         raise RunError(
             f"a Dask worker died running a block ({exc}): out of memory or killed; finished "
@@ -153,5 +231,13 @@ def run_cluster(
         raise RunError(
             "the Dask cluster cancelled the run; rerun the same command to continue"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - whatever a worker raised, in one line
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        raise RunError(
+            f"a block failed on a Dask worker ({type(exc).__name__}: {text}); finished "
+            "blocks are kept, so rerun the same command to continue"
+        ) from None
     finally:
         client.cancel(futures)
+        with contextlib.suppress(Exception):  # workers that are gone have nothing to free
+            client.run(_forget, run_id)

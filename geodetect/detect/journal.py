@@ -10,10 +10,10 @@ starts afresh).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from geodetect.errors import InputError, OutputError
 JOURNAL_VERSION = 1
 _MANIFEST = "manifest.json"
 _PART = ".parquet"
+_INFO = "geodetect"
 _TEMP = ".tmp"  # suffix of a file being written; one left behind is from a killed run
 _KEY = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -67,6 +68,15 @@ class Journal:
         manifest = json.loads(json.dumps({**manifest, "journal_version": JOURNAL_VERSION}))
         path = self.directory / _MANIFEST
         try:
+            if (
+                self.directory.is_dir()
+                and not path.exists()
+                and any(not p.name.endswith((_PART, _TEMP)) for p in self.directory.iterdir())
+            ):
+                raise InputError(
+                    f"{self.directory}: holds other files than a geodetect journal; choose a "
+                    "new or empty folder for the journal"
+                )
             self.directory.mkdir(parents=True, exist_ok=True)
             for leftover in self.directory.glob(f"*{_TEMP}"):
                 leftover.unlink(missing_ok=True)
@@ -94,7 +104,7 @@ class Journal:
         """Keys of the committed blocks."""
         return {p.name[: -len(_PART)] for p in self.directory.glob(f"*{_PART}")}
 
-    def commit(self, key: str, table: dict[str, np.ndarray]) -> None:
+    def commit(self, key: str, table: dict[str, np.ndarray], info: dict | None = None) -> None:
         """Write one block's table, whole or not at all (replacing an earlier commit).
 
         Args:
@@ -111,7 +121,10 @@ class Journal:
             # Arrow cannot infer a type for an empty object column: say it is text.
             columns[name] = pa.array(column, type=pa.string() if column.dtype == object else None)
         sink = pa.BufferOutputStream()
-        pq.write_table(pa.table(columns), sink)
+        arrow = pa.table(columns)
+        if info is not None:  # what else the block said (chips read, windows skipped)
+            arrow = arrow.replace_schema_metadata({_INFO: json.dumps(info)})
+        pq.write_table(arrow, sink)
         self._write(self._part(key), sink.getvalue().to_pybytes())
 
     def _write(self, path: Path, data: bytes) -> None:
@@ -143,9 +156,19 @@ class Journal:
                 out[name] = column.to_numpy()
         return out
 
+    def info(self, key: str) -> dict | None:
+        """What :meth:`commit` was given as ``info`` for block ``key`` (None if nothing)."""
+        metadata = pq.read_schema(self._part(key)).metadata or {}
+        raw = metadata.get(_INFO.encode())
+        return json.loads(raw) if raw else None
+
     def remove(self) -> None:
-        """Delete the journal folder and everything in it."""
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Delete the journal's own files, then the folder if nothing else is in it."""
+        for pattern in (f"*{_PART}", f"*{_TEMP}", _MANIFEST):
+            for path in self.directory.glob(pattern):
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # something else is in it: leave the folder
+            self.directory.rmdir()
 
     def _part(self, key: str) -> Path:
         if not isinstance(key, str) or not _KEY.fullmatch(key):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +71,12 @@ class BlockBatches(Dataset):
             return BatchItem(position, last, [self.reader.read(block.grid, c) for c in chips])
         except GeodetectError as exc:
             return BatchItem(position, last, [], exc)
+        except Exception as exc:  # noqa: BLE001 - one line in the main process, not torch's
+            error = RunError(
+                f"reading block {block.key} failed: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            )
+            return BatchItem(position, last, [], error)
 
 
 def _as_is(item):
@@ -112,7 +119,9 @@ def run_local(
         collate_fn=_as_is,
         worker_init_fn=_reader_init if workers else None,
         prefetch_factor=4 if workers else None,
-        multiprocessing_context="fork" if workers and hasattr(os, "fork") else None,
+        # fork starts readers at once and shares the plan without pickling; macOS's
+        # system libraries are not fork-safe, so there (and on Windows) the default.
+        multiprocessing_context="fork" if workers and sys.platform == "linux" else None,
     )
     pin = detector.device.type == "cuda"
     open_blocks: dict[int, tuple[BlockResult, list]] = {}

@@ -15,7 +15,7 @@ detections.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -27,7 +27,7 @@ from geodetect.detect.plan import Plan, RunConfig
 from geodetect.detect.tta import DIHEDRAL, FLIPS, predict_with_flips  # noqa: F401
 from geodetect.errors import RasterError
 from geodetect.geometry import Block, Chip, cut_mask, owned_mask
-from geodetect.io.raster import GridReader, MosaicGrid, grid_band_stats
+from geodetect.io.raster import GridReader, MosaicGrid, default_max_open, grid_band_stats
 from geodetect.model import LoadedModel, ModelSpec, autocast_dtype
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,9 @@ class ChipReader:
     """Reads the chips of a plan's grids (see :class:`geodetect.io.raster.GridReader`)."""
 
     def __init__(self, grids: Sequence[MosaicGrid], *, skip_bad_chips: bool = False) -> None:
-        self.readers = [GridReader(g) for g in grids]
+        # The open-file bound is per process: the grids share it.
+        share = max(2, default_max_open() // max(1, len(grids)))
+        self.readers = [GridReader(g, max_open=share) for g in grids]
         self.skip_bad_chips = skip_bad_chips
 
     def read(self, grid: int, chip: Chip) -> ChipData:
@@ -150,6 +152,12 @@ class Detector:
         for gi in np.unique(grid_ids):
             sel = torch.as_tensor(np.flatnonzero(grid_ids == gi), device=dev)
             normed[sel] = self._normalisers[gi](batch[sel])
+        n = len(chips)
+        if dev.type == "cuda" and n < self.config.batch_size:
+            # Always the same batch size on a GPU: cuDNN picks its algorithms by shape, so
+            # a chip's boxes must not depend on how many chips share its batch.
+            pad = normed.new_zeros((self.config.batch_size - n, *normed.shape[1:]))
+            normed = torch.cat([normed, pad])
         ctx = torch.autocast(dev.type, dtype=self.amp) if self.amp else nullcontext()
         with torch.inference_mode(), ctx:
             outputs = (
@@ -159,7 +167,8 @@ class Detector:
                 if self.config.views
                 else self.net(normed)
             )
-        return concat_tables(self._owned(c, out) for c, out in zip(chips, outputs, strict=True))
+        owned = (self._owned(c, out) for c, out in zip(chips, outputs[:n], strict=True))
+        return concat_tables(owned)
 
     def _owned(self, item: ChipData, out: dict) -> dict[str, np.ndarray]:
         boxes = out["boxes"].float().cpu().numpy().astype(np.float64)
@@ -205,8 +214,7 @@ def source_names(grid: MosaicGrid, boxes: np.ndarray) -> np.ndarray:
         x0, y0, x1, y1 = boxes[i]
         touching = grid.index.query(y0, x0, max(y1 - y0, 1e-9), max(x1 - x0, 1e-9))
         hit[i] = touching[0] if len(touching) else 0
-    names = np.array([m.info.path.name for m in grid.members], dtype=object)
-    return names[hit]
+    return grid.index.names[hit]
 
 
 @dataclass
@@ -225,18 +233,24 @@ def stack(chips: Sequence[ChipData]) -> torch.Tensor:
     return torch.from_numpy(np.stack([c.data for c in chips]))
 
 
-def run_block(plan: Plan, block: Block, reader: ChipReader, detector: Detector) -> BlockResult:
-    """Read and detect one block in this process, batch by batch."""
+def run_block(
+    plan: Plan,
+    block: Block,
+    reader: ChipReader,
+    detect: Callable[[Sequence[ChipData], torch.Tensor], dict[str, np.ndarray]],
+    batch_size: int,
+) -> BlockResult:
+    """Read and detect one block in this process, batch by batch (``detect``: a
+    :class:`Detector`, or anything called like one)."""
     chips = plan.chips(block)
     result = BlockResult(block.key, empty_table(), len(chips))
     tables = []
-    size = detector.config.batch_size
-    for start in range(0, len(chips), size):
-        items = [reader.read(block.grid, chip) for chip in chips[start : start + size]]
+    for start in range(0, len(chips), batch_size):
+        items = [reader.read(block.grid, chip) for chip in chips[start : start + batch_size]]
         tally(result, items)
         full = [c for c in items if c.data is not None]
         if full:
-            tables.append(detector(full, stack(full)))
+            tables.append(detect(full, stack(full)))
     result.table = concat_tables(tables)
     return result
 

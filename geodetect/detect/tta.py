@@ -117,7 +117,9 @@ def _fuse(boxes, scores, labels, image, *, fuse_iou: float, n_views: int):
     if len(boxes) == 0:
         return boxes.new_zeros((0, 4)), scores.new_zeros(0), labels[:0], image[:0]
     group = image * (int(labels.max()) + 1) + labels
-    leaders = batched_nms(boxes.float(), scores.float(), group, fuse_iou)  # by score, desc
+    # In the boxes' own precision (float64 on a CPU): batched NMS offsets each chip's
+    # boxes far apart, and float32 would round them there.
+    leaders = batched_nms(boxes, scores, group, fuse_iou)  # by score, desc
     # The first (best-scored) leader of its chip and class that a box overlaps takes it,
     # as a greedy pass would; a box NMS suppressed by a hair that float rounding puts
     # back under the threshold goes to the leader it overlaps most. Rows go in chunks

@@ -85,10 +85,12 @@ def area_m2(geometries: np.ndarray | gpd.GeoSeries, crs: CRS | str | None) -> np
 def _rfc7946(gdf: gpd.GeoDataFrame, out: str | os.PathLike) -> gpd.GeoDataFrame:
     if gdf.crs is None:
         where = "stdout" if str(out) == "-" else str(out)
-        raise OutputError(
+        error = OutputError(
             f"{where}: GeoJSON output needs a CRS to convert to WGS84 lon/lat, and these "
             "detections have none; write .gpkg instead"
         )
+        error.transient = False  # the same command can never write it
+        raise error
     wgs84 = gdf.to_crs("EPSG:4326")
     wgs84["geometry"] = shapely.orient_polygons(wgs84.geometry.values, exterior_cw=False)
     return wgs84
@@ -136,9 +138,7 @@ def write_layer(
     except BaseException as exc:
         _cleanup(tmp, driver)
         if isinstance(exc, _WRITE_ERRORS):
-            error = OutputError(f"{path}: could not write ({exc}); nothing was written")
-            error.transient = True  # the same command may work once there is room
-            raise error from None
+            raise OutputError(f"{path}: could not write ({exc}); nothing was written") from None
         raise
     return path
 

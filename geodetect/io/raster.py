@@ -28,7 +28,7 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
+from rasterio.warp import transform
 from rasterio.windows import Window
 
 from geodetect.errors import InputError, RasterError, RunError
@@ -349,6 +349,7 @@ class FileIndex:
             dtype=np.float64,
         ).reshape(-1, 4)
         self.tree = shapely.STRtree(shapely.box(*self.boxes.T))
+        self.names = np.array([m.info.path.name for m in members], dtype=object)
 
     def query(self, row_off: float, col_off: float, height: float, width: float) -> np.ndarray:
         """Indices (ascending) of the files overlapping the window (not merely touching)."""
@@ -456,30 +457,32 @@ def resample_scene(info: SceneInfo, lattice: Affine, crs: CRS | None = None) -> 
     Files resampled onto one lattice line up as a mosaic again (see
     :func:`build_mosaics`), so objects on their seams are still read whole.
     """
-    corners = [info.transform @ (x, y) for x in (0, info.width) for y in (0, info.height)]
-    xs, ys = zip(*corners, strict=True)
-    bounds = (min(xs), min(ys), max(xs), max(ys))
+    # The file's outline (corners and points along its edges), in the target CRS.
+    steps = np.linspace(0.0, 1.0, 21)
+    edge = np.concatenate([steps, np.ones(21), steps[::-1], np.zeros(21)])
+    other = np.concatenate([np.zeros(21), steps, np.ones(21), steps[::-1]])
+    cols_px, rows_px = edge * info.width, other * info.height
+    xs, ys = info.transform @ (cols_px, rows_px)
     reproject = crs is not None and info.crs is not None and crs != info.crs
     try:
         if reproject:
-            bounds = transform_bounds(info.crs, crs, *bounds, densify_pts=21)
-        inverse = ~lattice
-        cols, rows = zip(
-            *(inverse @ (x, y) for x in (bounds[0], bounds[2]) for y in (bounds[1], bounds[3])),
-            strict=True,
-        )
+            xs, ys = (np.asarray(v) for v in transform(info.crs, crs, xs, ys))
+        bounds = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+        # The smallest window of the lattice (rotated or not) holding the outline.
+        cols, rows = ~lattice @ (xs, ys)
         # Snap to whole lattice pixels; the tolerance keeps exact edges from growing a pixel.
-        c0, r0 = math.floor(min(cols) + 1e-6), math.floor(min(rows) + 1e-6)
-        c1, r1 = math.ceil(max(cols) - 1e-6), math.ceil(max(rows) - 1e-6)
-        transform = lattice @ Affine.translation(c0, r0)
-        warp_grid = (tuple(transform)[:6], max(1, c1 - c0), max(1, r1 - r0))
-        # Shrinking (target pixels coarser than the file's): average, else bilinear.
+        c0, r0 = math.floor(cols.min() + 1e-6), math.floor(rows.min() + 1e-6)
+        c1, r1 = math.ceil(cols.max() - 1e-6), math.ceil(rows.max() - 1e-6)
+        window_transform = lattice @ Affine.translation(c0, r0)
+        warp_grid = (tuple(window_transform)[:6], max(1, c1 - c0), max(1, r1 - r0))
+        # Shrinking (target pixels coarser than the file's): average, else bilinear. The
+        # file's pixel in target units: its outline's extent over its pixels.
         source_size = info.gsd
-        if reproject:  # the file's pixel in target units (its envelope grows when turned)
-            source_size = min(
-                (bounds[2] - bounds[0]) / info.width, (bounds[3] - bounds[1]) / info.height
-            )
-        resampling = "average" if lattice.a > 1.01 * source_size else "bilinear"
+        if reproject:
+            span = max(np.ptp(cols), np.ptp(rows)) * math.hypot(lattice.a, lattice.d)
+            source_size = span / max(info.width, info.height)
+        target_size = math.hypot(lattice.a, lattice.d)
+        resampling = "average" if target_size > 1.01 * source_size else "bilinear"
         to_crs = crs.to_wkt() if reproject else None
         with (
             rasterio.open(info.path) as ds,
@@ -497,7 +500,7 @@ def resample_scene(info: SceneInfo, lattice: Affine, crs: CRS | None = None) -> 
             )
     except _GDAL_ERRORS as exc:
         raise RasterError(
-            f"{info.path}: cannot be read on a {lattice.a:g}-unit grid"
+            f"{info.path}: cannot be read on a {math.hypot(lattice.a, lattice.d):g}-unit grid"
             f"{' in ' + crs.to_string() if reproject else ''} ({_first_line(exc)})"
         ) from None
 

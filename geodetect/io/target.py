@@ -10,6 +10,7 @@ radiometry differs (dtype or data bands), since each grid is normalised on its o
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,6 +66,11 @@ def choose_target(
     other CRSs are merged in map coordinates)."""
     ref = infos[0]
     target_crs = _parse_crs(crs) if crs is not None else ref.crs
+    if crs is not None and not target_crs.is_projected:
+        raise InputError(
+            f"--crs {crs}: not a projected CRS; detection needs square pixels in metres, "
+            "so choose a projected CRS such as the imagery's UTM zone"
+        )
     if gsd == "native" or target_crs is None:
         return TargetChoice(target_crs, None, None)
     if ref.crs == target_crs:
@@ -77,7 +83,7 @@ def choose_target(
     size_m = ref_m
     notes: list[str] = []
     if isinstance(gsd, int | float) and not isinstance(gsd, bool):
-        if gsd <= 0:
+        if not math.isfinite(gsd) or gsd <= 0:
             raise InputError(f"--gsd {gsd}: the pixel size must be positive (metres)")
         size_m = float(gsd)
     elif gsd != "model":
