@@ -232,10 +232,12 @@ def command(
         for message in report.skipped_windows:
             log.warning("  %s", message)
     target = "stdout" if out == "-" else out
+    resumed = f", {report.chips_resumed} more from the journal" if report.chips_resumed else ""
     log.info(
-        "%d object(s) from %d chip(s) (%d empty) -> %s",
+        "%d object(s) from %d chip(s) (%d empty%s) -> %s",
         len(layer),
         report.chips_read,
         report.chips_empty,
+        resumed,
         target,
     )

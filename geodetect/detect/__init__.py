@@ -90,8 +90,9 @@ class DetectionReport:
     """What happened during a run besides the detections themselves."""
 
     chips_total: int = 0
-    chips_read: int = 0
+    chips_read: int = 0  # by this run (resumed blocks' chips are in chips_resumed)
     chips_empty: int = 0
+    chips_resumed: int = 0  # read (or empty) in an earlier run, kept in the journal
     blocks_total: int = 0
     blocks_resumed: int = 0
     skipped_windows: list[str] = field(default_factory=list)
@@ -253,8 +254,7 @@ def detect(
     for block in plan.blocks:  # what the resumed blocks read and skipped, earlier
         info = store.info(block.key) if block.key in done else None
         if info:
-            report.chips_read += info["chips_read"]
-            report.chips_empty += info["chips_empty"]
+            report.chips_resumed += info["chips_read"] + info["chips_empty"]
             report.skipped_windows.extend(info["skipped"])
     if report.blocks_resumed:
         log.info(
