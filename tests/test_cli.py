@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -16,9 +19,9 @@ from geodetect.model import build_retinanet, save_model
 from conftest import NORTH_UP, paint_boxes, write_geotiff
 
 
-def run(*args, cwd=None):
+def run(*args, cwd=None, prefix=()):
     return subprocess.run(
-        [sys.executable, "-m", "geodetect", *map(str, args)],
+        [*prefix, sys.executable, "-m", "geodetect", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -110,8 +113,34 @@ def test_detect_to_stdout_is_geojson(tmp_path, model_file, scene):
     assert doc["type"] == "FeatureCollection" and len(doc["features"]) > 0
     lon, lat = doc["features"][0]["geometry"]["coordinates"][0][0]
     assert -82 < lon < -80 and 29 < lat < 30  # UTM 17N near (500000, 3300000)
-    assert "detect" in proc.stderr  # progress goes to stderr, data to stdout
+    # Progress goes to stderr, data to stdout: tqdm's bar, with its finished count of
+    # chips and their rate, "chip/s" or, below one a second, "s/chip" (the log lines
+    # say "chip(s)").
+    assert re.search(r"\| *(\d+)/\1 \[[^\]]*(chip/s|s/chip)", proc.stderr), proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif", "tiny.model"]
+
+
+def test_quiet_with_fewer_cpus_than_the_machine(tmp_path, model_file, scene):
+    """A job pinned to some of the machine's CPUs (taskset, a cgroup cpuset, Slurm) with
+    the default reader processes: -q prints nothing, and no more readers are started
+    than the job has CPUs (torch would warn; geodetect says so at -vv)."""
+    taskset = shutil.which("taskset")
+    if taskset is None or not hasattr(os, "sched_getaffinity"):
+        pytest.skip("needs taskset and CPU affinity")
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: no smaller affinity to run with")
+    one_cpu = (taskset, "-c", str(min(os.sched_getaffinity(0))))
+    proc = run(
+        "detect", scene, "--model", model_file, "--out", tmp_path / "q.gpkg", "-q", prefix=one_cpu
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    proc = run(
+        "detect", scene, "--model", model_file, "--out", tmp_path / "v.gpkg", "-vv", prefix=one_cpu
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "more than torch suggests" not in proc.stderr, proc.stderr
+    assert "This DataLoader will create" not in proc.stderr, proc.stderr
 
 
 def test_unknown_extension_and_missing_input(tmp_path, model_file, scene):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import functools
 import importlib
 import logging
 import os
 import re
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -56,6 +59,17 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def _interrupted() -> None:
+    """Say the run was interrupted and exit 130."""
+    # CPython (up to 3.13 at least) marks a KeyboardInterrupt that leaves an exec() or
+    # eval() of source text as unhandled even when it is caught further up, and `python
+    # -m geodetect` then dies by SIGINT at exit instead of exiting 130. Ctrl-C during an
+    # import often lands there: dataclasses and namedtuple build their methods with
+    # exec (torch defines hundreds). Running any source text clears the mark.
+    exec("pass", {})
+    _fail("interrupted; no output was written", 130)
+
+
 def _terminate(signum, frame) -> None:
     # SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out.
     raise KeyboardInterrupt
@@ -72,6 +86,39 @@ def _unless_debugging(default_hook):
             default_hook(*args)
 
     return hook
+
+
+def _keep_interrupts(hook):
+    """A ``sys.unraisablehook`` that hands a Ctrl-C on to the main thread instead of
+    letting ``hook`` drop it.
+
+    Python cannot raise where it calls fork handlers, weakref callbacks and ``__del__``;
+    a KeyboardInterrupt there is reported as unraisable and lost. Ctrl-C in a terminal
+    often lands in logging's after-fork handler while the reader processes start: the
+    readers stopped, the lost interrupt left the main process running, and it either
+    failed 5 s later ("DataLoader worker exited unexpectedly") or ran to the end.
+    """
+
+    def unraisable(info) -> None:
+        if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
+            _interrupt_main_soon()
+            return
+        hook(info)
+
+    return unraisable
+
+
+def _interrupt_main_soon() -> None:
+    # Not from the hook itself: the main thread would raise it inside the hook, where it
+    # is lost again. A real signal also wakes a main thread blocked on a reader's queue.
+    if hasattr(signal, "pthread_kill"):
+        main = threading.main_thread().ident
+        resend = functools.partial(signal.pthread_kill, main, signal.SIGINT)
+    else:
+        resend = _thread.interrupt_main
+    timer = threading.Timer(0.05, resend)
+    timer.daemon = True
+    timer.start()
 
 
 # Library warnings geodetect expects, said in its own words: (warning class name or
@@ -176,16 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     if sys.excepthook is sys.__excepthook__:
         sys.excepthook = _unless_debugging(sys.__excepthook__)
     if sys.unraisablehook is sys.__unraisablehook__:
-        sys.unraisablehook = _unless_debugging(sys.__unraisablehook__)
+        sys.unraisablehook = _keep_interrupts(_unless_debugging(sys.__unraisablehook__))
     try:
         with _warnings_to_log():
             cli.main(args=argv, prog_name="geodetect", standalone_mode=False)
     except GeodetectError as exc:
         _fail(str(exc))
-    except click.exceptions.Abort:
-        _fail("interrupted; no output was written", 130)
-    except KeyboardInterrupt:
-        _fail("interrupted; no output was written", 130)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # click turns a KeyboardInterrupt inside a command into Abort
+        _interrupted()
     except click.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code or 2)
     except BrokenPipeError:

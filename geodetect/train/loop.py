@@ -39,6 +39,7 @@ from geodetect.model import (
     save_model,
 )
 from geodetect.model.build import first_conv_for_bands, imagenet_cache_path
+from geodetect.model.device import available_cpus
 from geodetect.train.augment import Augmentation
 from geodetect.train.data import (
     HARD,
@@ -919,7 +920,7 @@ def default_workers(device: torch.device) -> int:
     # On CPU the model uses every core; reading in the main process costs little.
     if device.type != "cuda":
         return 0
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    return max(0, min(8, available_cpus() - 1))
 
 
 def train(
