@@ -229,7 +229,9 @@ def run_cluster(
         ) from None
     except FutureCancelledError:
         raise RunError(
-            "the Dask cluster cancelled the run; rerun the same command to continue"
+            "a Dask worker was lost mid-run (killed, or out of memory) with the run's data, "
+            "so its blocks were cancelled; finished blocks are kept, so rerun the same "
+            "command to continue"
         ) from None
     except Exception as exc:  # noqa: BLE001 - whatever a worker raised, in one line
         text = str(exc).splitlines()[0] if str(exc) else ""
