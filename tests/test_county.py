@@ -269,6 +269,12 @@ def test_files_in_two_utm_zones_and_another_gsd_give_each_pool_once_whole(tmp_pa
         assert max(iou) > 0.8, (poly.bounds, max(iou))
 
 
+def _detect_argv(images, model, out, *extra) -> list[str]:
+    """`detect` arguments over 64 px chips, quiet."""
+    return ["detect", str(images), "--model", str(model), "--out", str(out), "--chip-size", "64",
+            *extra, "-q"]  # fmt: skip
+
+
 _LIMITED = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
@@ -284,20 +290,7 @@ def test_200_files_under_ulimit_64_complete(tmp_path, tiny_model):
     assert len(paths) == 320
     out = tmp_path / "pools.gpkg"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _LIMITED,
-            "detect",
-            str(tmp_path / "tiles"),
-            "--model",
-            str(tiny_model),
-            "--out",
-            str(out),
-            "--chip-size",
-            "64",
-            "-q",
-        ],
+        [sys.executable, "-c", _LIMITED, *_detect_argv(tmp_path / "tiles", tiny_model, out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -315,22 +308,7 @@ def test_a_dead_reader_process_ends_the_run_with_one_line(tmp_path, tiny_model):
     scene = write_geotiff(tmp_path / "big.tif", image, transform=NORTH_UP)
     out = tmp_path / "pools.gpkg"
     proc = subprocess.Popen(
-        [
-            *GEODETECT,
-            "detect",
-            str(scene),
-            "--model",
-            str(tiny_model),
-            "--out",
-            str(out),
-            "--chip-size",
-            "64",
-            "--block-size",
-            "2",
-            "--workers",
-            "1",
-            "-q",
-        ],
+        [*GEODETECT, *_detect_argv(scene, tiny_model, out, "--block-size", "2", "--workers", "1")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
