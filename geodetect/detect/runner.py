@@ -24,7 +24,7 @@ import torch
 
 from geodetect.detect.merge import TABLE_COLUMNS, concat_tables, empty_table
 from geodetect.detect.plan import Plan, RunConfig
-from geodetect.detect.tta import DIHEDRAL, FLIPS, predict_with_flips  # noqa: F401
+from geodetect.detect.tta import predict_with_flips
 from geodetect.errors import RasterError
 from geodetect.geometry import Block, Chip, cut_mask, owned_mask
 from geodetect.io.raster import GridReader, MosaicGrid, default_max_open, grid_band_stats
