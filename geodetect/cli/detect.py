@@ -88,6 +88,7 @@ def parse_bands(text: str | None) -> list[int] | None:
     "--gsd",
     default="model",
     show_default=True,
+    metavar="model|native|METRES",
     help="Pixel size of the target grid: 'model' (the model's; imagery more than 15% off "
     "it is resampled on the fly), a size in metres, or 'native' (each file's own pixels, "
     "no warps).",
@@ -95,6 +96,7 @@ def parse_bands(text: str | None) -> list[int] | None:
 @click.option(
     "--crs",
     default=None,
+    metavar="EPSG:XXXX",
     help="CRS of the target grid and the layer (default: the first file's); files in "
     "other CRSs are warped onto the grid, so objects on their seams are found whole.",
 )
