@@ -331,3 +331,19 @@ def test_a_dead_reader_process_ends_the_run_with_one_line(tmp_path, tiny_model):
     assert len(lines) == 1 and lines[0].startswith("geodetect: error:"), err
     assert "reader process died" in lines[0] and "interrupted" not in lines[0]
     assert not out.exists() and list(journal.glob("*.parquet"))
+
+
+def test_a_running_cluster_by_address_or_client_gives_the_same_layer(tiny_model, mosaic):
+    """`--cluster tcp://HOST:PORT` and the notebook API's Client reach an existing
+    cluster; each gives the in-process layer."""
+    from dask.distributed import Client, LocalCluster
+
+    folder, _ = mosaic
+    options = dict(chip_size=64, overlap=16, block_size=3, progress=False)
+    here = detect([folder], tiny_model, **options)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True) as cluster:
+        by_address = detect([folder], tiny_model, cluster=cluster.scheduler_address, **options)
+        with Client(cluster) as client:
+            by_client = detect([folder], tiny_model, cluster=client, **options)
+    _same_layer(here, by_address)
+    _same_layer(here, by_client)
