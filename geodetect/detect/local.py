@@ -27,6 +27,8 @@ from geodetect.detect.runner import BlockResult, ChipData, ChipReader, Detector,
 from geodetect.errors import GeodetectError, RunError
 from geodetect.geometry import Block
 
+READER_TIMEOUT = 600  # seconds a reader process may take for one batch
+
 
 @dataclass
 class BatchItem:
@@ -119,6 +121,9 @@ def run_local(
         collate_fn=_as_is,
         worker_init_fn=_reader_init if workers else None,
         prefetch_factor=4 if workers else None,
+        # A reader that hands over nothing for this long is stuck, not slow: an error,
+        # never an endless wait.
+        timeout=READER_TIMEOUT if workers else 0,
         # fork starts readers at once and shares the plan without pickling; macOS's
         # system libraries are not fork-safe, so there (and on Windows) the default.
         multiprocessing_context="fork" if workers and sys.platform == "linux" else None,
@@ -144,6 +149,12 @@ def run_local(
                 del open_blocks[item.position]
                 on_block(result)
     except RuntimeError as exc:
+        if "DataLoader timed out" in str(exc):
+            raise RunError(
+                f"a reader process handed over nothing for {READER_TIMEOUT} s (stuck on a "
+                "file or a network share?); finished blocks are kept, so rerun the same "
+                "command to continue (--workers 0 reads in the main process)"
+            ) from None
         if "DataLoader worker" not in str(exc):
             raise
         raise RunError(

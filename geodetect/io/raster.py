@@ -15,7 +15,6 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -441,12 +440,10 @@ def open_mosaics(
 
 
 def describe_all(paths: Sequence[Path], *, allow_no_crs: bool = False) -> list[SceneInfo]:
-    """:func:`scene_info` of every file, in order; a few threads at a time, since opening
-    a file mostly waits on the disk or the network (GDAL releases the GIL)."""
-    if len(paths) < 16:
-        return [scene_info(p, allow_no_crs=allow_no_crs) for p in paths]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda p: scene_info(p, allow_no_crs=allow_no_crs), paths))
+    """:func:`scene_info` of every file, in order (one at a time: threads bought nothing
+    on local disks, and a process that later forks reader processes is safer without
+    them)."""
+    return [scene_info(p, allow_no_crs=allow_no_crs) for p in paths]
 
 
 def resample_scene(info: SceneInfo, lattice: Affine, crs: CRS | None = None) -> SceneInfo:
