@@ -261,10 +261,12 @@ def _group_alive(pgid: int) -> bool:
 
 
 # Ctrl-C where Python itself mishandles it, staged in a command added to the real CLI
-# group: inside exec() of source text (dataclasses and namedtuple build their methods so,
-# hundreds of times while torch is imported), and where Python cannot raise at all (fork
-# handlers, weakref callbacks, __del__), here a __del__. Run as `python -m`, as the
-# tests run geodetect: that is where CPython turns the first into a death by SIGINT.
+# group; each place was hit by a real Ctrl-C during startup. Inside exec() of source
+# text (dataclasses and namedtuple build their methods so, hundreds of times while torch
+# is imported): run as `python -m`, as the tests run geodetect, CPython then dies by
+# SIGINT. Inside a __set_name__ (dataclass fields): Python 3.11 turns it into a
+# RuntimeError. Where Python cannot raise at all (fork handlers, weakref callbacks,
+# __del__), here a __del__: the interrupt was dropped and the run went on.
 _STAGED_INTERRUPT = """
 import sys, time
 from geodetect.cli import cli, main
@@ -273,10 +275,16 @@ class Dropped:
     def __del__(self):
         raise KeyboardInterrupt
 
+class Interrupting:
+    def __set_name__(self, owner, name):
+        raise KeyboardInterrupt
+
 @cli.command("staged")
 def staged():
     if sys.argv[1] == "exec":
         exec("raise KeyboardInterrupt", {})
+    if sys.argv[1] == "set_name":
+        type("Owner", (), {"field": Interrupting()})
     Dropped()
     time.sleep(2)
     print("finished")
@@ -285,7 +293,7 @@ main(["staged"])
 """
 
 
-@pytest.mark.parametrize("place", ["exec", "del"])
+@pytest.mark.parametrize("place", ["exec", "set_name", "del"])
 def test_interrupt_where_python_mishandles_it(tmp_path, place):
     (tmp_path / "staged_interrupt.py").write_text(_STAGED_INTERRUPT)
     proc = subprocess.run(

@@ -70,6 +70,20 @@ def _interrupted() -> None:
     _fail("interrupted; no output was written", 130)
 
 
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt lies under ``exc``: Python 3.11 wraps one raised in a
+    ``__set_name__`` (a dataclass field, while a module is imported) in a RuntimeError,
+    and a failure while unwinding from Ctrl-C has it as its context."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _terminate(signum, frame) -> None:
     # SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out.
     raise KeyboardInterrupt
@@ -246,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         _fail(f"{exc.strerror or exc}{where}")
     except Exception as exc:  # noqa: BLE001 - last resort: one line, details in the log
+        if _caused_by_interrupt(exc):
+            _interrupted()
         if logging.getLogger("geodetect").isEnabledFor(logging.DEBUG):
             raise
         _fail(
