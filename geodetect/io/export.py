@@ -3,14 +3,20 @@ RFC 7946 GeoJSON, and areas in square metres whatever the CRS."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import os
 import sys
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pyogrio
 import shapely
 from pyproj import CRS, Geod
@@ -109,28 +115,58 @@ def write_layer(
     which is renamed over ``out`` only once complete. ``out == "-"`` writes RFC 7946
     GeoJSON to stdout. Returns the written path (None for stdout).
     """
+    return write_batches([gdf], out, overwrite=overwrite, layer=layer)
+
+
+def write_batches(
+    batches: Iterable[gpd.GeoDataFrame],
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    layer: str = "detections",
+) -> Path | None:
+    """Write a layer that arrives in pieces (GeoDataFrames with the same columns and
+    CRS; at least one, possibly empty) without holding it whole: the pieces stream
+    through Arrow into OGR, or into a Parquet writer, in one temp file renamed over
+    ``out`` once complete, as :func:`write_layer` does. ``out == "-"`` gathers them for
+    stdout. Returns the written path (None for stdout).
+    """
     driver = output_format(out)
+    batches = iter(batches)
+    first = next(batches)
     if str(out) == "-":
+        gdf = gpd.GeoDataFrame(pd.concat([first, *batches], ignore_index=True), crs=first.crs)
         text = _rfc7946(gdf, out).to_json(drop_id=True, to_wgs84=False)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
         return None
     check_output(out, overwrite=overwrite)
     path = Path(out)
+    crs = first.crs
     if driver == "GeoJSON":
-        gdf = _rfc7946(gdf, out)
+        _rfc7946(first.iloc[:0], out)  # no CRS: refused before anything is written
+        crs = CRS.from_epsg(4326)
+    schema = _arrow_schema(first, parquet=driver == "parquet")
+    tables = (
+        _to_arrow(_rfc7946(b, out) if driver == "GeoJSON" else b, schema)
+        for b in itertools.chain([first], batches)
+    )
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
         if driver == "parquet":
-            gdf.to_parquet(tmp, index=False)
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for table in tables:
+                    writer.write_batch(table)
         else:
             options = {"RFC7946": "YES"} if driver == "GeoJSON" else {}
-            pyogrio.write_dataframe(
-                gdf,
+            pyogrio.write_arrow(
+                pa.RecordBatchReader.from_batches(schema, tables),
                 tmp,
                 driver=driver,
                 layer=None if driver == "GeoJSON" else layer,
+                geometry_name="geometry",
                 geometry_type="Polygon",
+                crs=crs.to_wkt() if crs is not None else None,
                 layer_options=options or None,
             )
         for src, dst in _renames(tmp, path, driver):
@@ -141,6 +177,47 @@ def write_layer(
             raise OutputError(f"{path}: could not write ({exc}); nothing was written") from None
         raise
     return path
+
+
+def _arrow_schema(gdf: gpd.GeoDataFrame, *, parquet: bool) -> pa.Schema:
+    """The Arrow schema of a layer: its attribute columns (text as strings) and WKB
+    geometry, marked for OGR, or described by GeoParquet metadata."""
+    fields = []
+    for name in gdf.columns:
+        if name == gdf.geometry.name:
+            continue
+        dtype = gdf[name].dtype
+        kind = pa.string() if dtype.kind in "OSU" else pa.from_numpy_dtype(dtype)
+        fields.append(pa.field(name, kind))
+    geometry = pa.field("geometry", pa.binary(), metadata={"ARROW:extension:name": "ogc.wkb"})
+    if not parquet:
+        return pa.schema([*fields, geometry])
+    crs = gdf.crs
+    geo = {
+        "version": "1.0.0",
+        "primary_column": "geometry",
+        "columns": {
+            "geometry": {
+                "encoding": "WKB",
+                "geometry_types": ["Polygon"],
+                "crs": crs.to_json_dict() if crs is not None else None,
+            }
+        },
+    }
+    return pa.schema(
+        [*fields, pa.field("geometry", pa.binary())], metadata={"geo": json.dumps(geo)}
+    )
+
+
+def _to_arrow(gdf: gpd.GeoDataFrame, schema: pa.Schema) -> pa.RecordBatch:
+    columns = [
+        shapely.to_wkb(gdf.geometry.values, flavor="iso")
+        if f.name == "geometry"
+        else gdf[f.name].to_numpy()
+        for f in schema
+    ]
+    arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def _renames(tmp: Path, path: Path, driver: str) -> list[tuple[Path, Path]]:
