@@ -183,7 +183,7 @@ def command(
     from geodetect.detect import DetectionReport, detect
     from geodetect.detect.journal import journal_dir
     from geodetect.errors import OutputError
-    from geodetect.io.export import check_output, write_layer
+    from geodetect.io.export import check_output
     from geodetect.model import load_model, resolve_device
 
     check_output(out, overwrite=overwrite)
@@ -191,44 +191,43 @@ def command(
     dev = resolve_device(device)
     loaded = load_model(model_path, device=dev)
     report = DetectionReport()
-    layer = detect(
-        list(images),
-        loaded,
-        chip_size=chip_size,
-        overlap=overlap,
-        threshold=threshold,
-        nms_iou=nms_iou,
-        merge_metric=merge_metric,
-        tta=tta if tta is not None else tta_views is not None,
-        tta_views=int(tta_views or 8),
-        gsd=gsd,
-        crs=crs,
-        bands=band_list,
-        batch_size=batch_size,
-        block_size=block_size,
-        device=device,
-        precision=precision,
-        workers=workers,
-        cluster=cluster,
-        journal=None if out == "-" else journal_dir(out),
-        journal_for=out,
-        restart=restart,
-        keep_journal=True,
-        allow_no_crs=allow_no_crs,
-        skip_bad_chips=skip_bad_chips,
-        progress=not quiet,
-        report=report,
-    )
     try:
-        write_layer(layer, out, overwrite=overwrite)
+        detect(
+            list(images),
+            loaded,
+            chip_size=chip_size,
+            overlap=overlap,
+            threshold=threshold,
+            nms_iou=nms_iou,
+            merge_metric=merge_metric,
+            tta=tta if tta is not None else tta_views is not None,
+            tta_views=int(tta_views or 8),
+            gsd=gsd,
+            crs=crs,
+            bands=band_list,
+            batch_size=batch_size,
+            block_size=block_size,
+            device=device,
+            precision=precision,
+            workers=workers,
+            cluster=cluster,
+            journal=None if out == "-" else journal_dir(out),
+            journal_for=out,
+            restart=restart,
+            keep_journal=keep_journal,
+            allow_no_crs=allow_no_crs,
+            skip_bad_chips=skip_bad_chips,
+            progress=not quiet,
+            report=report,
+            out=out,
+            overwrite=overwrite,
+        )
     except OutputError as exc:
         # A layer this format can never hold: the journal would only be left behind;
         # otherwise (a full disk, an output that appeared) the rerun needs only the merge.
         if report.journal is not None and not exc.transient and not keep_journal:
             report.journal.remove()
         raise
-    if report.journal is not None and not keep_journal:
-        report.journal.remove()
     if report.skipped_windows:
         log.warning("%d window(s) could not be read and were skipped:", len(report.skipped_windows))
         for message in report.skipped_windows:
@@ -237,7 +236,7 @@ def command(
     resumed = f", {report.chips_resumed} more from the journal" if report.chips_resumed else ""
     log.info(
         "%d object(s) from %d chip(s) (%d empty%s) -> %s",
-        len(layer),
+        report.objects,
         report.chips_read,
         report.chips_empty,
         resumed,

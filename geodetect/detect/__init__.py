@@ -28,9 +28,10 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
-from geodetect.detect.merge import merge_tables, to_layer
+from geodetect.detect.merge import merged_batches, to_layer
 from geodetect.detect.plan import (
     DEFAULT_BLOCK_CHIPS,
     Plan,
@@ -96,6 +97,7 @@ class DetectionReport:
     blocks_total: int = 0
     blocks_resumed: int = 0
     skipped_windows: list[str] = field(default_factory=list)
+    objects: int = 0  # features in the layer
     journal: Any = None  # the run's Journal, when it has one on disk
 
 
@@ -152,7 +154,9 @@ def detect(
     progress: bool = True,
     report: DetectionReport | None = None,
     on_batch: Callable[[int], None] | None = None,
-) -> gpd.GeoDataFrame:
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> gpd.GeoDataFrame | None:
     """Detect objects over scenes and mosaics and return one merged layer.
 
     Args:
@@ -188,10 +192,15 @@ def detect(
             :func:`geodetect.detect.journal.journal_dir`); the same call continues a
             run that stopped, a different one refuses unless ``restart``. Removed after
             the merge unless ``keep_journal``. Default: kept in memory only.
+        out: write the layer to this file (format by extension, see
+            :func:`geodetect.io.export.write_batches`) as the merge settles it, instead
+            of returning it: the layer is never whole in memory. ``overwrite`` replaces
+            an existing file.
 
     Returns:
         GeoDataFrame of Polygons in the target CRS with columns ``class``, ``score``,
-        ``area_m2``, ``source`` (file name) and ``model_id``, sorted by score.
+        ``area_m2``, ``source`` (file name) and ``model_id``, north to south (then west
+        to east); None when written to ``out``.
     """
     dev = resolve_device(device)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=dev)
@@ -275,13 +284,25 @@ def detect(
         raise
     finally:
         sink.close()
-    tables = (store.read(b.key) for b in plan.blocks)
-    merged = merge_tables(
-        tables, grids, crs=choice.crs, nms_iou=config.nms_iou, metric=config.merge_metric
+    merged = merged_batches(
+        plan, store.read, crs=choice.crs, nms_iou=config.nms_iou, metric=config.merge_metric
     )
-    layer = to_layer(merged, spec, loaded.model_id)
+    layers = (_counted(to_layer(m, spec, loaded.model_id), report) for m in merged)
+    if out is not None:
+        from geodetect.io.export import write_batches
+
+        write_batches(layers, out, overwrite=overwrite)
+        layer = None
+    else:
+        parts = list(layers)
+        layer = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=parts[0].crs)
     if journal is not None and not keep_journal:
         store.remove()
+    return layer
+
+
+def _counted(layer: gpd.GeoDataFrame, report: DetectionReport) -> gpd.GeoDataFrame:
+    report.objects += len(layer)
     return layer
 
 
