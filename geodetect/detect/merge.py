@@ -195,7 +195,7 @@ class _Items:
         """(settled, their groups' northern edges, still open) when every unread item
         lies south of ``line`` (in s = -y, growing southwards).
 
-        Items whose bounds come within ``tol`` of each other form groups (a group holds
+        Items that come within ``tol`` of each other form groups (a group holds
         whatever NMS could make depend on each other). A group is open while an item
         of it reaches ``line``; the others settle once they start north of every open
         item, so that groups come out in order of their northern edges whatever the
@@ -203,8 +203,9 @@ class _Items:
         """
         n = len(self)
         b = self.bounds
-        grown = shapely.box(b[:, 0] - tol, b[:, 1] - tol, b[:, 2] + tol, b[:, 3] + tol)
-        left, right = shapely.STRtree(grown).query(grown, predicate="intersects")
+        left, right = shapely.STRtree(self.geometry).query(
+            self.geometry, predicate="dwithin", distance=tol
+        )
         group = _components(n, left, right)
         north, south = -b[:, 3], -b[:, 1]
         groups = int(group.max()) + 1 if n else 0
