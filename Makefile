@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	# torch/torchvision pinned to the releases this project is tested with.
 	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -e '.[test,onnx]'
 	$(BIN)/python -m ipykernel install --user --name geodetect --display-name "geodetect (.venv)"
 	touch $(STAMP)
 
