@@ -29,6 +29,7 @@ _COMMANDS = {
     "synth": "geodetect.cli.synth",
     "demo": "geodetect.cli.demo",
     "weights": "geodetect.cli.weights",
+    "export-onnx": "geodetect.cli.export_onnx",
 }
 
 

@@ -1,0 +1,152 @@
+"""ONNX export (`geodetect export-onnx`) and the ONNX Runtime runner: same detections as
+the torch model, a self-describing file, and the command line's one-line refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from geodetect.errors import ModelFileError
+from geodetect.model import ModelSpec, build_retinanet, file_id, load_model, save_model
+
+from conftest import make_tiny_spec
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from geodetect.model.onnx import OnnxRetinaNet, level_sizes  # noqa: E402
+
+# Not the model's 64 px training chip, and one whose P6/P7 edges round up (3 -> 2 -> 1).
+CHIP = 96
+
+
+def run(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "geodetect", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("geodetect: error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def _tiny_model(path, *, seed: int):
+    """An untrained two-class tiny RetinaNet whose scores spread over 0.001-0.1, so a
+    low threshold keeps hundreds of boxes with few near-ties in score."""
+    torch.manual_seed(seed)
+    spec = make_tiny_spec(classes=["pool", "hot tub"], score_threshold=0.0)
+    model = build_retinanet(spec, pretrained="none")
+    with torch.no_grad():
+        model.head.classification_head.cls_logits.weight.normal_(std=0.05)
+    return save_model(model, spec, path)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(model file, .onnx file written by the command line at CHIP px)."""
+    root = tmp_path_factory.mktemp("onnx")
+    model_path = _tiny_model(root / "tiny.model", seed=0)
+    out = root / "tiny.onnx"
+    proc = run("export-onnx", model_path, "--out", out, "--chip-size", CHIP)
+    assert proc.returncode == 0, proc.stderr
+    assert str(out) in proc.stderr  # the one line saying what was written
+    return model_path, out
+
+
+@pytest.mark.parametrize(
+    ("batch", "score_thresh", "nms_thresh", "box_vote_iou"),
+    [(1, 0.02, 0.5, 0.7), (3, 0.02, 0.5, 0.7), (3, 0.05, 0.3, None), (2, 0.5, 0.5, 0.7)],
+)
+def test_runner_gives_the_torch_models_detections(
+    exported, batch, score_thresh, nms_thresh, box_vote_iou
+):
+    model_path, onnx_path = exported
+    loaded = load_model(model_path)
+    runner = OnnxRetinaNet(onnx_path, loaded)
+    # Set after the runner is built, as the detector does: read at each call.
+    loaded.model.score_thresh = score_thresh
+    loaded.model.nms_thresh = nms_thresh
+    loaded.model.box_vote_iou = box_vote_iou
+    generator = torch.Generator().manual_seed(batch)
+    chips = torch.randn((batch, 3, CHIP, CHIP), generator=generator)
+    with torch.inference_mode():
+        expected = loaded.model(chips)
+        got = runner(chips)
+    assert len(got) == batch
+    for mine, theirs in zip(got, expected, strict=True):
+        assert len(mine["boxes"]) == len(theirs["boxes"])
+        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
+        torch.testing.assert_close(mine["scores"], theirs["scores"], atol=1e-4, rtol=0)
+        assert torch.equal(mine["labels"], theirs["labels"])
+    found = [len(d["boxes"]) for d in expected]
+    if score_thresh < 0.1:
+        assert min(found) > 10, found
+        if score_thresh <= 0.02:  # both classes, so labels are compared too
+            assert {0, 1} <= set(torch.cat([d["labels"] for d in expected]).tolist())
+    else:
+        assert max(found) == 0  # untrained: nothing reaches 0.5
+
+
+def test_runner_thresholds_are_the_models(exported):
+    model_path, onnx_path = exported
+    loaded = load_model(model_path)
+    runner = OnnxRetinaNet(onnx_path, loaded)
+    runner.score_thresh, runner.nms_thresh = 0.3, 0.4
+    assert (loaded.model.score_thresh, loaded.model.nms_thresh) == (0.3, 0.4)
+    loaded.model.score_thresh = 0.01
+    assert runner.score_thresh == 0.01
+
+
+def test_metadata_says_what_the_file_is(exported):
+    model_path, onnx_path = exported
+    proto = onnx.load(str(onnx_path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert ModelSpec.from_json(meta["geodetect"]) == load_model(model_path).spec
+    assert meta["geodetect_model_id"] == file_id(model_path)
+    assert meta["geodetect_chip_size"] == str(CHIP)
+    (chips,) = proto.graph.input
+    dims = chips.type.tensor_type.shape.dim
+    assert dims[0].dim_param  # any batch size
+    assert [d.dim_value for d in dims[1:]] == [3, CHIP, CHIP]
+    anchors = 9 * sum(s * s for s in level_sizes(CHIP))
+    for output, last in zip(proto.graph.output, (2, 4), strict=True):
+        assert [d.dim_value for d in output.type.tensor_type.shape.dim[1:]] == [anchors, last]
+
+
+def test_runner_refuses_the_export_of_another_model_and_other_files(exported, tmp_path):
+    model_path, onnx_path = exported
+    other = load_model(_tiny_model(tmp_path / "other.model", seed=1))
+    with pytest.raises(ModelFileError, match="exported from model"):
+        OnnxRetinaNet(onnx_path, other)
+    with pytest.raises(ModelFileError, match="not a usable ONNX file"):
+        OnnxRetinaNet(model_path, other)
+
+
+def test_existing_output_is_kept_without_overwrite(exported):
+    model_path, onnx_path = exported
+    before = onnx_path.read_bytes()
+    stat = onnx_path.stat()
+    proc = run("export-onnx", model_path, "--out", onnx_path, "--chip-size", CHIP)
+    assert_one_line_error(proc, str(onnx_path), "--overwrite")
+    assert onnx_path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert onnx_path.read_bytes() == before
+
+
+def test_chip_size_must_be_a_multiple_of_32(exported, tmp_path):
+    model_path, _ = exported
+    out = tmp_path / "odd.onnx"
+    proc = run("export-onnx", model_path, "--out", out, "--chip-size", 100)
+    assert_one_line_error(proc, "--chip-size 100", "multiple of 32")
+    assert list(tmp_path.iterdir()) == []
