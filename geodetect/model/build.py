@@ -29,6 +29,7 @@ from torchvision.ops import (
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import Conv2dNormActivation
 
+from geodetect.model.postprocess import batched_detections
 from geodetect.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -150,11 +151,12 @@ class RegressionHead(RetinaNetRegressionHead):
 
 
 class VotingRetinaNet(RetinaNet):
-    """torchvision's RetinaNet with box voting before its class-wise NMS.
+    """torchvision's RetinaNet with box voting before its class-wise NMS, and
+    post-processing batched over the chips (:mod:`geodetect.model.postprocess`).
 
-    Every candidate box (score above ``score_thresh``; the best ``_MAX_VOTERS``) is
-    replaced by the score-weighted mean of the same-class candidates that overlap it by
-    at least ``box_vote_iou``, itself included; NMS at ``nms_thresh`` then runs on the
+    Every candidate box (score above ``score_thresh``; each chip's best ``_MAX_VOTERS``)
+    is replaced by the score-weighted mean of the same-class candidates that overlap it
+    by at least ``box_vote_iou``, itself included; NMS at ``nms_thresh`` then runs on the
     voted boxes with the original scores. Neighbouring anchors regress the same object
     independently, and their mean places its edges better than the best-scoring box
     alone. ``box_vote_iou`` None (or >= 1) gives plain RetinaNet output.
@@ -165,6 +167,23 @@ class VotingRetinaNet(RetinaNet):
         self.box_vote_iou = box_vote_iou
 
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
+        return batched_detections(
+            head_outputs["cls_logits"],
+            head_outputs["bbox_regression"],
+            anchors,
+            image_shapes,
+            box_coder=self.box_coder,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            topk_candidates=self.topk_candidates,
+            detections_per_img=self.detections_per_img,
+            vote_iou=self.box_vote_iou,
+            max_voters=_MAX_VOTERS,
+        )
+
+    def postprocess_per_image(self, head_outputs, anchors, image_shapes):
+        """The same detections the way torchvision computes them, chip by chip and level
+        by level (the reference the batched path is tested against)."""
         vote = self.box_vote_iou
         if vote is None or vote >= 1:
             return super().postprocess_detections(head_outputs, anchors, image_shapes)
@@ -186,6 +205,7 @@ def _vote(candidates: dict, *, nms_iou: float, vote_iou: float, limit: int) -> d
     boxes, scores, labels = candidates["boxes"], candidates["scores"], candidates["labels"]
     if len(boxes):
         voters = (box_iou(boxes, boxes) >= vote_iou) & (labels[:, None] == labels[None, :])
+        voters.fill_diagonal_(True)  # a box clipped to no area (IoU 0/0) still votes
         weights = voters.to(boxes.dtype) * scores.to(boxes.dtype)[None, :]
         # Autocast would run this product in bf16 and round coordinates to 1-2 px.
         with torch.autocast(boxes.device.type, enabled=False):
