@@ -3,6 +3,7 @@ the torch model, a self-describing file, and the command line's one-line refusal
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -150,3 +151,39 @@ def test_chip_size_must_be_a_multiple_of_32(exported, tmp_path):
     proc = run("export-onnx", model_path, "--out", out, "--chip-size", 100)
     assert_one_line_error(proc, "--chip-size 100", "multiple of 32")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_runtime_on_an_fp32_cpu_runs_onnx_runtime_with_the_torch_layer(tmp_path):
+    """What a laptop without native bf16 runs by default on a run of 256+ chips: the
+    network exported once into the cache and run in ONNX Runtime, giving torch's layer."""
+    import geopandas as gpd
+    import numpy as np
+    import shapely
+
+    from conftest import NORTH_UP, paint_boxes, random_boxes, write_geotiff
+
+    model_path = _tiny_model(tmp_path / "tiny.model", seed=3)
+    rng = np.random.default_rng(5)
+    image = paint_boxes(784, 784, random_boxes(rng, 784, 784, 120, max_size=24))
+    scene = write_geotiff(tmp_path / "scene.tif", image, transform=NORTH_UP)
+    env = {**os.environ, "GEODETECT_CACHE": str(tmp_path / "cache")}
+    common = ["detect", scene, "--model", model_path, "--chip-size", 64, "--overlap", 16]
+    common += ["--threshold", 0.04, "--precision", "fp32", "--verbose"]
+    layers = {}
+    for runtime in ("auto", "torch"):
+        out = tmp_path / f"{runtime}.gpkg"
+        proc = subprocess.run(
+            [sys.executable, "-m", "geodetect", *map(str, common), "--runtime", runtime,
+             "--out", out],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert ("ONNX Runtime" in proc.stderr) == (runtime == "auto"), proc.stderr
+        layers[runtime] = gpd.read_file(out)
+    assert list((tmp_path / "cache" / "onnx").glob("*-64px.onnx"))
+    a, b = layers["auto"], layers["torch"]
+    assert len(a) == len(b) > 50
+    ca = np.array([shapely.get_coordinates(g) for g in a.geometry])
+    cb = np.array([shapely.get_coordinates(g) for g in b.geometry])
+    assert np.abs(ca - cb).max() <= 1e-3 * 0.3  # 1/1000 of a pixel
+    assert np.abs(a["score"] - b["score"]).max() <= 1e-3

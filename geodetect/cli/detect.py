@@ -106,6 +106,22 @@ def parse_bands(text: str | None) -> list[int] | None:
 @options.precision
 @options.workers
 @click.option(
+    "--runtime",
+    type=click.Choice(["auto", "torch", "onnxruntime"]),
+    default="auto",
+    show_default=True,
+    help="What runs the network. auto: ONNX Runtime on a CPU that computes in fp32 (no "
+    "native bf16) for runs of 256 chips or more, when the onnx extra is installed (about "
+    "2x torch's fp32 speed, same boxes); torch otherwise.",
+)
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="Compile the network with torch.compile: slower start, then faster on some "
+    "hardware (see benchmarks/README.md).",
+)
+@click.option(
     "--cluster",
     default=None,
     metavar="local:N|ADDRESS",
@@ -159,6 +175,8 @@ def command(
     device,
     precision,
     workers,
+    runtime,
+    compile_,
     cluster,
     block_size,
     restart,
@@ -221,6 +239,8 @@ def command(
             report=report,
             out=out,
             overwrite=overwrite,
+            compile=compile_,
+            runtime=runtime,
         )
     except OutputError as exc:
         # A layer this format can never hold: the journal would only be left behind;

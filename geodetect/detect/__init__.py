@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,8 @@ def detect(
     on_batch: Callable[[int], None] | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
+    compile: bool = False,
+    runtime: str = "auto",
 ) -> gpd.GeoDataFrame | None:
     """Detect objects over scenes and mosaics and return one merged layer.
 
@@ -192,6 +194,14 @@ def detect(
             :func:`geodetect.detect.journal.journal_dir`); the same call continues a
             run that stopped, a different one refuses unless ``restart``. Removed after
             the merge unless ``keep_journal``. Default: kept in memory only.
+        compile: compile the network with ``torch.compile`` (a minute or so of start-up;
+            see ``benchmarks/README.md`` for where it pays).
+        runtime: what runs the network: ``"torch"``, ``"onnxruntime"`` (the CPU, fp32;
+            the network is exported once per model into
+            :func:`geodetect.model.onnx.cache_dir`) or ``"auto"``: ONNX Runtime where the
+            CPU computes in fp32 (no native bf16), the run has at least
+            :data:`ONNX_MIN_CHIPS` chips and the ``onnx`` extra is installed (1.9x torch's
+            fp32 speed for the same boxes, ``benchmarks/README.md``); torch otherwise.
         out: write the layer to this file (format by extension, see
             :func:`geodetect.io.export.write_batches`) as the merge settles it, instead
             of returning it: the layer is never whole in memory. ``overwrite`` replaces
@@ -223,6 +233,7 @@ def detect(
         precision=precision,
         skip_bad_chips=skip_bad_chips,
         batch_size=batch_size or (32 if dev.type == "cuda" else 8),
+        compile=compile,
     )
     typical = spec.typical_object_px or spec.max_object_px
     if chosen and typical:
@@ -234,13 +245,15 @@ def detect(
             typical,
         )
     plan = make_plan(grids, config)
+    config = replace(config, runtime=_runtime(runtime, dev, config, plan))
     scaling = [band_scaling(g, spec) for g in grids]
     manifest = {
         "inputs": [_file_stamp(m.info.path) for g in grids for m in g.members],
         "model": loaded.model_id,
         "options": config.identity(),
-        # bf16 and fp32, a GPU and a CPU, give slightly different boxes: never mixed.
-        "compute": [dev.type, str(autocast_dtype(dev, precision))],
+        # bf16 and fp32, a GPU and a CPU, torch and ONNX Runtime, eager and compiled
+        # networks give slightly different boxes: never mixed.
+        "compute": _compute(dev, config),
         "grids": [
             [g.crs.to_wkt() if g.crs else None, list(g.transform)[:6], g.bands] for g in grids
         ],
@@ -304,6 +317,47 @@ def detect(
 def _counted(layer: gpd.GeoDataFrame, report: DetectionReport) -> gpd.GeoDataFrame:
     report.objects += len(layer)
     return layer
+
+
+# The smallest run for which ``runtime="auto"`` exports the network to ONNX (≈10 s once
+# per model for a ResNet18, then ≈2x faster chips in fp32 on the CPU).
+ONNX_MIN_CHIPS = 256
+
+
+def _runtime(choice: str, dev, config: RunConfig, plan: Plan) -> str:
+    """The runtime ``choice`` ("auto", "torch" or "onnxruntime") comes to for this run."""
+    from geodetect.model.onnx import onnx_available
+
+    if choice not in ("auto", "torch", "onnxruntime"):
+        raise InputError(f"--runtime {choice}: choose auto, torch or onnxruntime")
+    if choice == "onnxruntime":
+        if dev.type != "cpu":
+            raise InputError("--runtime onnxruntime runs on the CPU; pass --device cpu")
+        if not onnx_available():
+            raise InputError(
+                "--runtime onnxruntime needs onnx, onnxruntime and onnxscript: "
+                "pip install 'geodetect[onnx]'"
+            )
+        return choice
+    fp32_cpu = dev.type == "cpu" and autocast_dtype(dev, config.precision) is None
+    if (
+        choice == "auto"
+        and fp32_cpu
+        and not config.compile
+        and plan.chips_total >= ONNX_MIN_CHIPS
+        and onnx_available()
+    ):
+        log.info("the network runs in ONNX Runtime (this CPU computes in fp32)")
+        return "onnxruntime"
+    return "torch"
+
+
+def _compute(dev, config: RunConfig) -> list:
+    """What computes the boxes, as the journal's manifest records it."""
+    if config.runtime == "onnxruntime":
+        return [dev.type, "fp32", "onnxruntime"]
+    precision = str(autocast_dtype(dev, config.precision))
+    return [dev.type, precision, "torch", "compiled" if config.compile else "eager"]
 
 
 @dataclass(frozen=True)

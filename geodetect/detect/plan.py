@@ -44,8 +44,9 @@ def default_overlap(spec: ModelSpec, chip_size: int) -> int:
 class RunConfig:
     """Everything that decides what a run detects (and so what its journal may hold).
 
-    ``batch_size`` and the reader count only decide how fast: they are not part of
-    :meth:`identity`.
+    ``batch_size``, ``compile``, ``runtime`` and the reader count only decide how fast:
+    they are not part of :meth:`identity` (the journal's manifest records the compute
+    separately, as it rounds boxes differently).
     """
 
     chip_size: int
@@ -58,6 +59,8 @@ class RunConfig:
     precision: str = "auto"
     skip_bad_chips: bool = False
     batch_size: int = field(default=8, compare=False)
+    compile: bool = field(default=False, compare=False)  # torch.compile the network
+    runtime: str = field(default="torch", compare=False)  # or "onnxruntime" (CPU, fp32)
 
     def __post_init__(self) -> None:
         if self.chip_size <= 0 or self.chip_size % 32:
@@ -73,6 +76,8 @@ class RunConfig:
         """The options a resumed run must share with the run that started the journal."""
         out = asdict(self)
         out.pop("batch_size")
+        out.pop("compile")
+        out.pop("runtime")
         out["views"] = [[t, list(d)] for t, d in self.views]
         return out
 

@@ -124,17 +124,32 @@ class Detector:
         scaling: Sequence[tuple[list[float], list[float]]] | None = None,
     ) -> Detector:
         net = loaded.model.to(device).eval()
+        if device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
         # With test-time views, keep weaker per-pass boxes: the fused score decides.
         net.score_thresh = config.threshold / 2 if config.views else config.threshold
         net.nms_thresh = config.nms_iou
         if scaling is None:
             scaling = [band_scaling(g, loaded.spec) for g in grids]
         amp = autocast_dtype(device, config.precision)
-        return cls(net, grids, config, device, scaling, amp)
+        if config.runtime == "onnxruntime":
+            from geodetect.model.onnx import cached_runner
+
+            net, amp = cached_runner(loaded, config.chip_size), None  # ORT computes fp32
+        detector = cls(net, grids, config, device, scaling, amp)
+        if config.compile and config.runtime == "torch":
+            detector.compile()
+        return detector
 
     def __post_init__(self) -> None:
         self._normalisers = [Normaliser(m, s, self.device) for m, s in self.scaling]
         self._extents = [g.data_extent() for g in self.grids]
+
+    def compile(self) -> None:
+        """Compile the network's dense part (backbone, FPN, heads) with torch.compile;
+        post-processing, whose shapes depend on the data, stays eager."""
+        self.net.backbone = torch.compile(self.net.backbone, dynamic=False)
+        self.net.head = torch.compile(self.net.head, dynamic=False)
 
     def __call__(self, chips: Sequence[ChipData], batch: torch.Tensor) -> dict[str, np.ndarray]:
         """Owned detections of ``chips`` (whose pixels ``batch`` stacks), as a table.
@@ -145,19 +160,33 @@ class Detector:
         boxes that touch an interior chip edge are marked as pieces, for
         :func:`geodetect.geometry.merge_pieces`.
         """
+        outputs = self.network(chips, batch)
+        return concat_tables(self._owned(c, out) for c, out in zip(chips, outputs, strict=True))
+
+    def network(self, chips: Sequence[ChipData], batch: torch.Tensor) -> list[dict]:
+        """The network's detections for each chip, on the host: the batch goes to the
+        device as it was read (uint8 stays uint8; pinned for an asynchronous copy), is
+        normalised there, and the detections of the whole batch come back in one copy."""
         dev = self.device
+        if dev.type == "cuda" and not batch.is_pinned():
+            batch = batch.pin_memory()
         batch = batch.to(dev, non_blocking=True)
         grid_ids = np.array([c.grid for c in chips])
-        normed = torch.empty(batch.shape, dtype=torch.float32, device=dev)
-        for gi in np.unique(grid_ids):
-            sel = torch.as_tensor(np.flatnonzero(grid_ids == gi), device=dev)
-            normed[sel] = self._normalisers[gi](batch[sel])
+        if len(set(grid_ids.tolist())) == 1:
+            normed = self._normalisers[int(grid_ids[0])](batch)
+        else:
+            normed = torch.empty(batch.shape, dtype=torch.float32, device=dev)
+            for gi in np.unique(grid_ids):
+                sel = torch.as_tensor(np.flatnonzero(grid_ids == gi), device=dev)
+                normed[sel] = self._normalisers[gi](batch[sel])
         n = len(chips)
-        if dev.type == "cuda" and n < self.config.batch_size:
-            # Always the same batch size on a GPU: cuDNN picks its algorithms by shape, so
-            # a chip's boxes must not depend on how many chips share its batch.
-            pad = normed.new_zeros((self.config.batch_size - n, *normed.shape[1:]))
-            normed = torch.cat([normed, pad])
+        if dev.type == "cuda":
+            if n < self.config.batch_size:
+                # Always the same batch size on a GPU: cuDNN picks its algorithms by
+                # shape, so a chip's boxes must not depend on how many share its batch.
+                pad = normed.new_zeros((self.config.batch_size - n, *normed.shape[1:]))
+                normed = torch.cat([normed, pad])
+            normed = normed.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(dev.type, dtype=self.amp) if self.amp else nullcontext()
         with torch.inference_mode(), ctx:
             outputs = (
@@ -166,12 +195,11 @@ class Detector:
                 )
                 if self.config.views
                 else self.net(normed)
-            )
-        owned = (self._owned(c, out) for c, out in zip(chips, outputs[:n], strict=True))
-        return concat_tables(owned)
+            )[:n]
+        return _to_host(outputs)
 
     def _owned(self, item: ChipData, out: dict) -> dict[str, np.ndarray]:
-        boxes = out["boxes"].float().cpu().numpy().astype(np.float64)
+        boxes = out["boxes"].astype(np.float64)
         if len(boxes) == 0:
             return empty_table()
         chip, grid = item.chip, self.grids[item.grid]
@@ -192,8 +220,8 @@ class Detector:
         table = {
             "grid": np.full(n, item.grid, dtype=np.int32),
             "chip": np.full(n, chip.index, dtype=np.int64),
-            "score": out["scores"].float().cpu().numpy()[keep].astype(np.float64),
-            "label": out["labels"].cpu().numpy()[keep].astype(np.int64),
+            "score": out["scores"][keep].astype(np.float64),
+            "label": out["labels"][keep].astype(np.int64),
             "piece": cut[keep],
             "source": source_names(grid, boxes),
         }
@@ -202,6 +230,23 @@ class Detector:
         for i, name in enumerate(("wx0", "wy0", "wx1", "wy1")):
             table[name] = np.full(n, window[i], dtype=np.float64)
         return {name: table[name] for name in TABLE_COLUMNS}
+
+
+def _to_host(outputs: list[dict]) -> list[dict[str, np.ndarray]]:
+    """Per-chip detections as numpy arrays, copied from the device in one go (labels
+    travel as float32, exact below 2**24)."""
+    if not outputs:
+        return []
+    packed = torch.cat(
+        [
+            torch.cat([o["boxes"].float(), o["scores"].float()[:, None], o["labels"][:, None]], 1)
+            for o in outputs
+        ]
+    )
+    rows = np.split(packed.cpu().numpy(), np.cumsum([len(o["boxes"]) for o in outputs])[:-1])
+    return [
+        {"boxes": r[:, :4], "scores": r[:, 4], "labels": r[:, 5].astype(np.int64)} for r in rows
+    ]
 
 
 def source_names(grid: MosaicGrid, boxes: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ onnxscript (torch's ONNX exporter).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import tempfile
@@ -287,3 +288,40 @@ class OnnxRetinaNet:
             }
             split_anchors = [list(a.split(per_level)) for a in anchors]
             return self.model.postprocess_detections(split_outputs, split_anchors, image_sizes)
+
+
+def onnx_available() -> bool:
+    """Whether ONNX Runtime and torch's exporter (onnx, onnxscript) are installed."""
+    return all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime", "onnxscript"))
+
+
+def cache_dir() -> Path:
+    """Where exported networks are kept: ``$GEODETECT_CACHE/onnx``, else
+    ``$XDG_CACHE_HOME/geodetect/onnx`` (default ``~/.cache/geodetect/onnx``)."""
+    root = os.environ.get("GEODETECT_CACHE")
+    if root:
+        return Path(root) / "onnx"
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "geodetect" / "onnx"
+
+
+def cached_runner(loaded: LoadedModel, chip_size: int) -> OnnxRetinaNet:
+    """An ONNX Runtime runner for ``loaded`` at ``chip_size``, exporting the network
+    into :func:`cache_dir` the first time (keyed by model id and chip size)."""
+    folder = cache_dir()
+    path = folder / f"{loaded.model_id}-{chip_size}px.onnx"
+    if path.is_file():
+        try:
+            return OnnxRetinaNet(path, loaded)
+        except ModelFileError:
+            log.warning("%s is not usable; exporting the network again", path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{folder}: cannot create the ONNX cache ({exc.strerror}); set GEODETECT_CACHE "
+            "to a writable folder or pass --runtime torch"
+        ) from None
+    log.info("exporting the network to ONNX for %d px chips (once per model): %s", chip_size, path)
+    export_onnx(loaded, path, chip_size=chip_size, overwrite=True)
+    return OnnxRetinaNet(path, loaded)
