@@ -1,12 +1,24 @@
-"""Detection throughput: model-only vs end-to-end (read -> detect -> merge -> write).
+"""Detection throughput, in one run on the same chips: reader alone, model alone,
+end-to-end (read -> detect -> merge -> write), their ratios, peak RSS, the device, and
+km² per hour at 0.15 m and 0.3 m.
 
-Both figures come from one run, with the same model and the same chips, so their ratio
-says how much the pipeline around the network costs. Prints the device, chips/s,
-the ratio and peak RSS.
+- **reader alone**: this process reads every chip of the plan (one core), as a reader
+  process does; chips/s per core.
+- **model alone**: the chips, already read and batched in memory, through what the
+  device does per batch (copy, normalise, network with its post-processing, boxes back
+  to the host); chips/s.
+- **end-to-end**: `geodetect.detect.detect(..., out=FILE)` with the default options
+  (reader processes, blocks, journal in memory, streamed merge and write); chips/s over
+  the plan's chips, start-up included.
 
-    python benchmarks/throughput.py                       # CPU-sized defaults
-    python benchmarks/throughput.py --device cuda --backbone resnet50 --preset standard \
-        --chip-size 512 --grid 12 --batch-size 32
+    .venv/bin/python benchmarks/throughput.py --model sp.model \
+        --images ../shared/real/sao_paulo/val/*.tif            # the figures in README
+    .venv/bin/python benchmarks/throughput.py                 # untrained lite R18, synthetic
+    .venv/bin/python benchmarks/throughput.py --device cuda --backbone resnet50 \
+        --preset standard --batch-size 64 --size 12000         # a GPU, R50, 512 px chips
+
+Without ``--model`` the network is an untrained one (random heads find almost nothing,
+so post-processing costs less than with a trained model) over a textured synthetic scene.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import platform
 import resource
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +37,18 @@ import rasterio
 import torch
 from affine import Affine
 
-from geodetect.detect import (
-    DIHEDRAL,
-    FLIPS,
-    Normaliser,
-    default_overlap,
-    detect,
-    predict_with_flips,
+from geodetect.detect import RunConfig, default_chip_size, default_overlap, detect, make_plan
+from geodetect.detect.runner import ChipReader, Detector, band_scaling, stack
+from geodetect.io.raster import describe_all, expand_inputs
+from geodetect.io.target import choose_target, target_grids
+from geodetect.model import (
+    LoadedModel,
+    ModelSpec,
+    autocast_dtype,
+    build_retinanet,
+    load_model,
+    resolve_device,
 )
-from geodetect.io.export import write_layer
-from geodetect.model import LoadedModel, ModelSpec, autocast_dtype, build_retinanet
 from geodetect.model.spec import preset_widths
 
 
@@ -48,144 +63,210 @@ def device_name(dev: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"{model} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} ({cores} cores, {torch.get_num_threads()} torch threads)"
 
 
-def write_scene(path: Path, size: int, seed: int = 0) -> None:
-    """A textured RGB scene (smooth noise, not flat) written as a tiled DEFLATE GeoTIFF."""
+def write_scene(path: Path, size: int, gsd: float, seed: int = 0) -> None:
+    """A textured RGB scene (blocky noise, not flat) as a tiled DEFLATE GeoTIFF."""
     rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 255, size=(3, size // 16 + 1, size // 16 + 1), dtype=np.uint8)
-    image = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)[:, :size, :size]
-    image = (image // 2 + rng.integers(0, 128, size=image.shape, dtype=np.uint8)).astype(np.uint8)
     profile = dict(
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=3,
-        dtype="uint8",
-        crs="EPSG:32617",
-        transform=Affine(0.3, 0, 500000, 0, -0.3, 3300000),
-        tiled=True,
-        blockxsize=256,
-        blockysize=256,
-        compress="deflate",
-    )
+        driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32617",
+        transform=Affine(gsd, 0, 500000, 0, -gsd, 3300000), tiled=True, blockxsize=256,
+        blockysize=256, compress="deflate",
+    )  # fmt: skip
     with rasterio.open(path, "w", **profile) as dst:
-        dst.write(image)
+        for row in range(0, size, 1024):
+            h = min(1024, size - row)
+            coarse = rng.integers(0, 255, size=(3, h // 16 + 1, size // 16 + 1), dtype=np.uint8)
+            image = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)[:, :h, :size]
+            noise = rng.integers(0, 128, size=image.shape, dtype=np.uint8)
+            dst.write(image // 2 + noise, window=((row, row + h), (0, size)))
+
+
+def untrained(args) -> LoadedModel:
+    channels, convs = preset_widths(args.preset)
+    spec = ModelSpec(
+        classes=["pool"], band_mean=[120.0] * 3, band_std=[60.0] * 3, chip_size=512,
+        backbone=args.backbone, preset=args.preset, fpn_channels=channels, head_convs=convs,
+        gsd=0.3, max_object_px=48, typical_object_px=40,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = build_retinanet(spec, pretrained="none").eval()
+    return LoadedModel(net, spec, "untrained", Path("-"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", help="a model file (default: an untrained network)")
+    parser.add_argument("--images", nargs="+", help="rasters (default: a synthetic scene)")
+    parser.add_argument("--size", type=int, default=4096, help="synthetic scene side, px")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--preset", default="lite")
-    parser.add_argument("--chip-size", type=int, default=256)
-    parser.add_argument("--grid", type=int, default=6, help="chips per side of the scene")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument(
-        "--tta",
-        type=int,
-        choices=(0, 4, 8),
-        default=0,
-        help="test-time augmentation views in both measurements (0: none)",
-    )
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--batch-size", type=int, default=None, help="default: detect's")
+    parser.add_argument("--workers", type=int, default=None, help="default: detect's")
+    parser.add_argument("--compile", action="store_true", help="detect(..., compile=True)")
+    parser.add_argument("--repeats", type=int, default=2, help="model and e2e: best of N")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also model alone in fp32, with per-image post-processing, compiled, and in "
+        "ONNX Runtime (same chips; boxes compared)",
+    )
     args = parser.parse_args()
 
-    dev = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
-    channels, convs = preset_widths(args.preset)
-    spec = ModelSpec(
-        classes=["pool"],
-        band_mean=[120.0] * 3,
-        band_std=[60.0] * 3,
-        chip_size=args.chip_size,
-        backbone=args.backbone,
-        preset=args.preset,
-        fpn_channels=channels,
-        head_convs=convs,
-        gsd=0.3,
-        max_object_px=48,
-    )
-    torch.manual_seed(0)
-    net = build_retinanet(spec, pretrained="none").eval().to(dev)
-    net.score_thresh = spec.score_threshold
-    loaded = LoadedModel(net, spec, "benchmark", Path("-"))
-    overlap = default_overlap(spec, args.chip_size)
-    size = args.chip_size + (args.grid - 1) * (args.chip_size - overlap)
-    n_chips = args.grid**2
-
+    dev = resolve_device(args.device)
+    loaded = load_model(args.model, device=dev) if args.model else untrained(args)
+    spec = loaded.spec
+    batch_size = args.batch_size or (32 if dev.type == "cuda" else 8)
     with tempfile.TemporaryDirectory() as tmp:
-        scene = Path(tmp) / "scene.tif"
-        write_scene(scene, size)
-        with rasterio.open(scene) as ds:
-            chips = torch.from_numpy(ds.read(window=((0, args.chip_size), (0, args.chip_size))))
-        batch = chips.unsqueeze(0).repeat(args.batch_size, 1, 1, 1)
-        normalise = Normaliser(spec.band_mean, spec.band_std, dev)
-        amp = autocast_dtype(dev, args.precision)
-        views = FLIPS if args.tta == 4 else DIHEDRAL
+        if args.images:
+            inputs = [str(p) for p in args.images]
+        else:
+            scene = Path(tmp) / "scene.tif"
+            write_scene(scene, args.size, spec.gsd or 0.3)
+            inputs = [str(scene)]
+        infos = describe_all(expand_inputs(inputs))
+        grids = target_grids(infos, choose_target(infos, model_gsd=spec.gsd, gsd="model", crs=None))
+        chip = default_chip_size(spec)
+        config = RunConfig(
+            chip_size=chip,
+            overlap=default_overlap(spec, chip),
+            threshold=spec.score_threshold,
+            batch_size=batch_size,
+        )
+        plan = make_plan(grids, config)
+        chips = [(b.grid, c) for b in plan.blocks for c in plan.chips(b)]
 
-        def model_only() -> float:
-            n_batches = -(-n_chips // args.batch_size)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                for _ in range(n_batches):
-                    x = normalise(batch.to(dev, non_blocking=True))
-                    run = (
-                        (lambda b: predict_with_flips(net, b, min_score=0.5, views=views))
-                        if args.tta
-                        else net
-                    )
-                    if amp:
-                        with torch.autocast(dev.type, dtype=amp):
-                            out = run(x)
-                    else:
-                        out = run(x)
-                    _ = [o["boxes"].cpu() for o in out]
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            return n_batches * args.batch_size / (time.perf_counter() - start)
+        # Reader alone: one process, every chip of the plan in block order.
+        reader = ChipReader(plan.grids)
+        start = time.perf_counter()
+        read = [reader.read(g, c) for g, c in chips]
+        reader_s = time.perf_counter() - start
+        reader.close()
+        full = [c for c in read if c.data is not None]
 
-        def end_to_end() -> float:
-            out = Path(tmp) / "out.gpkg"
+        # Model alone: the same chips from memory through the device side of a batch.
+        scaling = [band_scaling(g, spec) for g in plan.grids]
+        batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
+        tensors = [stack(b) for b in batches]
+
+        def model_alone(detector: Detector) -> tuple[float, list[dict]]:
+            """Best-of-N seconds over every batch, and the detections of the last pass."""
+            detector.network(batches[0], tensors[0])  # warm-up: allocator, cuDNN, compiling
+            seconds = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                outputs = [detector.network(b, t) for b, t in zip(batches, tensors, strict=True)]
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds.append(time.perf_counter() - start)
+            return min(seconds), [o for batch in outputs for o in batch]
+
+        def build(**changes) -> Detector:
+            return Detector.build(loaded, plan.grids, replace(config, **changes), dev, scaling)
+
+        model_s, default_out = model_alone(build(compile=args.compile))
+        variants = []
+        if args.compare:
+            variants = compare(args, loaded, build, model_alone, default_out, Path(tmp), chip)
+
+        # End-to-end with the defaults, written to a GeoPackage.
+        e2e_s = []
+        for _ in range(args.repeats):
             start = time.perf_counter()
-            layer = detect(
-                [scene],
+            detect(
+                inputs,
                 loaded,
-                chip_size=args.chip_size,
-                overlap=overlap,
                 batch_size=args.batch_size,
                 device=str(dev),
-                workers=args.workers,
-                tta=bool(args.tta),
-                tta_views=args.tta or 8,
                 precision=args.precision,
+                workers=args.workers,
                 progress=False,
+                out=Path(tmp) / "out.gpkg",
+                overwrite=True,
+                compile=args.compile,
             )
-            write_layer(layer, out, overwrite=True)
-            return n_chips / (time.perf_counter() - start)
+            e2e_s.append(time.perf_counter() - start)
 
-        model_only()  # warm-up (allocator, cuDNN autotune)
-        best_model = max(model_only() for _ in range(args.repeats))
-        best_e2e = max(end_to_end() for _ in range(args.repeats))
-
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"device          : {device_name(dev)}")
+    n = len(chips)
+    stride = config.chip_size - config.overlap
+    reader_rate, model_rate, e2e_rate = n / reader_s, len(full) / model_s, n / min(e2e_s)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    amp = autocast_dtype(dev, args.precision)
+    print(f"device        : {device_name(dev)}")
     print(
-        f"model           : {args.backbone} {args.preset}, chip {args.chip_size}px, "
-        f"batch {args.batch_size}, {'bf16 autocast' if amp else 'fp32'}, "
-        f"{f'{args.tta}-view TTA' if args.tta else 'no TTA'}"
+        f"model         : {spec.backbone} {spec.preset} ({loaded.model_id}), chips "
+        f"{config.chip_size} px, overlap {config.overlap} px, batch {batch_size}, "
+        f"{'bf16 autocast' if amp else 'fp32'}{', compiled' if args.compile else ''}"
     )
-    print(f"scene           : {size}x{size} px, {n_chips} chips, overlap {overlap}px")
-    print(f"model-only      : {best_model:8.2f} chips/s")
-    print(f"end-to-end      : {best_e2e:8.2f} chips/s  (read -> detect -> merge -> write)")
-    print(f"ratio           : {best_e2e / best_model:8.3f}")
-    print(f"peak RSS        : {peak_mib:8.0f} MiB (main process)")
+    print(f"chips         : {n} ({len(full)} with data) over {len(plan.grids)} grid(s)")
+    print(f"reader alone  : {reader_rate:8.2f} chips/s per core")
+    print(f"model alone   : {model_rate:8.2f} chips/s (best of {args.repeats})")
+    print(f"end-to-end    : {e2e_rate:8.2f} chips/s (read -> detect -> merge -> write; best)")
+    print(f"e2e / model   : {e2e_rate / model_rate:8.3f}")
+    print(f"reader / model: {reader_rate / model_rate:8.3f} (one reader core per model)")
+    for gsd in (0.15, 0.3):
+        km2_h = e2e_rate * 3600 * (stride * gsd) ** 2 / 1e6
+        print(f"at {gsd:4.2f} m     : {km2_h:8.1f} km²/h end-to-end")
+    print(f"peak RSS      : {peak:8.0f} MiB main, {peak_children:.0f} MiB largest child")
+    for name, seconds, difference in variants:
+        rate = len(full) / seconds
+        ratio = rate / model_rate
+        print(f"model alone, {name:<26}: {rate:7.2f} chips/s ({ratio:5.2f}x), {difference}")
+
+
+def differences(a: list[dict], b: list[dict]) -> str:
+    """How far two runs' detections of the same chips lie apart."""
+    counts = [len(x["boxes"]) for x in a], [len(x["boxes"]) for x in b]
+    if counts[0] != counts[1]:
+        return f"different detections ({sum(counts[0])} vs {sum(counts[1])})"
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):  # each chip's boxes in one order (scores may tie)
+        bx, by = (d["boxes"][np.lexsort(d["boxes"].T[::-1])] for d in (x, y))
+        worst = max(worst, float(np.abs(bx - by).max(initial=0)))
+    return f"same detections, boxes within {worst:.2g} px"
+
+
+def compare(args, loaded, build, model_alone, default_out, tmp: Path, chip: int) -> list:
+    """Model alone in other ways on the same chips: (name, seconds, boxes against the
+    reference)."""
+    import types
+
+    from geodetect.model.build import VotingRetinaNet
+
+    rows = []
+    fp32_s, fp32_out = model_alone(build(precision="fp32"))
+    rows.append(("fp32 (reference for ONNX)", fp32_s, differences(fp32_out, default_out)))
+    per_image = build()
+    per_image.net.postprocess_detections = types.MethodType(
+        VotingRetinaNet.postprocess_per_image, per_image.net
+    )
+    seconds, out = model_alone(per_image)
+    rows.append(("per-image post-processing", seconds, differences(out, default_out)))
+    del per_image.net.postprocess_detections
+    net = loaded.model
+    eager = net.backbone, net.head
+    start = time.perf_counter()
+    seconds, out = model_alone(build(compile=True))
+    print(f"(torch.compile took {time.perf_counter() - start - seconds * args.repeats:.0f} s)")
+    rows.append(("torch.compile", seconds, differences(out, default_out)))
+    net.backbone, net.head = eager  # compiling replaced them on the shared module
+    try:
+        from geodetect.model.onnx import OnnxRetinaNet, export_onnx
+    except ImportError as exc:
+        rows.append(("ONNX Runtime", float("nan"), f"not measured ({exc})"))
+        return rows
+    path = tmp / "model.onnx"
+    export_onnx(loaded, path, chip_size=chip)
+    detector = build(precision="fp32")
+    detector.net = OnnxRetinaNet(path, loaded)
+    seconds, out = model_alone(detector)
+    rows.append(("ONNX Runtime fp32", seconds, differences(out, fp32_out) + " of torch fp32"))
+    return rows
 
 
 if __name__ == "__main__":
