@@ -53,6 +53,7 @@ from geodetect.detect.tta import (
 from geodetect.errors import InputError, RasterError
 from geodetect.io.raster import (
     MosaicGrid,
+    configure_gdal,
     describe_all,
     expand_inputs,
     grid_gsd_metres,
@@ -212,6 +213,7 @@ def detect(
         ``area_m2``, ``source`` (file name) and ``model_id``, north to south (then west
         to east); None when written to ``out``.
     """
+    configure_gdal()
     dev = resolve_device(device)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=dev)
     spec = loaded.spec

@@ -21,6 +21,7 @@ from geodetect.detect.plan import Plan, RunConfig
 from geodetect.detect.runner import BlockResult, ChipReader, Detector, run_block
 from geodetect.errors import GeodetectError, InputError, RunError
 from geodetect.geometry import Block
+from geodetect.io.raster import configure_gdal
 from geodetect.model import file_id
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class _WorkerRun:
             loaded = load_model(model, device=device)
         threads = payload.torch_threads or _worker_threads()
         torch.set_num_threads(max(1, threads))
+        configure_gdal()
         self.payload = payload
         self.detector = Detector.build(
             loaded, payload.plan.grids, payload.config, device, list(payload.scaling)

@@ -1,8 +1,9 @@
 """Blocks on this machine: reader processes (a torch DataLoader) feed the model here.
 
-Each DataLoader item is one batch of one block's chips, read in a reader process; the
-batches of a block arrive in order, so a block is finished (and committed) as soon as
-its last batch is through the model. Chips travel as numpy arrays through the pipe
+Each DataLoader item is one batch of one block's chips, read in a reader process;
+batches come in whatever order readers finish them (one slow file holds up only its own
+batch), and a block is finished (and committed) once all its batches are through the
+model. Chips travel as numpy arrays through the pipe
 (no shared-memory file descriptors), and a reader's failure comes back as its own
 exception, raised here as one line.
 """
@@ -10,6 +11,7 @@ exception, raised here as one line.
 from __future__ import annotations
 
 import bisect
+import inspect
 import math
 import os
 import sys
@@ -27,6 +29,7 @@ from geodetect.detect.runner import BlockResult, ChipData, ChipReader, Detector,
 from geodetect.errors import GeodetectError, RunError
 from geodetect.geometry import Block
 
+_HAS_IN_ORDER = "in_order" in inspect.signature(DataLoader).parameters  # torch >= 2.6
 READER_TIMEOUT = 600  # seconds a reader process may take for one batch
 
 
@@ -35,7 +38,6 @@ class BatchItem:
     """One batch of one block, as a reader process hands it over."""
 
     position: int  # index of the block in the run's pending list
-    last: bool  # the block's last batch
     chips: list[ChipData]
     error: BaseException | None = None
 
@@ -65,20 +67,19 @@ class BlockBatches(Dataset):
         position = bisect.bisect_right(self.starts, index) - 1
         j = index - self.starts[position]
         block = self.blocks[position]
-        last = j == self.batches[position] - 1
         try:
             if self._cached is None or self._cached[0] != position:
                 self._cached = (position, self.plan.chips(block))
             chips = self._cached[1][j * self.size : (j + 1) * self.size]
-            return BatchItem(position, last, [self.reader.read(block.grid, c) for c in chips])
+            return BatchItem(position, [self.reader.read(block.grid, c) for c in chips])
         except GeodetectError as exc:
-            return BatchItem(position, last, [], exc)
+            return BatchItem(position, [], exc)
         except Exception as exc:  # noqa: BLE001 - one line in the main process, not torch's
             error = RunError(
                 f"reading block {block.key} failed: {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}"
             )
-            return BatchItem(position, last, [], error)
+            return BatchItem(position, [], error)
 
 
 def _as_is(item):
@@ -127,6 +128,9 @@ def run_local(
         # fork starts readers at once and shares the plan without pickling; macOS's
         # system libraries are not fork-safe, so there (and on Windows) the default.
         multiprocessing_context="fork" if workers and sys.platform == "linux" else None,
+        # A batch stuck on a slow file does not hold up the batches other readers have
+        # ready; blocks are put together from whatever order their batches come in.
+        **({"in_order": False} if workers and _HAS_IN_ORDER else {}),
     )
     pin = detector.device.type == "cuda"
     open_blocks: dict[int, tuple[BlockResult, list]] = {}
@@ -138,14 +142,15 @@ def run_local(
             result, tables = open_blocks.setdefault(
                 item.position, (BlockResult(block.key, empty_table(), counts[item.position]), [])
             )
+            tables.append(None)  # one entry per batch received, detections or not
             tally(result, item.chips)
             full = [c for c in item.chips if c.data is not None]
             if full:
                 batch = stack(full)
-                tables.append(detector(full, batch.pin_memory() if pin else batch))
+                tables[-1] = detector(full, batch.pin_memory() if pin else batch)
             on_chips(len(item.chips))
-            if item.last:
-                result.table = concat_tables(tables)
+            if len(tables) == dataset.batches[item.position]:  # the block's last batch in
+                result.table = concat_tables(t for t in tables if t is not None)
                 del open_blocks[item.position]
                 on_block(result)
     except RuntimeError as exc:

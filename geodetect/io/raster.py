@@ -41,6 +41,21 @@ _ALIGN_TOL = 1e-6  # pixels: files closer than this to the shared lattice are "a
 # on unwrapped from some calls (a warp over unusable ground control points, for one).
 _GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 
+# GDAL settings for detection runs, unless the user's environment sets them. Each reader
+# process keeps its own block cache, and GDAL's default (5 % of the RAM, per process)
+# times the reader count can take a laptop's memory; 256 MB holds every tile a row of
+# 16 chips of 512 px touches and the next row's. Readers are processes, one chip at a
+# time each: GDAL's own decoding threads would only compete with them and the model.
+GDAL_DEFAULTS = {"GDAL_CACHEMAX": "256", "GDAL_NUM_THREADS": "1"}
+
+
+def configure_gdal() -> None:
+    """Apply :data:`GDAL_DEFAULTS` where the environment does not set them (GDAL reads
+    them when it first needs them, so call this before reading: reader processes
+    inherit it)."""
+    for key, value in GDAL_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Turn paths, globs and folders into a sorted, de-duplicated list of raster files.
