@@ -123,9 +123,9 @@ class Detector:
         device: torch.device,
         scaling: Sequence[tuple[list[float], list[float]]] | None = None,
     ) -> Detector:
-        net = loaded.model.to(device).eval()
-        if device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+        # Channels-last: oneDNN's and cuDNN's fast layouts (on the 2-core EPYC dev VM,
+        # 1.5x the bf16 and 1.25x the fp32 speed of the default layout).
+        net = loaded.model.to(device).eval().to(memory_format=torch.channels_last)
         # With test-time views, keep weaker per-pass boxes: the fused score decides.
         net.score_thresh = config.threshold / 2 if config.views else config.threshold
         net.nms_thresh = config.nms_iou
@@ -180,13 +180,12 @@ class Detector:
                 sel = torch.as_tensor(np.flatnonzero(grid_ids == gi), device=dev)
                 normed[sel] = self._normalisers[gi](batch[sel])
         n = len(chips)
-        if dev.type == "cuda":
-            if n < self.config.batch_size:
-                # Always the same batch size on a GPU: cuDNN picks its algorithms by
-                # shape, so a chip's boxes must not depend on how many share its batch.
-                pad = normed.new_zeros((self.config.batch_size - n, *normed.shape[1:]))
-                normed = torch.cat([normed, pad])
-            normed = normed.contiguous(memory_format=torch.channels_last)
+        if dev.type == "cuda" and n < self.config.batch_size:
+            # Always the same batch size on a GPU: cuDNN picks its algorithms by shape,
+            # so a chip's boxes must not depend on how many share its batch.
+            pad = normed.new_zeros((self.config.batch_size - n, *normed.shape[1:]))
+            normed = torch.cat([normed, pad])
+        normed = normed.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(dev.type, dtype=self.amp) if self.amp else nullcontext()
         with torch.inference_mode(), ctx:
             outputs = (
