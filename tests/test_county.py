@@ -49,8 +49,14 @@ def _same_layer(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, tol: float = 1e-6) -> 
     ca = np.array([shapely.get_coordinates(g) for g in a.geometry])
     cb = np.array([shapely.get_coordinates(g) for g in b.geometry])
     assert np.abs(ca - cb).max(initial=0) <= tol
-    for column in ("class", "score", "area_m2", "source", "model_id"):
+    for column in ("class", "source", "model_id"):
         assert a[column].tolist() == b[column].tolist(), column
+    if tol <= 1e-6:
+        assert a["score"].tolist() == b["score"].tolist()
+        assert a["area_m2"].tolist() == b["area_m2"].tolist()
+    else:  # rounded to 4 and 3 decimals: noise may cross a rounding boundary
+        assert np.abs(a["score"].to_numpy() - b["score"].to_numpy()).max(initial=0) <= 1.5e-4
+        assert np.abs(a["area_m2"].to_numpy() - b["area_m2"].to_numpy()).max(initial=0) <= 1.5e-3
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +133,10 @@ def test_real_model_layer_is_the_same_on_a_dask_local_cluster(tmp_path, tiny_mod
         cluster="local:2",
         progress=False,
     )
-    _same_layer(here, dask)
+    # Each LocalCluster worker runs torch on half the cores: where the CPU computes the
+    # network in fp32, oneDNN's convolutions then round differently (~1e-5 px); same
+    # detections, boxes within 1e-4 px (the same thread count gives 1e-6 m, above).
+    _same_layer(here, dask, tol=1e-4 * 0.3)
 
 
 def _run(*args, **kw) -> subprocess.CompletedProcess:

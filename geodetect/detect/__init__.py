@@ -247,7 +247,7 @@ def detect(
             typical,
         )
     plan = make_plan(grids, config)
-    config = replace(config, runtime=_runtime(runtime, dev, config, plan))
+    config = replace(config, runtime=_runtime(runtime, dev, config, plan, loaded.model))
     scaling = [band_scaling(g, spec) for g in grids]
     manifest = {
         "inputs": [_file_stamp(m.info.path) for g in grids for m in g.members],
@@ -326,8 +326,10 @@ def _counted(layer: gpd.GeoDataFrame, report: DetectionReport) -> gpd.GeoDataFra
 ONNX_MIN_CHIPS = 256
 
 
-def _runtime(choice: str, dev, config: RunConfig, plan: Plan) -> str:
+def _runtime(choice: str, dev, config: RunConfig, plan: Plan, network) -> str:
     """The runtime ``choice`` ("auto", "torch" or "onnxruntime") comes to for this run."""
+    from torchvision.models.detection import RetinaNet
+
     from geodetect.model.onnx import onnx_available
 
     if choice not in ("auto", "torch", "onnxruntime"):
@@ -345,11 +347,12 @@ def _runtime(choice: str, dev, config: RunConfig, plan: Plan) -> str:
     if (
         choice == "auto"
         and fp32_cpu
+        and isinstance(network, RetinaNet)  # what export_onnx knows how to export
         and not config.compile
         and plan.chips_total >= ONNX_MIN_CHIPS
         and onnx_available()
     ):
-        log.info("the network runs in ONNX Runtime (this CPU computes in fp32)")
+        log.debug("the network runs in ONNX Runtime (this CPU computes in fp32)")
         return "onnxruntime"
     return "torch"
 
