@@ -4,6 +4,8 @@ without a trained network)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +158,26 @@ def torch_cache(tmp_path, monkeypatch):
         yield hub / "checkpoints"
     finally:
         torch.hub.set_dir(previous)
+
+
+def run_cli(*args, cwd=None, prefix=(), env=None) -> subprocess.CompletedProcess:
+    """``python -m geodetect ARGS`` as a user runs it (``prefix``: e.g. ``taskset``)."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "geodetect", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+def assert_one_line_error(proc, *needles):
+    """A non-zero exit with one ``geodetect: error:`` line holding ``needles``."""
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("geodetect: error: ")
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0]

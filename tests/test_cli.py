@@ -6,8 +6,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import geopandas as gpd
 import numpy as np
@@ -16,27 +14,9 @@ import torch
 
 from geodetect.model import build_retinanet, save_model
 
-from conftest import NORTH_UP, paint_boxes, write_geotiff
+from conftest import NORTH_UP, assert_one_line_error, paint_boxes, run_cli, write_geotiff
 
-
-def run(*args, cwd=None, prefix=()):
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "geodetect", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode != 0
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("geodetect: error: ")
-    assert "Traceback" not in proc.stderr
-    for needle in needles:
-        assert needle in lines[0]
+run = run_cli
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import torch
 from geodetect.errors import ModelFileError
 from geodetect.model import ModelSpec, build_retinanet, file_id, load_model, save_model
 
-from conftest import make_tiny_spec
+from conftest import assert_one_line_error, make_tiny_spec, run_cli
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -25,22 +25,7 @@ from geodetect.model.onnx import OnnxRetinaNet, level_sizes  # noqa: E402
 CHIP = 96
 
 
-def run(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "geodetect", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode != 0
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("geodetect: error: ")
-    for needle in needles:
-        assert needle in lines[0]
+run = run_cli
 
 
 def _tiny_model(path, *, seed: int):
