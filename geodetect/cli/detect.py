@@ -112,7 +112,7 @@ def parse_bands(text: str | None) -> list[int] | None:
     show_default=True,
     help="What runs the network. auto: ONNX Runtime on a CPU that computes in fp32 (no "
     "native bf16) for runs of 256 chips or more, when the onnx extra is installed (about "
-    "2x torch's fp32 speed, same boxes); torch otherwise.",
+    "1.3x torch's fp32 speed, same boxes); torch otherwise.",
 )
 @click.option(
     "--compile",

@@ -195,13 +195,13 @@ def detect(
             :func:`geodetect.detect.journal.journal_dir`); the same call continues a
             run that stopped, a different one refuses unless ``restart``. Removed after
             the merge unless ``keep_journal``. Default: kept in memory only.
-        compile: compile the network with ``torch.compile`` (a minute or so of start-up;
-            see ``benchmarks/README.md`` for where it pays).
+        compile: compile the network with ``torch.compile`` (15-35 s of start-up on a
+            2-core CPU; see ``benchmarks/README.md`` for where it pays).
         runtime: what runs the network: ``"torch"``, ``"onnxruntime"`` (the CPU, fp32;
             the network is exported once per model into
             :func:`geodetect.model.onnx.cache_dir`) or ``"auto"``: ONNX Runtime where the
             CPU computes in fp32 (no native bf16), the run has at least
-            :data:`ONNX_MIN_CHIPS` chips and the ``onnx`` extra is installed (1.9x torch's
+            :data:`ONNX_MIN_CHIPS` chips and the ``onnx`` extra is installed (1.33x torch's
             fp32 speed for the same boxes, ``benchmarks/README.md``); torch otherwise.
         out: write the layer to this file (format by extension, see
             :func:`geodetect.io.export.write_batches`) as the merge settles it, instead
@@ -322,7 +322,7 @@ def _counted(layer: gpd.GeoDataFrame, report: DetectionReport) -> gpd.GeoDataFra
 
 
 # The smallest run for which ``runtime="auto"`` exports the network to ONNX (≈10 s once
-# per model for a ResNet18, then ≈2x faster chips in fp32 on the CPU).
+# per model for a ResNet18, then ≈1.3x faster chips in fp32 on the CPU).
 ONNX_MIN_CHIPS = 256
 
 

@@ -101,7 +101,7 @@ def merged_batches(
     target = to_pyproj(crs)
     grids = plan.grids
     for grid in grids:
-        if grid.crs is not None and crs is not None and grid.crs != crs:
+        if _reprojected(grid, crs):
             log.info(
                 "%s and the files on its grid are in another CRS than the layer; their "
                 "detections are reprojected",
@@ -118,7 +118,7 @@ def merged_batches(
     fresh, yielded = 0, False
     for step, bi in enumerate(order):
         table = _with_rows(read(plan.blocks[bi].key))
-        wholes = {name: column[~table["piece"]] for name, column in table.items()}
+        wholes = _select(table, ~table["piece"])
         pending = _Items.join([pending, _Items.of(wholes, grids, crs)])
         fresh += len(wholes["score"])
         last = step + 1 == len(order)
@@ -170,9 +170,8 @@ class _Items:
         for gi in np.unique(table["grid"]):
             sel = table["grid"] == gi
             grid = grids[int(gi)]
-            boxes = np.stack([table[c][sel] for c in ("x0", "y0", "x1", "y1")], axis=1)
-            polygons = pixel_boxes_to_map(boxes, grid.transform)
-            if grid.crs is not None and crs is not None and grid.crs != crs:
+            polygons = pixel_boxes_to_map(_boxes(table, sel), grid.transform)
+            if _reprojected(grid, crs):
                 polygons = gpd.GeoSeries(polygons, crs=to_pyproj(grid.crs)).to_crs(target).values
                 polygons = np.asarray(polygons, dtype=object)
             key = np.stack([table["grid"][sel], table["chip"][sel], table["row"][sel]], axis=1)
@@ -253,7 +252,7 @@ def _with_rows(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _joined_pieces(plan: Plan, read, crs) -> _Items | None:
     """Every piece of a chip-cut object after :func:`merge_pieces`, whatever block it
     came from: pieces, and the whole boxes they touch, are read in a first pass."""
-    pieces = [_select(_with_rows(read(b.key)), "piece") for b in plan.blocks]
+    pieces = [_select(t, t["piece"]) for t in (_with_rows(read(b.key)) for b in plan.blocks)]
     pieces = concat_tables(pieces, extra=("row",))
     if not len(pieces["score"]):
         return None
@@ -267,7 +266,7 @@ def _joined_pieces(plan: Plan, read, crs) -> _Items | None:
         if block.grid not in trees:
             continue
         table = _with_rows(read(block.key))
-        table = {name: column[~table["piece"]] for name, column in table.items()}
+        table = _select(table, ~table["piece"])
         hit = trees[block.grid].query(shapely.box(*_boxes(table).T), predicate="intersects")[0]
         witnesses.append({name: column[np.unique(hit)] for name, column in table.items()})
     both = concat_tables([pieces, *witnesses], extra=("row",))
@@ -291,9 +290,13 @@ def _joined_pieces(plan: Plan, read, crs) -> _Items | None:
     return _Items.of(concat_tables(joined, extra=("row",)), plan.grids, crs)
 
 
-def _select(table: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:
-    mask = table[column]
+def _select(table: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
     return {name: values[mask] for name, values in table.items()}
+
+
+def _reprojected(grid: MosaicGrid, crs) -> bool:
+    """Whether a grid's detections must be reprojected to reach the layer's CRS."""
+    return grid.crs is not None and crs is not None and grid.crs != crs
 
 
 def _boxes(table: dict[str, np.ndarray], sel=slice(None)) -> np.ndarray:
@@ -310,7 +313,7 @@ def _reach(plan: Plan, block: Block, crs) -> tuple[float, float, float, float]:
     )[0]
     x0, y0 = corners.min(axis=0)
     x1, y1 = corners.max(axis=0)
-    if grid.crs is not None and crs is not None and grid.crs != crs:
+    if _reprojected(grid, crs):
         return transform_bounds(grid.crs, crs, x0, y0, x1, y1, densify_pts=101)
     return x0, y0, x1, y1
 
@@ -359,7 +362,7 @@ def merge_tables(
     for gi in np.unique(table["grid"]):
         grid = grids[int(gi)]
         sel = table["grid"] == gi
-        boxes = np.stack([table[c][sel] for c in ("x0", "y0", "x1", "y1")], axis=1)
+        boxes = _boxes(table, sel)
         windows = np.stack([table[c][sel] for c in ("wx0", "wy0", "wx1", "wy1")], axis=1)
         keep, boxes = merge_pieces(
             boxes, table["score"][sel], table["label"][sel], table["piece"][sel], windows
@@ -369,7 +372,7 @@ def merge_tables(
             geometry=pixel_boxes_to_map(boxes, grid.transform),
             crs=to_pyproj(grid.crs),
         )
-        if grid.crs is not None and crs is not None and grid.crs != crs:
+        if _reprojected(grid, crs):
             frame = frame.to_crs(target_crs)
         frames.append(frame)
     if frames:

@@ -185,7 +185,8 @@ class Detector:
             # so a chip's boxes must not depend on how many share its batch.
             pad = normed.new_zeros((self.config.batch_size - n, *normed.shape[1:]))
             normed = torch.cat([normed, pad])
-        normed = normed.contiguous(memory_format=torch.channels_last)
+        if self.config.runtime == "torch":  # ONNX Runtime takes plain contiguous arrays
+            normed = normed.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(dev.type, dtype=self.amp) if self.amp else nullcontext()
         with torch.inference_mode(), ctx:
             outputs = (
