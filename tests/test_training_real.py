@@ -14,7 +14,12 @@ from geodetect.geometry import pixel_boxes_to_map
 from geodetect.model import load_model
 from geodetect.train import load_labelled, prepare_training_data, train
 from geodetect.train.data import HARD, TRAIN, VAL, SplitMap
-from geodetect.train.loop import area_threshold, mine_hard_examples, recall_leaning_threshold
+from geodetect.train.loop import (
+    area_threshold,
+    f1_standard_error,
+    mine_hard_examples,
+    recall_leaning_threshold,
+)
 
 from conftest import NORTH_UP, OracleDetector, paint_boxes, random_boxes, write_geotiff
 
@@ -91,6 +96,31 @@ def test_recall_leaning_threshold_takes_the_lowest_near_the_best_f1():
     assert recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.1) == 0.3
     assert recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.15) == 0.2
     assert recall_leaning_threshold(scores, matched, 5, low=0.5, high=0.8, slack=0.0) == 0.6
+
+
+def test_default_slack_is_one_standard_error_so_it_shrinks_with_the_validation_set():
+    def layer(k):  # 40k hits and 8k false alarms at 0.95; 12k hits, 36k false alarms at 0.45
+        scores = np.r_[np.full(48 * k, 0.95), np.full(48 * k, 0.45)]
+        matched = np.r_[np.ones(40 * k), np.zeros(8 * k), np.ones(12 * k), np.zeros(36 * k)]
+        return scores, matched.astype(bool), 52 * k
+
+    scores, matched, n = layer(4)
+    f1_high, f1_low = 2 * 160 / (192 + 208), 2 * 208 / (384 + 208)  # 0.80 and 0.70
+    assert f1_standard_error(f1_high, 192, n) == pytest.approx(0.0283, abs=1e-3)
+    # At 208 objects one standard error (0.028) does not cover the 0.097 drop below 0.5 ...
+    assert recall_leaning_threshold(scores, matched, n, low=0.2, high=0.8) == 0.5
+    # ... nor does a floor below it; a wider floor does.
+    assert recall_leaning_threshold(scores, matched, n, low=0.2, high=0.8, min_slack=0.05) == 0.5
+    assert recall_leaning_threshold(scores, matched, n, low=0.2, high=0.8, min_slack=0.1) == 0.2
+    # The same layer from 13 objects: F1 is known to +-0.11, which covers the drop.
+    assert f1_low == pytest.approx(0.703, abs=1e-3) and f1_high == pytest.approx(0.8)
+    assert recall_leaning_threshold(*layer(1)[:2], 52, low=0.2, high=0.8) == 0.5
+    few_scores, few_matched, _ = layer(1)
+    pick = np.r_[0:10, 40:42, 48:51, 60:69]  # 10 + 2 high, 3 + 9 low: 13 objects
+    few = recall_leaning_threshold(few_scores[pick], few_matched[pick], 13, low=0.2, high=0.8)
+    assert few == 0.2
+    # An explicit slack is taken as given.
+    assert recall_leaning_threshold(scores, matched, n, low=0.2, high=0.8, slack=0.1) == 0.2
 
 
 def test_init_starts_a_new_model_from_another_ones_weights(tmp_path):
