@@ -1081,6 +1081,12 @@ def train(
             if start.is_file():
                 init = start
                 log.info("starting from the synthetic model %s (no ImageNet weights cached)", start)
+            else:
+                log.info(
+                    "the backbone starts from random weights (none cached): `geodetect "
+                    "weights fetch` (internet) or `geodetect weights synth` (once, about 8 "
+                    "CPU minutes) gives later runs a better start"
+                )
         build_from = "none" if init is not None else pretrained
         spec, model = spec_for(
             data,
