@@ -119,6 +119,11 @@ def test_default_slack_is_one_standard_error_so_it_shrinks_with_the_validation_s
     pick = np.r_[0:10, 40:42, 48:51, 60:69]  # 10 + 2 high, 3 + 9 low: 13 objects
     few = recall_leaning_threshold(few_scores[pick], few_matched[pick], 13, low=0.2, high=0.8)
     assert few == 0.2
+    # ... unless the slack is capped below the drop.
+    capped = recall_leaning_threshold(
+        few_scores[pick], few_matched[pick], 13, low=0.2, high=0.8, max_slack=0.05
+    )
+    assert capped == 0.5
     # An explicit slack is taken as given.
     assert recall_leaning_threshold(scores, matched, n, low=0.2, high=0.8, slack=0.1) == 0.2
 

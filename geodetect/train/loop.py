@@ -67,7 +67,9 @@ _SAVE_RESERVE_S = 3.0
 # Share of a time budget kept for choosing the score threshold over the validation area.
 AREA_SHARE = 0.05
 AREA_THRESHOLD_RANGE = (0.2, 0.8)
-AREA_F1_SLACK = 0.02  # at least this, or one standard error of the best F1
+# F1 given up for recall: one standard error of the best F1, kept within these bounds
+# (a validation area of 20 objects would otherwise allow 0.1).
+AREA_F1_SLACK = (0.02, 0.05)
 AREA_MIN_OBJECTS = 20  # fewer objects in the scored windows: keep the chips' threshold
 AREA_MAX_WINDOWS = 2000  # windows scanned at most (without a time budget)
 # Hard-example mining: when (share of the schedule; none by default), how many (per chip
@@ -354,10 +356,11 @@ def recall_leaning_threshold(
     high: float,
     slack: float | None = None,
     min_slack: float = 0.0,
+    max_slack: float = 1.0,
 ) -> float:
     """The lowest threshold in [low, high] (steps of 0.05) whose F1 is within ``slack``
     of the best; by default ``slack`` is one standard error of the best F1
-    (:func:`f1_standard_error`, at least ``min_slack``): thresholds whose F1 the
+    (:func:`f1_standard_error`, within ``min_slack`` and ``max_slack``): thresholds whose F1 the
     validation set cannot tell from the best are equally good by F1, and the lowest of
     them keeps the most objects, which is what the layer's recall and AP50 depend on.
 
@@ -370,7 +373,7 @@ def recall_leaning_threshold(
     best = f1[best_t]
     if slack is None:
         _, found = _hits(scores, matched, best_t)
-        slack = max(min_slack, f1_standard_error(best, found, n_truth))
+        slack = min(max_slack, max(min_slack, f1_standard_error(best, found, n_truth)))
     return min(t for t, v in f1.items() if v >= best - slack - 1e-9)
 
 
@@ -516,7 +519,13 @@ def area_threshold(
     all_scores = np.concatenate(scores) if scores else np.zeros(0)
     all_matched = np.concatenate(matched) if matched else np.zeros(0, dtype=bool)
     threshold = recall_leaning_threshold(
-        all_scores, all_matched, n_truth, low=low, high=high, min_slack=AREA_F1_SLACK
+        all_scores,
+        all_matched,
+        n_truth,
+        low=low,
+        high=high,
+        min_slack=AREA_F1_SLACK[0],
+        max_slack=AREA_F1_SLACK[1],
     )
     tp, found = _hits(all_scores, all_matched, threshold)
     return {
