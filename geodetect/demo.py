@@ -18,6 +18,7 @@ from geodetect.io.export import write_layer
 from geodetect.plots import plot_detections
 from geodetect.synth import synth_scene
 from geodetect.train import train
+from geodetect.train.pretrain import keep_as_synthetic_start
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,14 @@ def run_demo(
         progress=progress,
     )
     log.info("%s", trained.summary())
+    kept = keep_as_synthetic_start(model_path)
+    if kept is not None:
+        log.info(
+            "the demo's model is kept as the starting point of `geodetect train` where no "
+            "ImageNet weights are cached (a better start than random weights on real "
+            "imagery): %s",
+            kept,
+        )
     log.info("3/5 detecting over the test mosaic")
     layer = detect(test_scene.image_paths, model_path, device=device, progress=progress)
     layers = []

@@ -20,6 +20,24 @@ from geodetect.model import LoadedModel, ModelSpec
 SHARED_RASTERS = Path(__file__).resolve().parents[2] / "shared" / "rasters"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_caches(tmp_path_factory):
+    """The suite never reads or fills the user's caches: ImageNet weights or a synthetic
+    starting model in torch's cache would change what `train` starts from, and exported
+    ONNX networks would pile up in ~/.cache/geodetect. Child processes inherit both."""
+    root = tmp_path_factory.mktemp("caches")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TORCH_HOME", str(root / "torch"))
+    patch.setenv("GEODETECT_CACHE", str(root / "geodetect"))
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(root / "torch" / "hub"))
+    try:
+        yield
+    finally:
+        torch.hub.set_dir(previous)
+        patch.undo()
+
+
 @pytest.fixture
 def shared_rasters() -> Path:
     if not SHARED_RASTERS.is_dir():

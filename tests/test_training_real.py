@@ -168,6 +168,25 @@ def test_synthetic_start_is_built_by_a_command_and_used_by_train(tmp_path, torch
     assert cold.spec.training["initialised_from"] is None
 
 
+def test_a_demo_model_becomes_the_synthetic_start_once(tmp_path, torch_cache):
+    from geodetect.train.pretrain import keep_as_synthetic_start, synthetic_start_path
+
+    rng = np.random.default_rng(4)
+    boxes = random_boxes(rng, 200, 200, 12, min_size=8, max_size=16, gap=4)
+    tif = write_geotiff(tmp_path / "s.tif", paint_boxes(200, 200, boxes), transform=NORTH_UP)
+    labels = tmp_path / "l.gpkg"
+    gpd.GeoDataFrame(geometry=list(pixel_boxes_to_map(boxes, NORTH_UP)), crs=32617).to_file(labels)
+    tiny = dict(chip_size=64, batch_size=4, progress=False, val_fraction=0, epochs=1)
+    first = train([tif], labels, tmp_path / "a.model", pretrained="none", **tiny).path
+    second = train([tif], labels, tmp_path / "b.model", pretrained="none", seed=1, **tiny).path
+    kept = keep_as_synthetic_start(first)
+    assert kept == synthetic_start_path() and kept.read_bytes() == first.read_bytes()
+    assert keep_as_synthetic_start(second) is None  # an existing start is never replaced
+    assert kept.read_bytes() == first.read_bytes()
+    assert sorted(p.name for p in torch_cache.iterdir()) == [kept.name]  # no temp files
+    assert train([tif], labels, None, **tiny).spec.training["initialised_from"] == str(kept)
+
+
 def test_a_start_with_other_bands_adapts_the_stem_instead_of_dropping_it():
     from geodetect.model import build_retinanet
     from geodetect.train.loop import copy_matching_weights

@@ -11,6 +11,8 @@ and 0.778 from scratch.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -77,4 +79,34 @@ def build_synthetic_start(
             progress=progress,
         )
     log.info("synthetic starting model written to %s", target)
+    return target
+
+
+def keep_as_synthetic_start(model_path: str | os.PathLike) -> Path | None:
+    """Put a model trained on a synthetic suburb (e.g. the demo's) in the cache as the
+    synthetic starting model for its backbone and preset, unless one is already there.
+
+    Returns:
+        Where it was put, or None when a starting model was already cached (it is kept:
+        ``geodetect weights synth --overwrite`` replaces it) or the cache is not writable.
+    """
+    from geodetect.model import load_model
+
+    spec = load_model(model_path).spec
+    target = synthetic_start_path(spec.backbone, spec.preset)
+    if target.exists():
+        return None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(model_path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        log.warning("could not keep %s as a starting model in %s: %s", model_path, target, exc)
+        return None
     return target
