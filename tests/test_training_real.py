@@ -128,12 +128,17 @@ def test_default_slack_is_one_standard_error_so_it_shrinks_with_the_validation_s
     assert recall_leaning_threshold(scores, matched, n, low=0.2, high=0.8, slack=0.1) == 0.2
 
 
-def test_init_starts_a_new_model_from_another_ones_weights(tmp_path):
-    rng = np.random.default_rng(2)
-    boxes = random_boxes(rng, 200, 200, 12, min_size=8, max_size=16, gap=4)
+def _painted_scene(tmp_path, *, seed):
+    """A 200 px GeoTIFF with 12 painted boxes and their labels (GeoPackage)."""
+    boxes = random_boxes(np.random.default_rng(seed), 200, 200, 12, min_size=8, max_size=16, gap=4)
     tif = write_geotiff(tmp_path / "s.tif", paint_boxes(200, 200, boxes), transform=NORTH_UP)
     labels = tmp_path / "l.gpkg"
     gpd.GeoDataFrame(geometry=list(pixel_boxes_to_map(boxes, NORTH_UP)), crs=32617).to_file(labels)
+    return tif, labels
+
+
+def test_init_starts_a_new_model_from_another_ones_weights(tmp_path):
+    tif, labels = _painted_scene(tmp_path, seed=2)
     tiny = dict(chip_size=64, batch_size=4, pretrained="none", progress=False, val_fraction=0)
     first = train([tif], labels, tmp_path / "a.model", epochs=1, **tiny)
     source = load_model(first.path).model.state_dict()
@@ -156,11 +161,7 @@ def test_synthetic_start_is_built_by_a_command_and_used_by_train(tmp_path, torch
     with pytest.raises(SystemExit) as exc:
         main(["weights", "synth", "--minutes", "0.1", "-q"])  # already there
     assert exc.value.code == 1
-    rng = np.random.default_rng(3)
-    boxes = random_boxes(rng, 200, 200, 12, min_size=8, max_size=16, gap=4)
-    tif = write_geotiff(tmp_path / "s.tif", paint_boxes(200, 200, boxes), transform=NORTH_UP)
-    labels = tmp_path / "l.gpkg"
-    gpd.GeoDataFrame(geometry=list(pixel_boxes_to_map(boxes, NORTH_UP)), crs=32617).to_file(labels)
+    tif, labels = _painted_scene(tmp_path, seed=3)
     tiny = dict(chip_size=64, batch_size=4, progress=False, val_fraction=0, epochs=1)
     started = train([tif], labels, None, **tiny)  # pretrained="auto"
     assert started.spec.training["initialised_from"] == str(path)
@@ -171,11 +172,7 @@ def test_synthetic_start_is_built_by_a_command_and_used_by_train(tmp_path, torch
 def test_a_demo_model_becomes_the_synthetic_start_once(tmp_path, torch_cache):
     from geodetect.train.pretrain import keep_as_synthetic_start, synthetic_start_path
 
-    rng = np.random.default_rng(4)
-    boxes = random_boxes(rng, 200, 200, 12, min_size=8, max_size=16, gap=4)
-    tif = write_geotiff(tmp_path / "s.tif", paint_boxes(200, 200, boxes), transform=NORTH_UP)
-    labels = tmp_path / "l.gpkg"
-    gpd.GeoDataFrame(geometry=list(pixel_boxes_to_map(boxes, NORTH_UP)), crs=32617).to_file(labels)
+    tif, labels = _painted_scene(tmp_path, seed=4)
     tiny = dict(chip_size=64, batch_size=4, progress=False, val_fraction=0, epochs=1)
     first = train([tif], labels, tmp_path / "a.model", pretrained="none", **tiny).path
     second = train([tif], labels, tmp_path / "b.model", pretrained="none", seed=1, **tiny).path

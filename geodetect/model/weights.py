@@ -188,7 +188,7 @@ def import_imagenet_weights(
                 f"{target} already holds other {backbone} weights; add --overwrite to "
                 f"replace them with {source}"
             )
-    _copy_atomically(source, target)
+    copy_atomically(source, target)
     log.debug("%s weights from %s placed at %s", backbone, source, target)
     return CachedWeights.of(backbone), True
 
@@ -319,7 +319,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _copy_atomically(source: Path, target: Path) -> None:
+def copy_atomically(source: Path, target: Path) -> None:
     """Copy ``source`` to a temporary file beside ``target``, then rename it over."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(

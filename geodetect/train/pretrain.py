@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -93,21 +92,14 @@ def keep_as_synthetic_start(model_path: str | os.PathLike) -> Path | None:
         ``geodetect weights synth --overwrite`` replaces it) or the cache is not writable.
     """
     from geodetect.model import load_model
+    from geodetect.model.weights import copy_atomically
 
     spec = load_model(model_path).spec
     target = synthetic_start_path(spec.backbone, spec.preset)
     if target.exists():
         return None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(model_path, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        copy_atomically(Path(model_path), target)
     except OSError as exc:
         log.warning("could not keep %s as a starting model in %s: %s", model_path, target, exc)
         return None
