@@ -59,8 +59,8 @@ def build_synthetic_start(
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:  # before minutes of drawing and training
         raise OutputError(
-            f"{target}: a synthetic starting model is already there; pass --overwrite to "
-            "build it again"
+            f"{target}: a synthetic starting model is already there (`geodetect demo` "
+            "leaves its model there too); pass --overwrite to build it again"
         )
     with tempfile.TemporaryDirectory(prefix="geodetect-synth-") as tmp:
         scene = synth_scene(
