@@ -45,11 +45,14 @@ def run_demo(
     device: str = "auto",
     overwrite: bool = True,
     progress: bool = True,
+    keep_start: bool = True,
 ) -> DemoResult:
     """Run the whole workflow on synthetic data (no download, a 2-core laptop is enough).
 
     The training scene and the 2×2-file test mosaic come from different seeds and
-    places, so the scores are on imagery the model never saw.
+    places, so the scores are on imagery the model never saw. With ``keep_start`` the
+    trained model also becomes ``train``'s synthetic starting point when none is cached
+    (see :func:`geodetect.train.pretrain.keep_as_synthetic_start`).
     """
     start = time.monotonic()
     out = Path(out_dir)
@@ -84,7 +87,7 @@ def run_demo(
         progress=progress,
     )
     log.info("%s", trained.summary())
-    kept = keep_as_synthetic_start(model_path)
+    kept = keep_as_synthetic_start(model_path) if keep_start else None
     if kept is not None:
         log.info(
             "the demo's model is kept as the starting point of `geodetect train` where no "
