@@ -15,6 +15,13 @@ from geodetect.geometry import pixel_boxes_to_map
 from geodetect.io.raster import GridReader, open_mosaics, resample_to_gsd
 from geodetect.train import load_labelled, prepare_training_data
 from geodetect.train.augment import NO_AUGMENTATION
+from geodetect.train.data import (
+    COARSEN_FROM,
+    MAX_COARSEN,
+    MIN_SMALL_PX,
+    TARGET_OBJECT_PX,
+    object_scaled_gsd,
+)
 
 from conftest import make_oracle, paint_boxes, write_geotiff
 
@@ -99,3 +106,60 @@ def test_a_scene_at_half_or_double_the_model_gsd_gives_the_same_map_boxes(tmp_pa
     native = detect([path], oracle, chip_size=128, progress=False, gsd="native")
     assert len(native) == len(BOXES_M)
     assert pixel_boxes_to_map is not None
+
+
+LARGE_M = [(2.0, 2.0, 12.0, 10.0), (20.0, 4.0, 30.0, 14.0), (40.0, 30.0, 50.0, 39.0)]
+LARGE_M += [(6.0, 40.0, 15.0, 50.0), (30.0, 46.0, 34.0, 50.0)]  # a 4 m one among 9-10 m ones
+
+
+def test_objects_large_in_pixels_train_at_a_coarser_gsd_with_boxes_to_match(tmp_path, caplog):
+    scene = _scene(tmp_path / "fine.tif", 0.05, LARGE_M)
+    labels = tmp_path / "labels.gpkg"
+    polys = [
+        shapely.box(ORIGIN[0] + x1, ORIGIN[1] - y2, ORIGIN[0] + x2, ORIGIN[1] - y1)
+        for x1, y1, x2, y2 in LARGE_M
+    ]
+    gpd.GeoDataFrame(geometry=polys, crs=32617).to_file(labels)
+    sides = np.array([max(x2 - x1, y2 - y1) for x1, y1, x2, y2 in LARGE_M])
+    with caplog.at_level("INFO", logger="geodetect"):
+        labelled = load_labelled([scene], labels)
+    # 10 m objects are 200 px at 0.05 m: read at the GSD that makes them about 80 px
+    want_gsd = 0.05 * np.percentile(sides / 0.05, 95) / TARGET_OBJECT_PX
+    assert labelled.gsd() == pytest.approx(want_gsd, rel=0.02)
+    assert labelled.typical_object_px == pytest.approx(TARGET_OBJECT_PX, rel=0.05)
+    [gl] = labelled.grids
+    assert gl.grid.width == round(60.0 / labelled.gsd())
+    scale = 1 / labelled.gsd()  # metres to the coarser pixels
+    want = np.array([[v * scale for v in b] for b in LARGE_M])
+    np.testing.assert_allclose(gl.boxes, want, atol=0.6)
+    assert "training at" in caplog.text and "--gsd 0.05" in caplog.text
+    data = prepare_training_data(
+        labelled, chip_size=128, val_fraction=0.0, augmentation=NO_AUGMENTATION
+    )
+    threshold = (150 - data.band_mean[0]) / data.band_std[0]
+    for i in range(len(data.train)):
+        image, target = data.train[i]
+        for x1, y1, x2, y2 in target["boxes"].round().int().tolist():
+            assert (image[0, y1 + 1 : y2 - 1, x1 + 1 : x2 - 1] > threshold).float().mean() > 0.9
+    # the user's --gsd is kept as given
+    assert load_labelled([scene], labels, gsd=0.05).gsd() == pytest.approx(0.05)
+
+
+def test_the_training_gsd_is_coarsened_only_where_objects_are_large_in_pixels():
+    rng = np.random.default_rng(0)
+    pools = rng.lognormal(np.log(7.5), 0.5, 600).clip(2.0, 30.0)  # metres, like real pools
+    # at 0.2-0.3 m pools are already small in pixels: nothing changes
+    assert object_scaled_gsd(pools, 0.3) == 0.3
+    assert object_scaled_gsd(pools, 0.2) == 0.2
+    # at 7.5 cm the typical pool drops to about TARGET_OBJECT_PX, small ones stay >= 16 px
+    coarser = object_scaled_gsd(pools, 0.075)
+    assert coarser > 0.075 * COARSEN_FROM
+    typical, small = np.percentile(pools, [95, 5]) / coarser
+    assert typical >= TARGET_OBJECT_PX - 1e-6 and small >= MIN_SMALL_PX - 1e-6
+    assert min(abs(typical - TARGET_OBJECT_PX), abs(small - MIN_SMALL_PX)) < 1e-6
+    # small objects set the limit: 1 m cars at 5 cm stay at 5 cm
+    cars = rng.uniform(0.9, 5.0, 300)
+    assert object_scaled_gsd(cars, 0.05) == 0.05
+    # never more than MAX_COARSEN times coarser
+    lakes = rng.uniform(200.0, 400.0, 50)
+    assert object_scaled_gsd(lakes, 0.1) == pytest.approx(0.1 * MAX_COARSEN)

@@ -55,9 +55,9 @@ def test_an_object_larger_than_the_chip_is_learnt_whole_from_a_shrunk_window(tmp
     boxes = np.array([[300, 300, 330, 320], [100, 120, 300, 260], [420, 40, 450, 62]])
     tif, labels = _label_scene(tmp_path, boxes)
     aug = Augmentation(brightness=0.0, contrast=0.0, colour=0.0, noise=0.0, scale=0.1)
-    data = prepare_training_data(
-        load_labelled([tif], labels), chip_size=64, val_fraction=0.0, augmentation=aug
-    )
+    # at the raster's own GSD (by default, objects this large in pixels train coarser)
+    labelled = load_labelled([tif], labels, gsd=NORTH_UP.a)
+    data = prepare_training_data(labelled, chip_size=64, val_fraction=0.0, augmentation=aug)
     big = [i for i, item in enumerate(data.train.items) if item.anchor == 1]
     assert big and data.train.items[big[0]].size >= 1.25 * 200
     threshold = (150 - data.band_mean[0]) / data.band_std[0]

@@ -60,6 +60,14 @@ from geodetect.cli import options
     "objects are learnt from windows shrunk to the chip)",
 )
 @click.option(
+    "--gsd",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="METRES",
+    help="Training pixel size in metres, at which the model then detects (default: the "
+    "rasters' median, coarser when the objects are large in pixels).",
+)
+@click.option(
     "--epochs",
     type=click.IntRange(min=1),
     default=None,
@@ -134,6 +142,7 @@ def command(
     backbone,
     preset,
     chip_size,
+    gsd,
     epochs,
     max_minutes,
     batch_size,
@@ -178,6 +187,7 @@ def command(
         backbone=backbone,
         preset=preset,
         chip_size=chip_size,
+        gsd=gsd,
         epochs=epochs,
         max_minutes=max_minutes,
         batch_size=batch_size,

@@ -226,12 +226,17 @@ def map_to_pixel_boxes(geoms: np.ndarray, transform: Affine) -> np.ndarray:
 
 
 def labels_on_grids(
-    labels: gpd.GeoDataFrame, grids: Sequence[MosaicGrid], classes: Sequence[str]
+    labels: gpd.GeoDataFrame,
+    grids: Sequence[MosaicGrid],
+    classes: Sequence[str],
+    *,
+    warn_outside: bool = True,
 ) -> list[GridLabels]:
     """Pixel boxes of the labels on each mosaic grid (reprojected to each grid's CRS).
 
     A label counts on a grid when its box overlaps the grid's extent with positive area;
-    labels on no grid at all are counted in one warning.
+    labels on no grid at all are counted in one warning (unless ``warn_outside`` is
+    False: the same labels placed again on the same area at another GSD).
 
     Raises:
         LabelError: no label overlaps any of the rasters.
@@ -264,7 +269,7 @@ def labels_on_grids(
             f"{name}: none of its {len(labels)} labels overlaps the input raster(s); check "
             "that labels and imagery cover the same area and that both CRSs are right"
         )
-    if outside:
+    if outside and warn_outside:
         log.warning(
             "%s: %d of %d labels lie outside every input raster and are ignored",
             name,

@@ -64,6 +64,15 @@ TYPICAL_PERCENTILE = 95
 # Training rasters whose pixels differ from the training GSD by more than this share
 # are resampled to it.
 GSD_TOLERANCE = 0.02
+# Objects large in pixels train at a coarser GSD, chosen so the typical object (95th
+# percentile) is about TARGET_OBJECT_PX, once that coarsens by COARSEN_FROM or more; the
+# small ones (SMALL_PERCENTILE) keep at least MIN_SMALL_PX (RetinaNet's smallest anchors
+# are 16 px), and at most MAX_COARSEN times coarser (see object_scaled_gsd).
+TARGET_OBJECT_PX = 80.0
+COARSEN_FROM = 1.25
+SMALL_PERCENTILE = 5
+MIN_SMALL_PX = 16.0
+MAX_COARSEN = 4.0
 _BLOCKS_PER_GRID = 16  # aim: a 4 x 4 checkerboard of candidate validation blocks
 _PLACE_TRIES = 50
 # An object whose longest side exceeds a chip divided by this is read in a larger window,
@@ -651,12 +660,20 @@ def load_labelled(
             raise InputError("--labels needs at least one IMAGE to train on")
         gdf = read_labels(labels, layer=layer, class_field=class_field, point_size=point_size)
         classes = class_names(gdf)
-        grids = to_training_gsd(open_mosaics(images), gsd=gsd)
-        labelled = LabelledData(
-            labels_on_grids(gdf, grids, classes),
-            classes,
-            source={"labels": str(labels), "images": [str(p) for g in grids for p in g.paths]},
-        )
+
+        def on(grids: list[MosaicGrid], *, again: bool = False) -> LabelledData:
+            boxes = labels_on_grids(gdf, grids, classes, warn_outside=not again)
+            paths = [str(p) for g in grids for p in g.paths]
+            return LabelledData(boxes, classes, source={"labels": str(labels), "images": paths})
+
+        opened = open_mosaics(images)
+        labelled = on(to_training_gsd(opened, gsd=gsd))
+        finest = labelled.gsd()
+        if gsd is None and finest:
+            coarser = object_scaled_gsd(labelled.object_sides_px() * finest, finest)
+            if coarser != finest:
+                _log_coarser(labelled, finest, coarser)
+                labelled = on(resample_to_gsd(opened, coarser, tolerance=GSD_TOLERANCE), again=True)
     else:
         if images:
             raise InputError(
@@ -711,6 +728,44 @@ def to_training_gsd(grids: Sequence[MosaicGrid], gsd: float | None = None) -> li
             target,
         )
     return resample_to_gsd(grids, target, tolerance=GSD_TOLERANCE)
+
+
+def object_scaled_gsd(sides_m: np.ndarray, gsd: float) -> float:
+    """The training GSD for objects of longest sides ``sides_m`` (metres) on rasters of
+    ``gsd`` metres: ``gsd`` itself, or coarser when the objects are large in pixels.
+
+    A step's cost grows with the chip's area and the chip with the typical object (see
+    ``default_chip_size``), so 7.5 cm imagery of 15 m pools would train on 320 px chips,
+    six times the cost of 128 px ones, and get a sixth of the steps in a time budget. The
+    typical object (the 95th percentile) is brought to about :data:`TARGET_OBJECT_PX`
+    when that coarsens the pixels by :data:`COARSEN_FROM` or more, at most
+    :data:`MAX_COARSEN` times, and never so far that the small objects (the
+    :data:`SMALL_PERCENTILE` th percentile) fall under :data:`MIN_SMALL_PX`. Detection
+    reads its chips at the model's GSD, so it gains the same factor squared."""
+    if not len(sides_m) or gsd <= 0:
+        return gsd
+    typical = float(np.percentile(sides_m, TYPICAL_PERCENTILE)) / gsd
+    small = float(np.percentile(sides_m, SMALL_PERCENTILE)) / gsd
+    factor = min(typical / TARGET_OBJECT_PX, small / MIN_SMALL_PX, MAX_COARSEN)
+    return gsd * factor if factor >= COARSEN_FROM else gsd
+
+
+def _log_coarser(labelled: LabelledData, finest: float, coarser: float) -> None:
+    sides = labelled.object_sides_px()
+    factor = coarser / finest
+    log.info(
+        "objects are large in pixels at %.3g m (95th percentile %.0f px, 5th %.0f px): "
+        "training at %.3g m instead (%.0f px and %.0f px), about %.1fx the steps per "
+        "minute; the model detects at that GSD. --gsd %.3g keeps the finer pixels",
+        finest,
+        labelled.typical_object_px,
+        float(np.percentile(sides, SMALL_PERCENTILE)),
+        coarser,
+        labelled.typical_object_px / factor,
+        float(np.percentile(sides, SMALL_PERCENTILE)) / factor,
+        factor**2,
+        finest,
+    )
 
 
 def _check_layout(labelled: LabelledData) -> None:

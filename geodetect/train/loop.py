@@ -968,6 +968,7 @@ def train(
     backbone: str = "resnet18",
     preset: str = "lite",
     chip_size: int | None = None,
+    gsd: float | None = None,
     box_loss: str | None = None,
     epochs: int | None = None,
     max_minutes: float | None = None,
@@ -1000,6 +1001,10 @@ def train(
             ``"standard"`` (256, 4).
         chip_size: training chip edge in pixels (default: :func:`default_chip_size`;
             the stored model's when resuming).
+        gsd: training pixel size in metres; the model detects at it (default: the
+            rasters' upper median, coarser where the objects are large in pixels, see
+            :func:`geodetect.train.data.object_scaled_gsd`; the stored model's when
+            resuming).
         box_loss: RetinaNet box loss (default: the spec's).
         epochs: planned epochs; with ``max_minutes`` alone the budget sets the length.
         max_minutes: wall-clock budget for the whole call (reading labels, sampling,
@@ -1050,6 +1055,8 @@ def train(
             chip_size,
             base.spec.chip_size,
         )
+    if base is not None and gsd is not None and base.spec.gsd and gsd != base.spec.gsd:
+        log.warning("--gsd %g ignored: the resumed model works at %g m", gsd, base.spec.gsd)
     if chip_size is not None and (chip_size % 32 or chip_size < 32):
         raise InputError(f"--chip-size {chip_size}: must be a multiple of 32 and at least 32")
 
@@ -1062,7 +1069,7 @@ def train(
         layer=layer,
         class_field=class_field,
         point_size=point_size,
-        gsd=None if base is None else base.spec.gsd,
+        gsd=gsd if base is None or not base.spec.gsd else base.spec.gsd,
     )
     if base is not None:
         size = base.spec.chip_size
