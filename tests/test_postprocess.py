@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geodetect.model import build_retinanet
+from geodetect.model import build_retinanet, postprocess
+from geodetect.model.postprocess import nested_boxes
 
 from conftest import make_tiny_spec
 
@@ -79,3 +80,53 @@ def test_one_chip_never_votes_or_suppresses_with_another():
     for out in pair:
         torch.testing.assert_close(out["boxes"], alone["boxes"], atol=1e-4, rtol=0)
         torch.testing.assert_close(out["scores"], alone["scores"])
+
+
+def test_a_box_nested_in_a_better_one_is_dropped_and_neighbours_are_kept():
+    boxes = torch.tensor(
+        [
+            [10.0, 10.0, 50.0, 40.0],  # a pool, whole
+            [12.0, 11.0, 32.0, 39.0],  # the same pool in part: inside it, IoU 0.47
+            [48.0, 10.0, 80.0, 40.0],  # a neighbour overlapping its edge
+            [11.0, 11.0, 20.0, 20.0],  # a spa in its corner: inside, IoU 0.07
+            [12.0, 11.0, 32.0, 39.0],  # the part again, in another class
+            [12.0, 11.0, 32.0, 39.0],  # ... and in another chip
+        ]
+    )
+    scores = torch.tensor([0.9, 0.6, 0.8, 0.5, 0.6, 0.6])
+    group = torch.tensor([0, 0, 0, 0, 1, 2])
+    assert nested_boxes(boxes, scores, group).tolist() == [False, True, False, False, False, False]
+    # the better-scored part keeps its place and the worse-scored whole goes
+    flipped = torch.tensor([0.6, 0.9, 0.8, 0.5, 0.6, 0.6])
+    assert nested_boxes(boxes, flipped, group).tolist() == [True, False] + [False] * 4
+    # a tie keeps the larger box, whatever the order
+    tie = torch.tensor([0.7, 0.7, 0.8, 0.5, 0.6, 0.6])
+    for perm in (torch.arange(6), torch.tensor([5, 1, 4, 3, 0, 2])):
+        dropped = nested_boxes(boxes[perm], tie[perm], group[perm])
+        assert perm[dropped].tolist() == [1]
+    assert not nested_boxes(boxes[:0], scores[:0], group[:0]).any()
+
+
+def test_the_detector_reports_no_nested_pair():
+    torch.manual_seed(3)
+    net = build_retinanet(make_tiny_spec(), pretrained="none").eval()
+    with torch.no_grad():
+        net.head.classification_head.cls_logits.weight.normal_(0, 0.15)
+        net.head.regression_head.bbox_reg.weight.normal_(0, 0.05)
+    net.score_thresh, net.detections_per_img = 0.05, 300
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        heads, anchors, sizes = _heads(net, x)
+        net.detections_per_img = 1 << 30
+        saved, postprocess.NESTED_IOS = postprocess.NESTED_IOS, 2.0  # nothing is nested
+        try:
+            plain = net.postprocess_detections(heads, anchors, sizes)
+        finally:
+            postprocess.NESTED_IOS = saved
+        out = net.postprocess_detections(heads, anchors, sizes)
+    removed = 0
+    for got, before in zip(out, plain, strict=True):
+        labels = got["labels"]
+        assert not nested_boxes(got["boxes"], got["scores"], labels).any()
+        removed += len(before["boxes"]) - len(got["boxes"])
+    assert removed > 0  # the untrained head does report nested pairs

@@ -29,7 +29,7 @@ from torchvision.ops import (
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import Conv2dNormActivation
 
-from geodetect.model.postprocess import batched_detections
+from geodetect.model.postprocess import batched_detections, nested_boxes
 from geodetect.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -185,32 +185,38 @@ class VotingRetinaNet(RetinaNet):
         """The same detections the way torchvision computes them, chip by chip and level
         by level (the reference the batched path is tested against)."""
         vote = self.box_vote_iou
-        if vote is None or vote >= 1:
-            return super().postprocess_detections(head_outputs, anchors, image_shapes)
+        voting = vote is not None and vote < 1
         nms_thresh, limit = self.nms_thresh, self.detections_per_img
-        # All candidates, score-sorted: NMS at IoU 1 suppresses nothing.
-        self.nms_thresh, self.detections_per_img = 1.0, _MAX_VOTERS
+        # Voting: all candidates, score-sorted (NMS at IoU 1 suppresses nothing);
+        # otherwise all that NMS keeps. The per-chip limit comes after nested boxes go.
+        self.nms_thresh = 1.0 if voting else nms_thresh
+        self.detections_per_img = _MAX_VOTERS if voting else 1 << 30
         try:
             candidates = super().postprocess_detections(head_outputs, anchors, image_shapes)
         finally:
             self.nms_thresh, self.detections_per_img = nms_thresh, limit
-        return [_vote(c, nms_iou=nms_thresh, vote_iou=vote, limit=limit) for c in candidates]
+        return [
+            _vote(c, nms_iou=nms_thresh, vote_iou=vote if voting else None, limit=limit)
+            for c in candidates
+        ]
 
 
 _MAX_VOTERS = 1000
 
 
-def _vote(candidates: dict, *, nms_iou: float, vote_iou: float, limit: int) -> dict:
-    """Box voting, then class-wise NMS, on one chip's score-sorted candidates."""
+def _vote(candidates: dict, *, nms_iou: float, vote_iou: float | None, limit: int) -> dict:
+    """Box voting (unless ``vote_iou`` is None), class-wise NMS and the removal of
+    nested boxes, on one chip's score-sorted candidates."""
     boxes, scores, labels = candidates["boxes"], candidates["scores"], candidates["labels"]
-    if len(boxes):
+    if len(boxes) and vote_iou is not None:
         voters = (box_iou(boxes, boxes) >= vote_iou) & (labels[:, None] == labels[None, :])
         voters.fill_diagonal_(True)  # a box clipped to no area (IoU 0/0) still votes
         weights = voters.to(boxes.dtype) * scores.to(boxes.dtype)[None, :]
         # Autocast would run this product in bf16 and round coordinates to 1-2 px.
         with torch.autocast(boxes.device.type, enabled=False):
             boxes = (weights @ boxes) / weights.sum(dim=1, keepdim=True)
-    keep = batched_nms(boxes, scores, labels, nms_iou)[:limit]
+    keep = batched_nms(boxes, scores, labels, nms_iou)
+    keep = keep[~nested_boxes(boxes[keep], scores[keep], labels[keep])][:limit]
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
