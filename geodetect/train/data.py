@@ -755,8 +755,9 @@ def _log_coarser(labelled: LabelledData, finest: float, coarser: float) -> None:
     factor = coarser / finest
     log.info(
         "objects are large in pixels at %.3g m (95th percentile %.0f px, 5th %.0f px): "
-        "training at %.3g m instead (%.0f px and %.0f px), about %.1fx the steps per "
-        "minute; the model detects at that GSD. --gsd %.3g keeps the finer pixels",
+        "training at %.3g m instead (%.0f px and %.0f px: %.1fx fewer pixels per object, "
+        "so smaller chips and more steps a minute); the model detects at that GSD. "
+        "--gsd %.3g keeps the finer pixels",
         finest,
         labelled.typical_object_px,
         float(np.percentile(sides, SMALL_PERCENTILE)),
