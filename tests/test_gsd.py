@@ -151,15 +151,17 @@ def test_the_training_gsd_is_coarsened_only_where_objects_are_large_in_pixels():
     # at 0.2-0.3 m pools are already small in pixels: nothing changes
     assert object_scaled_gsd(pools, 0.3) == 0.3
     assert object_scaled_gsd(pools, 0.2) == 0.2
-    # at 7.5 cm the typical pool drops to about TARGET_OBJECT_PX, small ones stay >= 16 px
+    # at 7.5 cm the typical pool drops to about TARGET_OBJECT_PX, small ones stay >= 12 px
     coarser = object_scaled_gsd(pools, 0.075)
     assert coarser > 0.075 * COARSEN_FROM
     typical, small = np.percentile(pools, [95, 5]) / coarser
     assert typical >= TARGET_OBJECT_PX - 1e-6 and small >= MIN_SMALL_PX - 1e-6
     assert min(abs(typical - TARGET_OBJECT_PX), abs(small - MIN_SMALL_PX)) < 1e-6
-    # small objects set the limit: 1 m cars at 5 cm stay at 5 cm
-    cars = rng.uniform(0.9, 5.0, 300)
-    assert object_scaled_gsd(cars, 0.05) == 0.05
+    # small objects set the limit: 0.3-8 m objects at 5 cm are large in pixels, but the
+    # smallest 5 % (14 px) would fall under MIN_SMALL_PX: they stay at 5 cm
+    mixed = rng.uniform(0.3, 8.0, 300)
+    assert np.percentile(mixed, 95) / 0.05 > 1.5 * TARGET_OBJECT_PX
+    assert object_scaled_gsd(mixed, 0.05) == 0.05
     # never more than MAX_COARSEN times coarser
     lakes = rng.uniform(200.0, 400.0, 50)
     assert object_scaled_gsd(lakes, 0.1) == pytest.approx(0.1 * MAX_COARSEN)

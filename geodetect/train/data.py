@@ -66,12 +66,13 @@ TYPICAL_PERCENTILE = 95
 GSD_TOLERANCE = 0.02
 # Objects large in pixels train at a coarser GSD, chosen so the typical object (95th
 # percentile) is about TARGET_OBJECT_PX, once that coarsens by COARSEN_FROM or more; the
-# small ones (SMALL_PERCENTILE) keep at least MIN_SMALL_PX (RetinaNet's smallest anchors
-# are 16 px), and at most MAX_COARSEN times coarser (see object_scaled_gsd).
+# small ones (SMALL_PERCENTILE) keep at least MIN_SMALL_PX (a 12 px object still meets
+# RetinaNet's smallest anchor, 16 px, at IoU 0.56), and at most MAX_COARSEN times
+# coarser (see object_scaled_gsd).
 TARGET_OBJECT_PX = 80.0
 COARSEN_FROM = 1.25
 SMALL_PERCENTILE = 5
-MIN_SMALL_PX = 16.0
+MIN_SMALL_PX = 12.0
 MAX_COARSEN = 4.0
 _BLOCKS_PER_GRID = 16  # aim: a 4 x 4 checkerboard of candidate validation blocks
 _PLACE_TRIES = 50
