@@ -159,7 +159,7 @@ def test_the_training_gsd_is_coarsened_only_where_objects_are_large_in_pixels():
     assert min(abs(typical - TARGET_OBJECT_PX), abs(small - MIN_SMALL_PX)) < 1e-6
     # small objects set the limit: 0.3-8 m objects at 5 cm are large in pixels, but the
     # smallest 5 % (14 px) would fall under MIN_SMALL_PX: they stay at 5 cm
-    mixed = rng.uniform(0.3, 8.0, 300)
+    mixed = np.linspace(0.3, 8.0, 300)
     assert np.percentile(mixed, 95) / 0.05 > 1.5 * TARGET_OBJECT_PX
     assert object_scaled_gsd(mixed, 0.05) == 0.05
     # never more than MAX_COARSEN times coarser
