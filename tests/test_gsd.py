@@ -155,8 +155,9 @@ def test_the_training_gsd_is_coarsened_only_where_objects_are_large_in_pixels():
     coarser = object_scaled_gsd(pools, 0.075)
     assert coarser > 0.075 * COARSEN_FROM
     typical, small = np.percentile(pools, [95, 5]) / coarser
-    assert typical >= TARGET_OBJECT_PX - 1e-6 and small >= MIN_SMALL_PX - 1e-6
-    assert min(abs(typical - TARGET_OBJECT_PX), abs(small - MIN_SMALL_PX)) < 1e-6
+    assert typical >= 0.99 * TARGET_OBJECT_PX and small >= 0.99 * MIN_SMALL_PX
+    assert min(typical / TARGET_OBJECT_PX, small / MIN_SMALL_PX) < 1.01
+    assert coarser == float(f"{coarser:.3g}")  # a GSD people can read
     # small objects set the limit: 0.3-8 m objects at 5 cm are large in pixels, but the
     # smallest 5 % (14 px) would fall under MIN_SMALL_PX: they stay at 5 cm
     mixed = np.linspace(0.3, 8.0, 300)

@@ -748,7 +748,9 @@ def object_scaled_gsd(sides_m: np.ndarray, gsd: float) -> float:
     typical = float(np.percentile(sides_m, TYPICAL_PERCENTILE)) / gsd
     small = float(np.percentile(sides_m, SMALL_PERCENTILE)) / gsd
     factor = min(typical / TARGET_OBJECT_PX, small / MIN_SMALL_PX, MAX_COARSEN)
-    return gsd * factor if factor >= COARSEN_FROM else gsd
+    if factor < COARSEN_FROM:
+        return gsd
+    return min(float(f"{gsd * factor:.3g}"), gsd * MAX_COARSEN)  # 0.21 m, not 0.20992 m
 
 
 def _log_coarser(labelled: LabelledData, finest: float, coarser: float) -> None:
