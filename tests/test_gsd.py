@@ -12,7 +12,8 @@ from affine import Affine
 
 from geodetect.detect import detect
 from geodetect.geometry import pixel_boxes_to_map
-from geodetect.io.raster import GridReader, open_mosaics, resample_to_gsd
+from geodetect.io.raster import GridReader, open_mosaics, resample_to_gsd, scene_info
+from geodetect.io.target import choose_target
 from geodetect.train import load_labelled, prepare_training_data
 from geodetect.train.augment import NO_AUGMENTATION
 from geodetect.train.data import (
@@ -92,8 +93,10 @@ def test_training_on_two_gsds_gives_chips_at_one_gsd_with_boxes_to_match(tmp_pat
     assert seen == {0, 1}
 
 
-@pytest.mark.parametrize("gsd", [0.1, 0.2, 0.4])
+@pytest.mark.parametrize("gsd", [0.025, 0.1, 0.2, 0.4])
 def test_a_scene_at_half_or_double_the_model_gsd_gives_the_same_map_boxes(tmp_path, gsd):
+    # 0.025: eight times finer than the model (a model trained at a coarsened GSD, see
+    # object_scaled_gsd, meeting imagery finer than its training rasters) is read at 0.2 m
     oracle = make_oracle(chip_size=128, gsd=0.2, typical_object_px=40)
     path = _scene(tmp_path / "s.tif", gsd, BOXES_M)
     layer = detect([path], oracle, chip_size=128, progress=False)  # default reader processes
@@ -103,9 +106,20 @@ def test_a_scene_at_half_or_double_the_model_gsd_gives_the_same_map_boxes(tmp_pa
     for truth in _map_polys():
         dist = [shapely.hausdorff_distance(truth, g) for g in layer.geometry]
         assert min(dist) <= tol + 1e-9, (gsd, min(dist))
-    native = detect([path], oracle, chip_size=128, progress=False, gsd="native")
-    assert len(native) == len(BOXES_M)
+    if gsd >= 0.1:  # at its own 0.025 m pixels the scene's objects outgrow the chip
+        native = detect([path], oracle, chip_size=128, progress=False, gsd="native")
+        assert len(native) == len(BOXES_M)
     assert pixel_boxes_to_map is not None
+
+
+@pytest.mark.parametrize(("gsd", "read_at"), [(0.025, 0.2), (0.01, 0.2), (0.6, 0.2), (1.0, 1.0)])
+def test_imagery_finer_than_the_model_is_always_read_at_its_gsd(tmp_path, gsd, read_at):
+    """However fine (a model trained at a coarsened GSD meets its flight's own pixels);
+    imagery more than 4x coarser is read as it is, with a note."""
+    path = _scene(tmp_path / "s.tif", gsd, BOXES_M[:1], size_m=12.0)
+    choice = choose_target([scene_info(path)], model_gsd=0.2)
+    assert choice.gsd_m == pytest.approx(read_at)
+    assert bool(choice.warnings) == (gsd / 0.2 > 4)
 
 
 LARGE_M = [(2.0, 2.0, 12.0, 10.0), (20.0, 4.0, 30.0, 14.0), (40.0, 30.0, 50.0, 39.0)]

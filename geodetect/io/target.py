@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 # Imagery whose pixels are within this share of the model's GSD is read at its own.
 GSD_TOLERANCE = 0.15
-# Imagery more than this factor finer or coarser than the model is not resampled.
+# Imagery more than this factor coarser than the model is not resampled (finer imagery
+# always is: averaging pixels down loses nothing the model would see).
 MAX_FACTOR = 4.0
 
 
@@ -60,8 +61,11 @@ def choose_target(
 ) -> TargetChoice:
     """The run's CRS and lattice: the first file's CRS (or ``crs``) and, with
     ``gsd="model"``, the model's GSD unless the first file is within 15 % of it (then
-    its own pixels, so the usual mosaic is read without any warp) or more than 4x away
-    either way (read as it is, with a warning); a number sets the pixel size in metres.
+    its own pixels, so the usual mosaic is read without any warp) or more than 4x
+    coarser (read as it is, with a warning: a few pixels per object do not come back by
+    resampling); imagery finer than the model, however much, is read at the model's GSD
+    (a model trained at a coarsened GSD meets its own flight's pixels). A number sets
+    the pixel size in metres.
     ``gsd="native"`` keeps every file group on its own lattice (no warps; groups in
     other CRSs are merged in map coordinates)."""
     ref = infos[0]
@@ -89,13 +93,13 @@ def choose_target(
     elif gsd != "model":
         raise InputError(f"--gsd {gsd}: choose 'model', 'native' or a pixel size in metres")
     elif model_gsd and ref_m and abs(ref_m / model_gsd - 1) > GSD_TOLERANCE:
-        if 1 / MAX_FACTOR <= ref_m / model_gsd <= MAX_FACTOR:
+        if ref_m / model_gsd <= MAX_FACTOR:
             size_m = model_gsd
         else:
             notes.append(
-                f"{ref.path.name} has {ref_m:.3g} m pixels, more than {MAX_FACTOR:g}x the "
-                f"model's {model_gsd:.3g} m either way; the imagery is read at {ref_m:.3g} m "
-                "(resample it yourself, or use a model trained nearer its resolution)"
+                f"{ref.path.name} has {ref_m:.3g} m pixels, more than {MAX_FACTOR:g}x coarser "
+                f"than the model's {model_gsd:.3g} m; the imagery is read at {ref_m:.3g} m "
+                "(use a model trained nearer its resolution)"
             )
     if size_m != ref_m and not target_crs.is_projected:
         notes.append(
