@@ -1165,17 +1165,26 @@ def train(
         )
         if area["n_truth"] >= AREA_MIN_OBJECTS:
             spec.score_threshold = area["threshold"]
-        log.info(
-            "score threshold %.2f: the lowest within one standard error of the best F1 over "
-            "%d validation-area windows (%d objects); at it: "
-            "F1 %.3f, precision %.3f, recall %.3f",
-            area["threshold"],
-            area["windows"],
-            area["n_truth"],
-            area["f1"],
-            area["precision"],
-            area["recall"],
-        )
+            log.info(
+                "score threshold %.2f: the lowest within one standard error of the best F1 "
+                "over %d validation-area windows (%d objects); at it: "
+                "F1 %.3f, precision %.3f, recall %.3f",
+                area["threshold"],
+                area["windows"],
+                area["n_truth"],
+                area["f1"],
+                area["precision"],
+                area["recall"],
+            )
+        else:
+            log.info(
+                "score threshold %.2f (best F1 on validation chips): the %d validation-area "
+                "windows scored hold %d whole objects, too few (< %d) to choose it",
+                spec.score_threshold,
+                area["windows"],
+                area["n_truth"],
+                AREA_MIN_OBJECTS,
+            )
     spec.training = {
         "source": labelled.source,
         "objects": labelled.num_objects,
