@@ -102,23 +102,29 @@ def _first_per_image(order: torch.Tensor, image: torch.Tensor, limit: int) -> to
     return grouped[rank < limit]
 
 
+def _group_blocks(group: torch.Tensor):
+    """``group`` sorted; yields row ranges ``(r0, r1)`` and the column range ``(c0, c1)``
+    spanning their groups, so pairwise work touches each group's square only and at
+    most about :data:`VOTE_PAIRS` pairs at once."""
+    first = torch.searchsorted(group, group, right=False)  # each row's group start
+    last = torch.searchsorted(group, group, right=True)  # and end
+    rows = max(1, VOTE_PAIRS // len(group))
+    for r0 in range(0, len(group), rows):
+        r1 = min(len(group), r0 + rows)
+        yield r0, r1, int(first[r0]), int(last[r1 - 1])
+
+
 def _vote(boxes: torch.Tensor, scores: torch.Tensor, group: torch.Tensor, vote_iou: float):
     """Each box -> the score-weighted mean of its group's boxes that overlap it by at
-    least ``vote_iou`` (itself included). Rows go in chunks over the columns of their
-    own groups only, so the work is the sum of the groups' squares."""
+    least ``vote_iou`` (itself included)."""
     if not len(boxes):
         return boxes
     order = torch.argsort(group, stable=True)
     b, s, g = boxes[order], scores[order], group[order]
-    first = torch.searchsorted(g, g, right=False)  # each row's group start
-    last = torch.searchsorted(g, g, right=True)  # and end
     voted = torch.empty_like(b)
-    rows = max(1, VOTE_PAIRS // len(b))
     # Autocast would run the weighted sums in bf16 and round coordinates to 1-2 px.
     with torch.autocast(b.device.type, enabled=False):
-        for r0 in range(0, len(b), rows):
-            r1 = min(len(b), r0 + rows)
-            c0, c1 = int(first[r0]), int(last[r1 - 1])
+        for r0, r1, c0, c1 in _group_blocks(g):
             voters = box_iou(b[r0:r1], b[c0:c1]) >= vote_iou
             voters &= g[r0:r1, None] == g[None, c0:c1]
             # A box clipped to no area has IoU 0/0 with itself: it still votes for itself.
@@ -154,19 +160,12 @@ def nested_boxes(boxes: torch.Tensor, scores: torch.Tensor, group: torch.Tensor)
     order = torch.argsort(group, stable=True)
     b, s, g = boxes[order].float(), scores[order], group[order]
     area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    first = torch.searchsorted(g, g, right=False)
-    last = torch.searchsorted(g, g, right=True)
-    rows = max(1, VOTE_PAIRS // len(b))
     nested = torch.zeros_like(drop)
-    for r0 in range(0, len(b), rows):
-        r1 = min(len(b), r0 + rows)
-        c0, c1 = int(first[r0]), int(last[r1 - 1])
-        lt = torch.maximum(b[r0:r1, None, :2], b[None, c0:c1, :2])
-        rb = torch.minimum(b[r0:r1, None, 2:], b[None, c0:c1, 2:])
-        inter = (rb - lt).clamp(min=0).prod(dim=2)
+    for r0, r1, c0, c1 in _group_blocks(g):
+        iou = box_iou(b[r0:r1], b[c0:c1])
         a_row, a_col = area[r0:r1, None], area[None, c0:c1]
-        union = a_row + a_col - inter
-        inside = (inter > NESTED_IOS * torch.minimum(a_row, a_col)) & (inter > NESTED_IOU * union)
+        inter = iou * (a_row + a_col) / (1 + iou)  # from IoU = I / (A + B - I)
+        inside = (inter > NESTED_IOS * torch.minimum(a_row, a_col)) & (iou > NESTED_IOU)
         better = (s[None, c0:c1] > s[r0:r1, None]) | (
             (s[None, c0:c1] == s[r0:r1, None]) & (a_col > a_row)
         )
