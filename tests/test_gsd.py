@@ -4,11 +4,17 @@ gives the same map boxes."""
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio
 import shapely
 from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.warp import calculate_default_transform, reproject
 
 from geodetect.detect import detect
 from geodetect.geometry import pixel_boxes_to_map
@@ -180,3 +186,53 @@ def test_the_training_gsd_is_coarsened_only_where_objects_are_large_in_pixels():
     # never more than MAX_COARSEN times coarser
     lakes = rng.uniform(200.0, 400.0, 50)
     assert object_scaled_gsd(lakes, 0.1) == pytest.approx(0.1 * MAX_COARSEN)
+
+
+def _in_degrees(src, dst):
+    """``src`` warped into EPSG:4326 (bilinear), as imagery downloaded in degrees comes."""
+    with rasterio.open(src) as ds, warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # rasterio's own Affine use
+        transform, w, h = calculate_default_transform(
+            ds.crs, "EPSG:4326", ds.width, ds.height, *ds.bounds
+        )
+        data = np.zeros((ds.count, h, w), np.uint8)
+        reproject(
+            ds.read(),
+            data,
+            src_transform=ds.transform,
+            src_crs=ds.crs,
+            dst_transform=transform,
+            dst_crs="EPSG:4326",
+            resampling=Resampling.bilinear,
+        )
+    return write_geotiff(dst, data, transform=transform, crs="EPSG:4326")
+
+
+def test_imagery_in_degrees_is_detected_in_its_utm_zone(tmp_path, caplog):
+    """Square metre pixels at the model's GSD, boxes back on the map where they were."""
+    path = _in_degrees(_scene(tmp_path / "utm.tif", 0.2, BOXES_M), tmp_path / "wgs84.tif")
+    oracle = make_oracle(chip_size=128, gsd=0.2, typical_object_px=40)
+    with caplog.at_level(logging.INFO, logger="geodetect"):
+        layer = detect([path], oracle, chip_size=128, progress=False)
+    assert "detecting in WGS 84 / UTM zone 17N, EPSG:32617" in caplog.text
+    assert layer.crs.to_epsg() == 32617
+    assert len(layer) == len(BOXES_M)
+    for truth in _map_polys():  # two warps, each blurring edges by up to a pixel
+        assert min(shapely.hausdorff_distance(truth, g) for g in layer.geometry) <= 0.3
+    # --gsd native reads the degrees as they are
+    assert detect([path], oracle, chip_size=128, progress=False, gsd="native").crs.is_geographic
+
+
+def test_training_rasters_in_degrees_are_read_in_their_utm_zone(tmp_path):
+    path = _in_degrees(_scene(tmp_path / "utm.tif", 0.2, BOXES_M), tmp_path / "wgs84.tif")
+    labels = tmp_path / "labels.gpkg"
+    gpd.GeoDataFrame(geometry=_map_polys(), crs=32617).to_crs(4326).to_file(labels)
+    labelled = load_labelled([path], labels)
+    [gl] = labelled.grids
+    assert gl.grid.crs.to_epsg() == 32617
+    # square pixels of the degree pixel's longer side (0.215 m at 30 N)
+    assert labelled.gsd() == pytest.approx(0.2, rel=0.1)
+    assert gl.grid.transform.a == -gl.grid.transform.e == pytest.approx(labelled.gsd())
+    placed = pixel_boxes_to_map(gl.boxes, gl.grid.transform)
+    want = np.array([t.bounds for t in _map_polys()])
+    np.testing.assert_allclose(np.array([g.bounds for g in placed]), want, atol=0.05)

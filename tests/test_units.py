@@ -7,12 +7,13 @@ import logging
 import math
 from pathlib import Path
 
+import pyproj
 import pytest
 import rasterio
 from affine import Affine
 
 from geodetect.detect import detect
-from geodetect.io.units import gsd_metres
+from geodetect.io.units import gsd_metres, local_utm
 from geodetect.model import LoadedModel
 
 from conftest import OracleDetector, make_tiny_spec, paint_boxes, write_geotiff
@@ -75,3 +76,23 @@ def test_gsd_check_compares_metres_with_metres(tmp_path, caplog, crs):
         # "native": read as it is, not resampled to the model's GSD first.
         detect([path], _oracle(0.6), progress=False, gsd="native")
     assert "scene.tif has 0.3 m pixels but the model was trained at 0.6 m" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("crs", "lon", "lat", "want"),
+    [
+        ("EPSG:4326", -46.6, -23.5, "EPSG:32723"),  # São Paulo, WGS 84
+        ("EPSG:4674", -46.6, -23.5, "EPSG:31983"),  # the same on SIRGAS 2000
+        ("EPSG:4269", -80.0, 35.0, "EPSG:26917"),  # North Carolina, NAD83
+        ("EPSG:4258", 2.35, 48.85, "EPSG:25831"),  # Paris, ETRS89
+    ],
+)
+def test_degrees_go_to_their_utm_zone_on_their_own_datum(crs, lon, lat, want):
+    utm = local_utm(crs, (lon - 0.01, lat - 0.01, lon + 0.01, lat + 0.01))
+    assert utm == pyproj.CRS(want)
+
+
+def test_no_utm_zone_for_the_globe_the_poles_or_projected_crss():
+    assert local_utm("EPSG:4326", (-180, -90, 180, 90)) is None
+    assert local_utm("EPSG:4326", (10.0, 84.5, 10.1, 84.6)) is None
+    assert local_utm("EPSG:32617", (500_000, 4e6, 501_000, 4.001e6)) is None

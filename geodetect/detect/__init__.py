@@ -495,6 +495,8 @@ def _grids(
 
 def _say_gsd(grids: list[MosaicGrid], spec: ModelSpec, choice: TargetChoice) -> None:
     """Warn where the imagery is read far off the model's GSD."""
+    for note in choice.notes:
+        log.info("%s", note)
     for note in choice.warnings:
         log.warning("%s", note)
     if choice.lattice is not None:

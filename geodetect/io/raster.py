@@ -26,12 +26,13 @@ from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError
+from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform
 from rasterio.windows import Window
 
 from geodetect.errors import InputError, RasterError, RunError
-from geodetect.io.units import gsd_metres
+from geodetect.io.units import gsd_metres, local_utm
 
 log = logging.getLogger(__name__)
 
@@ -517,13 +518,17 @@ def resample_scene(info: SceneInfo, lattice: Affine, crs: CRS | None = None) -> 
         ) from None
 
 
-def resample_grid(grid: MosaicGrid, pixel_size: float) -> list[MosaicGrid]:
+def resample_grid(grid: MosaicGrid, pixel_size: float, crs: CRS | None = None) -> list[MosaicGrid]:
     """The files of ``grid`` on a north-up lattice of ``pixel_size`` (CRS units) that
-    shares the grid's origin; band selection is kept. The files share that lattice and
-    one band layout, so one grid comes back (the list form follows ``build_mosaics``)."""
-    origin = grid.transform
-    lattice = Affine(pixel_size, 0.0, origin.c, 0.0, -pixel_size, origin.f)
-    infos = [resample_scene(m.info, lattice) for m in grid.members]
+    shares the grid's origin, or in ``crs`` on the lattice through that CRS's origin;
+    band selection is kept. The files share that lattice and one band layout, so one
+    grid comes back (the list form follows ``build_mosaics``)."""
+    if crs is None or crs == grid.crs:
+        crs, origin = None, grid.transform
+        lattice = Affine(pixel_size, 0.0, origin.c, 0.0, -pixel_size, origin.f)
+    else:
+        lattice = Affine(pixel_size, 0.0, 0.0, 0.0, -pixel_size, 0.0)
+    infos = [resample_scene(m.info, lattice, crs) for m in grid.members]
     out = build_mosaics(infos)
     for g in out:
         g.bands = list(grid.bands)
@@ -540,45 +545,51 @@ def resample_to_gsd(
 ) -> list[MosaicGrid]:
     """Grids whose pixels are more than ``tolerance`` (relative) away from ``gsd`` metres,
     read at ``gsd`` instead, through a warp on a lattice sharing each grid's origin; the
-    others as they are. Grids in degrees are left alone with a warning (square metre
-    pixels need a projected CRS), and so are grids more than ``max_factor`` finer or
-    coarser (10 m satellite pixels read at 0.3 m would be a thousand times the pixels,
-    and objects of a few pixels do not come back by resampling)."""
+    others as they are. Grids in degrees are read in their UTM zone (see
+    :func:`~geodetect.io.units.local_utm`) at ``gsd``, whatever their pixel size, so
+    pixels are square on the ground; those spanning too much of the globe for one zone
+    are left in degrees with a warning. Grids more than ``max_factor`` finer or coarser
+    are left as they are (10 m satellite pixels read at 0.3 m would be a thousand times
+    the pixels, and objects of a few pixels do not come back by resampling)."""
     out = []
     for grid in grids:
         size_m = grid_gsd_metres(grid)
-        if size_m is None or abs(size_m / gsd - 1) <= tolerance:
+        degrees = grid.crs is not None and grid.crs.is_geographic
+        if size_m is None or (not degrees and abs(size_m / gsd - 1) <= tolerance):
             out.append(grid)
             continue
+        name = grid.paths[0].name + (
+            f" and {len(grid.members) - 1} more" if len(grid.members) > 1 else ""
+        )
         if not 1 / max_factor <= size_m / gsd <= max_factor:
             log.warning(
                 "%s has %.3g m pixels, more than %gx the model's %.3g m either way; it is "
                 "read as it is (resample it yourself, or use a model trained nearer its "
                 "resolution)",
-                grid.paths[0].name,
+                name,
                 size_m,
                 max_factor,
                 gsd,
             )
             out.append(grid)
             continue
-        if grid.crs is None or not grid.crs.is_projected:
+        bounds = array_bounds(grid.height, grid.width, grid.transform)
+        utm = local_utm(grid.crs, bounds) if degrees else None
+        if degrees and utm is None:
             log.warning(
-                "%s has %.3g m pixels in a geographic CRS and cannot be resampled to %.3g m; "
-                "reproject it to a projected CRS (e.g. UTM) for better results",
-                grid.paths[0].name,
-                size_m,
+                "%s is in degrees and spans too much of the globe for one UTM zone, so it "
+                "cannot be read in %.3g m pixels; reproject it to a projected CRS for "
+                "better results",
+                name,
                 gsd,
             )
             out.append(grid)
             continue
-        log.info(
-            "%s%s: %.3g m pixels, read at %.3g m",
-            grid.paths[0].name,
-            f" and {len(grid.members) - 1} more" if len(grid.members) > 1 else "",
-            size_m,
-            gsd,
-        )
+        if utm is not None:
+            log.info("%s: in degrees, read in %s at %.3g m", name, utm.name, gsd)
+            out.extend(resample_grid(grid, gsd, crs=CRS.from_wkt(utm.to_wkt())))
+            continue
+        log.info("%s: %.3g m pixels, read at %.3g m", name, size_m, gsd)
         out.extend(resample_grid(grid, gsd * grid.gsd / size_m))
     return out
 

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pyproj
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
@@ -26,7 +27,7 @@ from geodetect.io.raster import (
     build_mosaics,
     resample_scene,
 )
-from geodetect.io.units import gsd_metres
+from geodetect.io.units import gsd_metres, local_utm
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class TargetChoice:
     gsd_m: float | None  # the lattice's pixel size in metres, where known
     # What the user should hear about the choice (said once the inputs are checked).
     warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # said as information
 
 
 def _size_m(info: SceneInfo) -> float | None:
@@ -70,6 +72,16 @@ def choose_target(
     other CRSs are merged in map coordinates)."""
     ref = infos[0]
     target_crs = _parse_crs(crs) if crs is not None else ref.crs
+    said: list[str] = []
+    if crs is None and gsd != "native" and target_crs is not None and target_crs.is_geographic:
+        utm = local_utm(target_crs, _bounds(ref))
+        if utm is not None:
+            target_crs = CRS.from_user_input(utm)
+            said.append(
+                f"{ref.path.name} is in degrees ({_name(ref.crs)}); detecting in "
+                f"{utm.name}{_epsg(utm)} for square metre pixels, and the layer is in it "
+                "(--crs chooses another)"
+            )
     if crs is not None and not target_crs.is_projected:
         raise InputError(
             f"--crs {crs}: not a projected CRS; detection needs square pixels in metres, "
@@ -115,7 +127,7 @@ def choose_target(
     else:
         size = ref_size * scale
         lattice = Affine(size, 0.0, bounds[0], 0.0, -size, bounds[3])
-    return TargetChoice(target_crs, lattice, size_m, tuple(notes))
+    return TargetChoice(target_crs, lattice, size_m, tuple(notes), tuple(said))
 
 
 def target_grids(infos: Sequence[SceneInfo], choice: TargetChoice) -> list[MosaicGrid]:
@@ -148,6 +160,15 @@ def _bounds(info: SceneInfo) -> tuple[float, float, float, float]:
     corners = [info.transform @ (x, y) for x in (0, info.width) for y in (0, info.height)]
     xs, ys = zip(*corners, strict=True)
     return min(xs), min(ys), max(xs), max(ys)
+
+
+def _name(crs) -> str:
+    return pyproj.CRS.from_user_input(crs).name
+
+
+def _epsg(crs) -> str:
+    code = crs.to_epsg()
+    return f", EPSG:{code}" if code else ""
 
 
 def _parse_crs(text: str | CRS) -> CRS:

@@ -72,3 +72,38 @@ def _is_length(name: str) -> bool:
     from pyproj.database import get_units_map
 
     return name in get_units_map(category="linear") or name.lower() in ("metre", "meter", "m")
+
+
+# A geographic raster wider or taller than this (degrees) is not put into one UTM zone.
+MAX_UTM_SPAN = 6.0
+
+
+def local_utm(crs: Any, bounds: tuple[float, float, float, float]) -> CRS | None:
+    """The UTM zone, on ``crs``'s own datum, of the centre of ``bounds`` (``crs`` units,
+    x = longitude): where a raster in degrees is read in square metre pixels. The EPSG
+    code is kept where one exists (WGS 84 -> 326xx/327xx, SIRGAS 2000 -> 319xx).
+
+    Returns None for a CRS that is not geographic, and for extents too wide for one
+    zone (more than :data:`MAX_UTM_SPAN` degrees either way) or beyond UTM's latitudes
+    (80 S to 84 N): those stay in degrees.
+    """
+    from pyproj.crs import ProjectedCRS
+    from pyproj.crs.coordinate_operation import UTMConversion
+
+    crs = CRS.from_user_input(crs)
+    if not crs.is_geographic or not crs.axis_info:
+        return None
+    to_degrees = math.degrees(crs.axis_info[0].unit_conversion_factor)
+    west, south, east, north = (v * to_degrees for v in bounds)
+    if east - west > MAX_UTM_SPAN or north - south > MAX_UTM_SPAN or south < -80 or north > 84:
+        return None
+    lon, lat = (west + east) / 2, (south + north) / 2
+    zone = min(60, int((lon + 180) // 6) + 1)
+    hemisphere = "S" if lat < 0 else "N"
+    utm = ProjectedCRS(
+        UTMConversion(zone, hemisphere),
+        name=f"{crs.name} / UTM zone {zone}{hemisphere}",
+        geodetic_crs=crs.geodetic_crs,
+    )
+    code = utm.to_epsg(min_confidence=70)
+    return CRS.from_epsg(code) if code else utm
