@@ -3,13 +3,15 @@ box voting) gives: same detections, same order, boxes within float rounding."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from geodetect.detect import detect
 from geodetect.model import build_retinanet, postprocess
 from geodetect.model.postprocess import nested_boxes
 
-from conftest import make_tiny_spec
+from conftest import NORTH_UP, make_oracle, make_tiny_spec, write_geotiff
 
 
 def _heads(net, x):
@@ -130,3 +132,20 @@ def test_the_detector_reports_no_nested_pair():
         assert not nested_boxes(got["boxes"], got["scores"], labels).any()
         removed += len(before["boxes"]) - len(got["boxes"])
     assert removed > 0  # the untrained head does report nested pairs
+
+
+def test_detection_merges_at_the_models_nms_iou(tmp_path):
+    """Two objects whose boxes overlap by IoU 0.42 (an L and a square in its corner):
+    one object for a model whose labels never overlap (0.4), two for one with 0.5."""
+    image = np.zeros((3, 128, 128), np.uint8)
+    image[:, 40:60, 40:45] = 255  # the L's upright
+    image[:, 55:60, 40:60] = 255  # and its foot
+    image[:, 40:53, 47:60] = 255  # the square, 2 px away
+    path = write_geotiff(tmp_path / "s.tif", image, transform=NORTH_UP)
+    found = {
+        nms: len(detect([path], make_oracle(chip_size=128, nms_iou=nms), progress=False))
+        for nms in (0.4, 0.5)
+    }
+    assert found == {0.4: 1, 0.5: 2}
+    # build_retinanet takes it from the spec too
+    assert build_retinanet(make_tiny_spec(nms_iou=0.4)).nms_thresh == 0.4

@@ -27,7 +27,7 @@ from geodetect.train import (
     train,
 )
 from geodetect.train.augment import dihedral, resize
-from geodetect.train.data import TRAIN, VAL, SplitMap, chip_targets
+from geodetect.train.data import TRAIN, VAL, LabelledData, SplitMap, chip_targets, label_nms_iou
 
 from conftest import NORTH_UP, paint_boxes, random_boxes, write_geotiff
 
@@ -331,3 +331,24 @@ def test_score_threshold_from_validation():
     fp_scores = np.concatenate([scores, [0.38, 0.36, 0.33, 0.3]])
     fp_matched = np.concatenate([matched, [False] * 4])
     assert best_f1_threshold(fp_scores, fp_matched, 10) == pytest.approx(0.4)
+
+
+def _labelled(boxes, classes=None):
+    boxes = np.asarray(boxes, dtype=np.float64)
+    classes = np.zeros(len(boxes), np.int64) if classes is None else np.asarray(classes)
+    return LabelledData([GridLabels(_fake_grid(1000, 1000), boxes, classes)], ["pool", "spa"])
+
+
+def test_nms_iou_follows_how_much_the_labels_overlap():
+    apart = random_boxes(np.random.default_rng(0), 1000, 1000, 200, min_size=8, max_size=20)
+    assert label_nms_iou(_labelled(apart)) == 0.4
+    # one odd pair (IoU 0.52) among two hundred does not move it
+    odd = np.vstack([np.asarray(apart, float)[:198], [[900, 900, 950, 940], [912, 904, 962, 944]]])
+    assert label_nms_iou(_labelled(odd)) == 0.4
+    # rows of parked cars, each overlapping the next by IoU 0.43: NMS keeps 0.5
+    cars = [[x, y, x + 10, y + 20] for x in range(0, 800, 4) for y in (0, 100, 200)]
+    assert label_nms_iou(_labelled(cars)) == 0.5
+    # objects of another class overlapping do not count
+    pairs = [[x, 0, x + 10, 20] for x in range(0, 800, 40)] * 2
+    assert label_nms_iou(_labelled(pairs, [0] * 20 + [1] * 20)) == 0.4
+    assert label_nms_iou(_labelled(pairs)) == 0.5

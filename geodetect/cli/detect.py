@@ -58,9 +58,9 @@ def parse_bands(text: str | None) -> list[int] | None:
 @click.option(
     "--nms-iou",
     type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Same-class detections overlapping more than this are merged.",
+    default=None,
+    help="Same-class detections overlapping more than this IoU are merged (default: the "
+    "model's, 0.4-0.5 from how much its training labels overlap).",
 )
 @click.option(
     "--merge-metric",

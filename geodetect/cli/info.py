@@ -74,6 +74,7 @@ def _model_rows(spec, model_id: str) -> list[tuple[str, str]]:
         rows.append(("largest object", f"{spec.max_object_px:.0f} px"))
     rows += [
         ("score threshold", _text(spec.score_threshold)),
+        ("one object above", f"IoU {_text(spec.nms_iou)} (NMS)"),
         (
             "box loss",
             f"{spec.box_loss} (focal alpha {_text(spec.focal_alpha)}, "

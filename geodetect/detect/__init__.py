@@ -133,7 +133,7 @@ def detect(
     chip_size: int | None = None,
     overlap: int | None = None,
     threshold: float | None = None,
-    nms_iou: float = 0.5,
+    nms_iou: float | None = None,
     merge_metric: str = "iou",
     tta: bool = False,
     tta_views: int = 8,
@@ -170,7 +170,8 @@ def detect(
             of 32.
         overlap: chip overlap in pixels (default: :func:`default_overlap`).
         threshold: minimum score (default: the model's).
-        nms_iou: overlap above which same-class detections are merged.
+        nms_iou: IoU above which same-class detections are one object (default: the
+            model's, from how much its training labels overlap).
         merge_metric: ``"iou"`` or ``"ios"`` (intersection over the smaller box).
         tta: also run turned and flipped copies of each chip and fuse the answers
             (score-weighted box averages), for ``tta_views`` times the compute. Off by
@@ -228,7 +229,7 @@ def detect(
         chip_size=chip_size,
         overlap=default_overlap(spec, chip_size) if overlap is None else overlap,
         threshold=spec.score_threshold if threshold is None else threshold,
-        nms_iou=nms_iou,
+        nms_iou=spec.nms_iou if nms_iou is None else nms_iou,
         merge_metric=merge_metric,
         views=() if not tta else FLIPS if tta_views == 4 else DIHEDRAL,
         block_chips=block_size,

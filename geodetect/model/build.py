@@ -360,6 +360,7 @@ def build_retinanet(spec: ModelSpec, *, pretrained: str = "auto") -> RetinaNet:
         min_size=spec.chip_size,
         max_size=spec.chip_size,
         score_thresh=0.05,
+        nms_thresh=spec.nms_iou,
         detections_per_img=300,
         box_vote_iou=spec.box_vote_iou,
     )

@@ -57,6 +57,10 @@ class ModelSpec:
     # what detection overlaps are planned for (None in older model files).
     typical_object_px: float | None = None
     score_threshold: float = 0.5
+    # Same-class detections overlapping more than this IoU are one object (NMS, and the
+    # merge of chip overlaps): set in training from how much the labels overlap (see
+    # geodetect.train.data.label_nms_iou); 0.5 in older model files.
+    nms_iou: float = 0.5
     # Kept boxes become the score-weighted mean of same-class candidates overlapping
     # them by at least this IoU (box voting); None or 1 turns it off.
     box_vote_iou: float | None = 0.7
@@ -93,6 +97,8 @@ class ModelSpec:
             out.append("anchor_base_sizes needs one size per pyramid level P3-P7 (5 values)")
         if not self.anchor_scales or not self.anchor_ratios:
             out.append("anchor_scales and anchor_ratios must not be empty")
+        if not 0 < self.nms_iou <= 1:
+            out.append(f"nms_iou must be in (0, 1], got {self.nms_iou}")
         if self.box_vote_iou is not None and not 0 < self.box_vote_iou <= 1:
             out.append(f"box_vote_iou must be in (0, 1] or None, got {self.box_vote_iou}")
         if self.box_loss not in BOX_LOSSES:

@@ -50,6 +50,7 @@ from geodetect.train.data import (
     _offset_range,
     area_windows,
     collate_chips,
+    label_nms_iou,
     load_labelled,
     prepare_training_data,
 )
@@ -1294,6 +1295,13 @@ def spec_for(
     ``anchor_scales`` or ``box_loss``) and the untrained network it describes."""
     labelled = data.labelled
     channels, convs = preset_widths(preset)
+    if "nms_iou" not in overrides:
+        overrides["nms_iou"] = label_nms_iou(labelled)
+        log.info(
+            "detections overlapping by IoU above %.2g are taken as one object (from how "
+            "much the labelled objects overlap)",
+            overrides["nms_iou"],
+        )
     spec = ModelSpec(
         classes=list(labelled.classes),
         band_mean=data.band_mean,
