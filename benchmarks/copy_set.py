@@ -111,8 +111,9 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=0, help="cut every sheet into tiles of N px")
     parser.add_argument("--crs", default=None, help="warp every sheet into this CRS")
     parser.add_argument("--labels-crs", default=None, help="write the labels in this CRS")
+    parser.add_argument("--sets", default=",".join(SETS), help="folders to copy or link")
     args = parser.parse_args()
-    for name in SETS:
+    for name in args.sets.split(","):
         src_dir, dst_dir = args.data / name, args.out / name
         if not src_dir.is_dir():
             continue

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 import rasterio
+from pyproj import Geod
+from rasterio.warp import transform
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "real" / "sao_paulo"
@@ -47,10 +49,18 @@ def geodetect(*args: str) -> tuple[str, float]:
 
 
 def area_km2(folder: Path) -> float:
+    """Ground area of the folder's rasters (geodesic, so degrees and Web Mercator count
+    true square kilometres)."""
+    geod = Geod(ellps="WGS84")
     total = 0.0
     for path in sorted(folder.glob("*.tif")):
         with rasterio.open(path) as ds:
-            total += abs(ds.transform.a * ds.transform.e) * ds.width * ds.height / 1e6
+            corners = [
+                ds.transform * xy
+                for xy in ((0, 0), (ds.width, 0), (ds.width, ds.height), (0, ds.height))
+            ]
+            lons, lats = transform(ds.crs, "EPSG:4326", *zip(*corners, strict=True))
+        total += abs(geod.polygon_area_perimeter(lons, lats)[0]) / 1e6
     return total
 
 
@@ -83,7 +93,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep model and layers here")
     parser.add_argument("--json", action="store_true", help="also print all figures as JSON")
     args = parser.parse_args()
-    if not (args.data / "train").is_dir():
+    if args.model is None and not (args.data / "train").is_dir():
         raise SystemExit(f"{args.data}: no train/ folder; see ../shared/real/README.md")
     detect_args = shlex.split(args.detect_args)
     out = args.keep or Path(tempfile.mkdtemp(prefix="geodetect-real-"))
