@@ -587,7 +587,7 @@ def resample_to_gsd(
             continue
         if utm is not None:
             log.info("%s: in degrees, read in %s at %.3g m", name, utm.name, gsd)
-            out.extend(resample_grid(grid, gsd, crs=CRS.from_wkt(utm.to_wkt())))
+            out.extend(resample_grid(grid, gsd, crs=CRS.from_user_input(utm)))
             continue
         log.info("%s: %.3g m pixels, read at %.3g m", name, size_m, gsd)
         out.extend(resample_grid(grid, gsd * grid.gsd / size_m))

@@ -778,10 +778,8 @@ def label_nms_iou(labelled: LabelledData) -> float:
             i, j = shapely.STRtree(polys).query(polys, predicate="intersects")
             keep = (i != j) & (gl.classes[i] == gl.classes[j])
             i, j = i[keep], j[keep]
-            w = np.minimum(b[i, 2], b[j, 2]) - np.maximum(b[i, 0], b[j, 0])
-            h = np.minimum(b[i, 3], b[j, 3]) - np.maximum(b[i, 1], b[j, 1])
-            inter = w.clip(min=0) * h.clip(min=0)
-            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            inter = shapely.area(shapely.intersection(polys[i], polys[j]))
+            area = shapely.area(polys)
             iou = inter / np.maximum(area[i] + area[j] - inter, 1e-12)
             np.maximum.at(per, i, iou)
         worst.append(per)
