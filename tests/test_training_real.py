@@ -96,6 +96,10 @@ def test_recall_leaning_threshold_takes_the_lowest_near_the_best_f1():
     assert recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.1) == 0.3
     assert recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.15) == 0.2
     assert recall_leaning_threshold(scores, matched, 5, low=0.5, high=0.8, slack=0.0) == 0.6
+    # never more than max_lean below the best's threshold, however flat the curve
+    assert recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.15) == 0.2
+    lean = recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.15, max_lean=0.1)
+    assert lean == 0.3
 
 
 def test_default_slack_is_one_standard_error_so_it_shrinks_with_the_validation_set():

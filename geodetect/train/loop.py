@@ -71,6 +71,10 @@ AREA_THRESHOLD_RANGE = (0.2, 0.8)
 # F1 given up for recall: one standard error of the best F1, kept within these bounds
 # (a validation area of 20 objects would otherwise allow 0.1).
 AREA_F1_SLACK = (0.02, 0.05)
+# ... and never more than this below the F1-best threshold: on a small validation area the
+# F1 curve is flat far down (28 objects of two São Paulo sheets: within 0.05 of the best
+# down to 0.35, where unseen sheets got precision 0.35-0.47), while 69 objects lean 0.05-0.1.
+AREA_MAX_LEAN = 0.1
 AREA_MIN_OBJECTS = 20  # fewer objects in the scored windows: keep the chips' threshold
 AREA_MAX_WINDOWS = 2000  # windows scanned at most (without a time budget)
 # Hard-example mining: when (share of the schedule; none by default), how many (per chip
@@ -152,7 +156,8 @@ class TrainResult(FitResult):
         if area.get("n_truth", 0) >= AREA_MIN_OBJECTS:
             lines.append(
                 f"score threshold: {area['threshold']:.2f} (the lowest whose F1 over the "
-                "validation area is within one standard error of the best; at it: "
+                "validation area is within one standard error of the best, at most "
+                f"{AREA_MAX_LEAN:g} below its threshold; at it: "
                 f"F1 {area['f1']:.3f}, precision {area['precision']:.3f}, "
                 f"recall {area['recall']:.3f})"
             )
@@ -358,12 +363,14 @@ def recall_leaning_threshold(
     slack: float | None = None,
     min_slack: float = 0.0,
     max_slack: float = 1.0,
+    max_lean: float = 1.0,
 ) -> float:
     """The lowest threshold in [low, high] (steps of 0.05) whose F1 is within ``slack``
-    of the best; by default ``slack`` is one standard error of the best F1
-    (:func:`f1_standard_error`, within ``min_slack`` and ``max_slack``): thresholds whose F1 the
-    validation set cannot tell from the best are equally good by F1, and the lowest of
-    them keeps the most objects, which is what the layer's recall and AP50 depend on.
+    of the best, and at most ``max_lean`` below the best's threshold; by default
+    ``slack`` is one standard error of the best F1 (:func:`f1_standard_error`, within
+    ``min_slack`` and ``max_slack``): thresholds whose F1 the validation set cannot
+    tell from the best are equally good by F1, and the lowest of them keeps the most
+    objects, which is what the layer's recall and AP50 depend on.
 
     On real 0.2 m orthophotos (three 8-minute models, 69 validation-area objects) the
     fixed slack of 0.02 took 0.55-0.60 and gave the val sheets AP50 0.78-0.80, F1
@@ -375,7 +382,9 @@ def recall_leaning_threshold(
     if slack is None:
         _, found = _hits(scores, matched, best_t)
         slack = min(max_slack, max(min_slack, f1_standard_error(best, found, n_truth)))
-    return min(t for t, v in f1.items() if v >= best - slack - 1e-9)
+    return min(
+        t for t, v in f1.items() if v >= best - slack - 1e-9 and t >= best_t - max_lean - 1e-9
+    )
 
 
 @torch.no_grad()
@@ -527,6 +536,7 @@ def area_threshold(
         high=high,
         min_slack=AREA_F1_SLACK[0],
         max_slack=AREA_F1_SLACK[1],
+        max_lean=AREA_MAX_LEAN,
     )
     tp, found = _hits(all_scores, all_matched, threshold)
     return {
@@ -1168,9 +1178,11 @@ def train(
             spec.score_threshold = area["threshold"]
             log.info(
                 "score threshold %.2f: the lowest within one standard error of the best F1 "
+                "(at most %g below its threshold) "
                 "over %d validation-area windows (%d objects); at it: "
                 "F1 %.3f, precision %.3f, recall %.3f",
                 area["threshold"],
+                AREA_MAX_LEAN,
                 area["windows"],
                 area["n_truth"],
                 area["f1"],
