@@ -92,7 +92,24 @@ def test_area_in_square_metres_for_geographic_crs():
     # a 0.001° x 0.001° box at the equator is ~111.3 m x 110.6 m
     box = shapely.box(0, 0, 0.001, 0.001)
     assert area_m2([box], "EPSG:4326")[0] == pytest.approx(111.32 * 110.57, rel=2e-3)
-    # US survey feet are converted too
+    # US survey feet are converted too (the state plane's scale at its grid origin,
+    # far from the zone, is 1.0009)
     assert area_m2([shapely.box(0, 0, 10, 10)], "EPSG:2236")[0] == pytest.approx(
-        100 * 0.3048006096**2, rel=1e-6
+        100 * 0.3048006096**2, rel=1e-3
     )
+
+
+@pytest.mark.parametrize(
+    ("crs", "x", "y"), [("EPSG:3857", 0, 5_621_521), ("EPSG:32617", 800_000, 4e6)]
+)
+def test_projected_areas_are_ground_areas(crs, x, y):
+    """Web Mercator at 45 N doubles areas; a UTM zone's edge adds 0.08 %: both are
+    taken out, so the area matches the geodesic one (Web Mercator's sphere against the
+    ellipsoid: within 0.1 %)."""
+    boxes = gpd.GeoSeries(
+        [shapely.box(x, y, x + 20, y + 10), shapely.box(x, y - 1e5, x + 8, y - 1e5 + 4)], crs=crs
+    )
+    geodesic = area_m2(boxes.to_crs("EPSG:4326").values, "EPSG:4326")
+    assert area_m2(boxes.values, crs) == pytest.approx(geodesic, rel=1e-3)
+    if crs == "EPSG:3857":  # about half the planar area at 45 N
+        assert area_m2(boxes.values, crs)[0] == pytest.approx(100, rel=0.01)
