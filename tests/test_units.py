@@ -96,3 +96,9 @@ def test_no_utm_zone_for_the_globe_the_poles_or_projected_crss():
     assert local_utm("EPSG:4326", (-180, -90, 180, 90)) is None
     assert local_utm("EPSG:4326", (10.0, 84.5, 10.1, 84.6)) is None
     assert local_utm("EPSG:32617", (500_000, 4e6, 501_000, 4.001e6)) is None
+
+
+def test_web_mercator_pixels_are_measured_on_the_ground():
+    # 0.3 map metres at 45 N (y = 5,621,521 m) are 0.3 * cos(45) = 0.212 ground metres
+    at_45 = Affine(0.3, 0, 0.0, 0, -0.3, 5_621_521.0 + 150)
+    assert gsd_metres("EPSG:3857", at_45, 1000, 1000) == pytest.approx(0.2121, rel=2e-3)

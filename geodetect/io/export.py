@@ -19,9 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyogrio
 import shapely
-from pyproj import CRS, Geod, Proj
+from pyproj import CRS, Geod
 
 from geodetect.errors import OutputError
+from geodetect.io.units import map_scale
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,10 @@ def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> None:
 
 def area_m2(geometries: np.ndarray | gpd.GeoSeries, crs: CRS | str | None) -> np.ndarray:
     """Areas in square metres on the ground: geodesic on the ellipsoid for geographic
-    CRSs; for projected ones, planar areas scaled by the linear unit and divided by the
-    projection's areal scale at each geometry (1.0008 at a UTM zone's edge, 1/cos²
-    latitude in Web Mercator: 2 at 45 degrees); NaN when there is no CRS."""
+    CRSs; for projected ones, planar areas scaled by the linear unit and, where the
+    projection's scale is off 1 by more than 1 % (Web Mercator: areas doubled at 45
+    degrees), divided by its square at each geometry (see
+    :func:`~geodetect.io.units.map_scale`); NaN when there is no CRS."""
     geoms = np.asarray(geometries, dtype=object)
     if crs is None:
         return np.full(len(geoms), np.nan)
@@ -87,22 +89,10 @@ def area_m2(geometries: np.ndarray | gpd.GeoSeries, crs: CRS | str | None) -> np
         geod = crs.get_geod() or Geod(ellps="WGS84")
         return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=float)
     factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return shapely.area(geoms) * factor**2 / _areal_scale(geoms, crs)
-
-
-def _areal_scale(geoms: np.ndarray, crs: CRS) -> np.ndarray | float:
-    """The projection's areal scale factor at each geometry's centre (1 where PROJ
-    cannot tell, e.g. engineering CRSs or points off the projection's domain)."""
-    if not len(geoms) or not crs.is_projected:
-        return 1.0
+    if not len(geoms):
+        return np.zeros(0)
     centres = shapely.get_coordinates(shapely.centroid(geoms))
-    try:
-        proj = Proj(crs)
-        lon, lat = proj(centres[:, 0], centres[:, 1], inverse=True)
-        scale = np.asarray(proj.get_factors(lon, lat).areal_scale, dtype=float)
-    except Exception:  # noqa: BLE001 - PROJ raises several kinds for odd CRSs
-        return 1.0
-    return np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    return shapely.area(geoms) * (factor / map_scale(crs, centres[:, 0], centres[:, 1])) ** 2
 
 
 def _rfc7946(gdf: gpd.GeoDataFrame, out: str | os.PathLike) -> gpd.GeoDataFrame:

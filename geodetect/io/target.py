@@ -95,7 +95,8 @@ def choose_target(
     else:
         bounds = transform_bounds(ref.crs, target_crs, *_bounds(ref), densify_pts=21)
         ref_size = min((bounds[2] - bounds[0]) / ref.width, (bounds[3] - bounds[1]) / ref.height)
-        ref_m = gsd_metres(target_crs, Affine.scale(ref_size), ref.width, ref.height)
+        located = Affine(ref_size, 0.0, bounds[0], 0.0, -ref_size, bounds[3])
+        ref_m = gsd_metres(target_crs, located, ref.width, ref.height)
     size_m = ref_m
     notes: list[str] = []
     if isinstance(gsd, int | float) and not isinstance(gsd, bool):

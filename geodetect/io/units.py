@@ -5,17 +5,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from affine import Affine
-from pyproj import CRS, Geod
+from pyproj import CRS, Geod, Proj
+
+# Projections whose scale at the raster is within this of 1 count in nominal metres.
+NOMINAL_SCALE = 0.01
 
 
 def gsd_metres(crs: Any, transform: Affine, width: int, height: int) -> float | None:
     """Ground sample distance of a raster in metres: the longer side of one pixel.
 
     Projected (and other linear) CRSs scale the pixel size by their unit's length in
-    metres (0.3048006 for US survey feet): the nominal map-unit size, without the
-    projection's scale factor (negligible in UTM and state planes, 1/cos(latitude) in
-    Web Mercator). Geographic CRSs measure the pixel at the raster's centre on the
+    metres (0.3048006 for US survey feet) and divide it by the projection's scale at
+    the raster's centre (:func:`map_scale`) where that is more than
+    :data:`NOMINAL_SCALE` off 1: ground metres, so a 0.3 m Web Mercator pixel at 45 N
+    is 0.21 m; UTM and state planes (within 0.1 % of 1) keep their nominal metres.
+    Geographic CRSs measure the pixel at the raster's centre on the
     CRS's ellipsoid, so 1e-5 degrees of longitude is about 0.85 m at 40 N and 1.1 m
     at the equator.
 
@@ -44,7 +50,30 @@ def gsd_metres(crs: Any, transform: Affine, width: int, height: int) -> float | 
         return None
     t = transform
     side = max(math.hypot(t.a, t.d), math.hypot(t.b, t.e))
-    return side * unit.unit_conversion_factor
+    x, y = t @ (width / 2, height / 2)
+    scale = float(map_scale(crs, np.array([x]), np.array([y]))[0])
+    return side * unit.unit_conversion_factor / scale
+
+
+def map_scale(crs: Any, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Map length over ground length at points (``crs`` units), from the projection's
+    areal scale: 1/cos(latitude) in Web Mercator (1.41 at 45 degrees). 1 where it is
+    within :data:`NOMINAL_SCALE` of 1 (UTM, state planes and national grids keep their
+    nominal metres, so one flight keeps one lattice and areas match a GIS's planar
+    ones), for CRSs that are not projected, and where PROJ cannot tell (engineering
+    CRSs, points off the projection's domain)."""
+    ones = np.ones(len(xs))
+    crs = CRS.from_user_input(crs)
+    if not len(xs) or not crs.is_projected:
+        return ones
+    try:
+        proj = Proj(crs)
+        lon, lat = proj(np.asarray(xs, float), np.asarray(ys, float), inverse=True)
+        scale = np.sqrt(np.asarray(proj.get_factors(lon, lat).areal_scale, dtype=float))
+    except Exception:  # noqa: BLE001 - PROJ raises several kinds for odd CRSs
+        return ones
+    usable = np.isfinite(scale) & (scale > 0) & (np.abs(scale - 1) > NOMINAL_SCALE)
+    return np.where(usable, scale, 1.0)
 
 
 def _geodesic_pixel_size(
