@@ -28,6 +28,7 @@ from pyproj import CRS
 
 from geodetect.errors import LabelError, OutputError
 from geodetect.geometry import overlap_ratio
+from geodetect.io.units import map_scale
 from geodetect.io.vectors import (
     crs_label,
     layer_name,
@@ -354,12 +355,16 @@ def evaluate(
     if matched.any():
         det_centres = shapely.centroid(det_geoms[matched])
         ref_centres = shapely.centroid(ref_geoms[matches[k_at, matched]])
-        distance = shapely.distance(det_centres, ref_centres) * metres
+        xy = shapely.get_coordinates(ref_centres)
+        ground = metres / map_scale(work, xy[:, 0], xy[:, 1])  # Web Mercator: cos(lat)
+        distance = shapely.distance(det_centres, ref_centres) * ground
         centre_mean, centre_median = float(distance.mean()), float(np.median(distance))
 
     area_km2 = truth_density = det_density = None
     if region is not None and region.area > 0:
-        area_km2 = float(region.area * metres**2 / 1e6)
+        centre = shapely.get_coordinates(shapely.centroid(region))
+        ground = metres / float(map_scale(work, centre[:, 0], centre[:, 1])[0])
+        area_km2 = float(region.area * ground**2 / 1e6)
         shapely.prepare(region)
         truth_density = _count_inside(region, ref_geoms) / area_km2
         det_density = _count_inside(region, det_geoms) / area_km2

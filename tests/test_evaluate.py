@@ -393,3 +393,14 @@ def test_boxes_are_scored_against_truth_bounding_boxes():
     assert boxed.tp == 1 and boxed.centre_error_mean_m == pytest.approx(0.0)
     outlined = evaluate(det, truth, boxes=False)
     assert outlined.tp == 0  # IoU with the outline is 36/100
+
+
+def test_centre_error_in_web_mercator_is_in_ground_metres():
+    """The same 2.0 m / 1.5 m shift measured in Web Mercator: its map metres at 45 N
+    are 1/cos(45) = 1.41 ground metres, so the error stays 2.5 m on the ground."""
+    shift = (2.0, 1.5)
+    truth = truth_layer().to_crs("EPSG:3857")
+    moved = squares([(x + shift[0], y + shift[1]) for x, y in GRID], scores=[0.9] * 5)
+    result = evaluate(moved.to_crs("EPSG:3857"), truth)
+    assert result.tp == 5
+    assert result.centre_error_mean_m == pytest.approx(math.hypot(*shift), rel=2e-3)

@@ -236,3 +236,17 @@ def test_training_rasters_in_degrees_are_read_in_their_utm_zone(tmp_path):
     placed = pixel_boxes_to_map(gl.boxes, gl.grid.transform)
     want = np.array([t.bounds for t in _map_polys()])
     np.testing.assert_allclose(np.array([g.bounds for g in placed]), want, atol=0.05)
+
+
+@pytest.mark.parametrize(("model_gsd", "resampled"), [(0.21, False), (0.3, True)])
+def test_web_mercator_imagery_meets_the_model_in_ground_metres(tmp_path, model_gsd, resampled):
+    """0.3 map metres at 45 N are 0.21 m on the ground: read as it is by a 0.21 m model;
+    a 0.3 m model reads it at 0.3 ground metres, 0.42 map metres."""
+    transform = Affine(0.3, 0, 0.0, 0, -0.3, 5_621_521.0 + 30)
+    path = write_geotiff(
+        tmp_path / "m.tif", paint_boxes(200, 200, []), transform=transform, crs="EPSG:3857"
+    )
+    choice = choose_target([scene_info(path)], model_gsd=model_gsd)
+    assert choice.lattice.a == pytest.approx(
+        0.3 * model_gsd / 0.2121 if resampled else 0.3, rel=3e-3
+    )
