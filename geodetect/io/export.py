@@ -89,8 +89,6 @@ def area_m2(geometries: np.ndarray | gpd.GeoSeries, crs: CRS | str | None) -> np
         geod = crs.get_geod() or Geod(ellps="WGS84")
         return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=float)
     factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    if not len(geoms):
-        return np.zeros(0)
     centres = shapely.get_coordinates(shapely.centroid(geoms))
     return shapely.area(geoms) * (factor / map_scale(crs, centres[:, 0], centres[:, 1])) ** 2
 

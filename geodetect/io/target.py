@@ -14,7 +14,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import pyproj
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
@@ -28,6 +27,7 @@ from geodetect.io.raster import (
     resample_scene,
 )
 from geodetect.io.units import gsd_metres, local_utm
+from geodetect.io.vectors import crs_label
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def choose_target(
         if utm is not None:
             target_crs = CRS.from_user_input(utm)
             said.append(
-                f"{ref.path.name} is in degrees ({_name(ref.crs)}); detecting in "
+                f"{ref.path.name} is in degrees ({crs_label(ref.crs)}); detecting in "
                 f"{utm.name}{_epsg(utm)} for square metre pixels, and the layer is in it "
                 "(--crs chooses another)"
             )
@@ -161,10 +161,6 @@ def _bounds(info: SceneInfo) -> tuple[float, float, float, float]:
     corners = [info.transform @ (x, y) for x in (0, info.width) for y in (0, info.height)]
     xs, ys = zip(*corners, strict=True)
     return min(xs), min(ys), max(xs), max(ys)
-
-
-def _name(crs) -> str:
-    return pyproj.CRS.from_user_input(crs).name
 
 
 def _epsg(crs) -> str:
