@@ -55,7 +55,11 @@ def main() -> None:
     print(f"AP50              : {m.ap50:.3f}")
     print(f"AP50:95           : {m.ap50_95:.3f}")
     print(f"precision/recall  : {m.precision:.3f} / {m.recall:.3f}   F1 {m.f1:.3f}")
-    print(f"duplicates        : {m.duplicates}")
+    print(f"AP75              : {m.ap75:.3f}")
+    print(
+        f"false alarms      : {m.duplicates} duplicates, {m.extra_boxes} extra boxes, "
+        f"{m.loose} loose, {m.background} background"
+    )
     centre = "n/a" if m.centre_error_mean_m is None else f"{m.centre_error_mean_m:.3f} m"
     print(
         f"centre error      : {centre} (mean), "

@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 IOU_THRESHOLDS = np.round(np.arange(0.50, 0.951, 0.05), 2)
 #: COCO's recall points for interpolated precision: 0, 0.01, ..., 1.
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+#: IoU from which a false alarm counts as "on" an object (an extra or a loose box)
+#: rather than on the background.
+TOUCH_IOU = 0.1
+# Detection kinds (see Scores).
+_MATCHED, _DUPLICATE, _EXTRA, _LOOSE, _BACKGROUND = range(5)
 
 Layer = gpd.GeoDataFrame | str | os.PathLike[str]
 
@@ -52,9 +57,18 @@ Layer = gpd.GeoDataFrame | str | os.PathLike[str]
 class Scores:
     """Counts and ratios for one class, or for all classes together.
 
-    ``tp + fp == n_detections`` and ``tp + fn == n_truth``. ``duplicates`` is the part of
-    ``fp`` whose best-overlapping truth (IoU >= the threshold) was already claimed by a
-    higher-scored detection: the detector saw the object twice.
+    ``tp + fp == n_detections`` and ``tp + fn == n_truth``. The false alarms ``fp`` split
+    into four kinds, ``duplicates + extra_boxes + loose + background == fp``:
+
+    - ``duplicates``: the best-overlapping truth (IoU >= the match IoU) was already
+      claimed by a higher-scored detection: the detector saw the object twice.
+    - ``extra_boxes``: overlaps a found object (one some detection matched) by IoU >=
+      :data:`TOUCH_IOU` without matching it: a second, smaller or shifted box on it.
+    - ``loose``: overlaps an object nobody found by IoU >= :data:`TOUCH_IOU` (but under
+      the match IoU): a box on the object too badly placed to count.
+    - ``background``: touches no object by IoU :data:`TOUCH_IOU`.
+
+    ``matched_iou_median`` is the median IoU of the matched pairs (None without any).
     """
 
     n_truth: int
@@ -63,11 +77,16 @@ class Scores:
     fp: int
     fn: int
     duplicates: int
+    extra_boxes: int
+    loose: int
+    background: int
+    matched_iou_median: float | None
     precision: float
     recall: float
     f1: float
     ap50: float
     ap50_95: float
+    ap75: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,22 +178,38 @@ class EvaluationResult(Scores):
             "FP",
             "FN",
             "dup",
+            "extra",
+            "loose",
+            "bg",
             "prec",
             "recall",
             "F1",
             "AP50",
+            "AP75",
             "AP50:95",
         )
         lines = [head, "", f"{'class':<{width}}" + "".join(f"{c:>8}" for c in columns)]
         for name, s in [*self.per_class.items(), ("all", self)]:
-            counts = (s.n_truth, s.n_detections, s.tp, s.fp, s.fn, s.duplicates)
-            ratios = (s.precision, s.recall, s.f1, s.ap50, s.ap50_95)
+            counts = (
+                s.n_truth,
+                s.n_detections,
+                s.tp,
+                s.fp,
+                s.fn,
+                s.duplicates,
+                s.extra_boxes,
+                s.loose,
+                s.background,
+            )
+            ratios = (s.precision, s.recall, s.f1, s.ap50, s.ap75, s.ap50_95)
             lines.append(
                 f"{name:<{width}}"
                 + "".join(f"{c:>8d}" for c in counts)
                 + "".join(f"{r:>8.3f}" for r in ratios)
             )
         lines.append("")
+        if self.matched_iou_median is not None:
+            lines.append(f"matched pairs: median IoU {self.matched_iou_median:.3f}")
         if self.centre_error_mean_m is None:
             lines.append("centre error: no matched pairs")
         else:
@@ -329,11 +364,10 @@ def evaluate(
 
     thresholds = np.union1d(IOU_THRESHOLDS, [float(iou)])
     k_at = int(np.flatnonzero(thresholds == iou)[0])
-    order, matches, best_iou = _match(
-        det_geoms, scores, det_class, ref_geoms, ref_class, thresholds
-    )
+    order, matches, pairs = _match(det_geoms, scores, det_class, ref_geoms, ref_class, thresholds)
     matched = matches[k_at] >= 0
-    duplicate = ~matched & (best_iou >= iou)
+    kinds = _false_alarm_kinds(matches[k_at], pairs, len(ref_geoms), iou)
+    pair_iou = _matched_iou(matches[k_at], pairs)
 
     per_class: dict[str, Scores] = {}
     ap_table = []  # one row of AP per threshold for each class that has truth
@@ -345,10 +379,10 @@ def evaluate(
             ap_table.append(ap)
         members = det_class == name
         per_class[str(name)] = _scores_for(
-            n_truth, matched[members], duplicate[members], *_ap50_and_ap50_95(ap, thresholds)
+            n_truth, matched[members], kinds[members], pair_iou[members], ap, thresholds
         )
     mean_ap = np.mean(ap_table, axis=0) if ap_table else np.zeros(len(thresholds))
-    overall = _scores_for(len(ref), matched, duplicate, *_ap50_and_ap50_95(mean_ap, thresholds))
+    overall = _scores_for(len(ref), matched, kinds, pair_iou, mean_ap, thresholds)
 
     # Centre error over pairs matched at `iou`.
     centre_mean = centre_median = None
@@ -426,10 +460,37 @@ def _in_working_crs(
     return layers[0], layers[1], layers[2] if area is not None else None
 
 
-def _ap50_and_ap50_95(ap: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
-    """AP at IoU 0.5 and the mean over COCO's thresholds, from AP at every threshold."""
-    coco = np.isin(thresholds, IOU_THRESHOLDS)
-    return float(ap[thresholds == 0.5][0]), float(ap[coco].mean())
+def _false_alarm_kinds(
+    matched_truth: np.ndarray, pairs: tuple[np.ndarray, ...], n_truth: int, iou: float
+) -> np.ndarray:
+    """Each detection's kind (see :class:`Scores`): an int8 array [N] of
+    :data:`_MATCHED`, :data:`_DUPLICATE`, :data:`_EXTRA`, :data:`_LOOSE` or
+    :data:`_BACKGROUND`.
+
+    Args:
+        matched_truth: int64 [N], the truth each detection matched at ``iou`` (-1: none).
+        pairs: detection index, truth index and IoU of every overlapping pair of one class.
+    """
+    det_idx, ref_idx, pair_iou = pairs
+    kinds = np.full(len(matched_truth), _BACKGROUND, dtype=np.int8)
+    found = np.zeros(n_truth, dtype=bool)
+    found[matched_truth[matched_truth >= 0]] = True
+    touching = pair_iou >= TOUCH_IOU
+    # Least to most specific: each assignment overrides the one before.
+    kinds[det_idx[touching & ~found[ref_idx]]] = _LOOSE
+    kinds[det_idx[touching & found[ref_idx]]] = _EXTRA
+    kinds[det_idx[pair_iou >= iou]] = _DUPLICATE  # unmatched at >= iou: it was claimed
+    kinds[matched_truth >= 0] = _MATCHED
+    return kinds
+
+
+def _matched_iou(matched_truth: np.ndarray, pairs: tuple[np.ndarray, ...]) -> np.ndarray:
+    """float64 [N]: each detection's IoU with the truth it matched, NaN where none."""
+    det_idx, ref_idx, pair_iou = pairs
+    out = np.full(len(matched_truth), np.nan)
+    own = matched_truth[det_idx] == ref_idx
+    out[det_idx[own]] = pair_iou[own]
+    return out
 
 
 def _count_inside(region: shapely.Geometry, geoms: np.ndarray) -> int:
@@ -456,23 +517,24 @@ def _match(
         order: int64 [N], detection indices by descending score (ties: file order).
         matches: int64 [T, N], the truth index each detection matched at each threshold,
             -1 for none.
-        best_iou: float64 [N], each detection's highest IoU with a truth of its class.
+        pairs: (detection index int64 [P], truth index int64 [P], IoU float64 [P]) of
+            every intersecting detection/truth pair of one class.
     """
     n, m = len(det_geoms), len(ref_geoms)
     order = np.lexsort((np.arange(n), -scores))
     matches = np.full((len(thresholds), n), -1, dtype=np.int64)
-    best_iou = np.zeros(n)
+    no_pairs = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0))
     if n == 0 or m == 0:
-        return order, matches, best_iou
+        return order, matches, no_pairs
 
     # Candidate pairs from the tree instead of the full N x M table.
     det_idx, ref_idx = shapely.STRtree(ref_geoms).query(det_geoms, predicate="intersects")
     same = det_class[det_idx] == ref_class[ref_idx]
     det_idx, ref_idx = det_idx[same], ref_idx[same]
     pair_iou = polygon_iou(det_geoms[det_idx], ref_geoms[ref_idx])
-    np.maximum.at(best_iou, det_idx, pair_iou)
+    pairs = (det_idx, ref_idx, pair_iou)
     if len(det_idx) == 0:
-        return order, matches, best_iou
+        return order, matches, pairs
 
     # Group pairs by detection rank, best IoU first, so each detection scans its own
     # candidates in order and stops at the first one that is free.
@@ -496,7 +558,7 @@ def _match(
                     claimed[ref_list[p]] = 1
                     row[det_list[p]] = ref_list[p]
                     break
-    return order, matches, best_iou
+    return order, matches, pairs
 
 
 def _average_precision(ranked_tp: np.ndarray, n_truth: int) -> float:
@@ -519,8 +581,16 @@ def _average_precision(ranked_tp: np.ndarray, n_truth: int) -> float:
 
 
 def _scores_for(
-    n_truth: int, matched: np.ndarray, duplicate: np.ndarray, ap50: float, ap50_95: float
+    n_truth: int,
+    matched: np.ndarray,
+    kinds: np.ndarray,
+    pair_iou: np.ndarray,
+    ap: np.ndarray,
+    thresholds: np.ndarray,
 ) -> Scores:
+    """Counts and ratios of one class (or all) from its detections' match flags, kinds
+    (:func:`_false_alarm_kinds`), matched IoUs and AP at each IoU threshold."""
+    coco = np.isin(thresholds, IOU_THRESHOLDS)
     n_det = len(matched)
     tp = int(matched.sum())
     precision = tp / n_det if n_det else 0.0
@@ -532,12 +602,17 @@ def _scores_for(
         tp=tp,
         fp=n_det - tp,
         fn=n_truth - tp,
-        duplicates=int(duplicate.sum()),
+        duplicates=int((kinds == _DUPLICATE).sum()),
+        extra_boxes=int((kinds == _EXTRA).sum()),
+        loose=int((kinds == _LOOSE).sum()),
+        background=int((kinds == _BACKGROUND).sum()),
+        matched_iou_median=float(np.median(pair_iou[matched])) if tp else None,
         precision=precision,
         recall=recall,
         f1=f1,
-        ap50=ap50,
-        ap50_95=ap50_95,
+        ap50=float(ap[thresholds == 0.5][0]),
+        ap50_95=float(ap[coco].mean()),
+        ap75=float(ap[thresholds == 0.75][0]),
     )
 
 

@@ -90,6 +90,53 @@ def test_duplicate_is_counted_and_is_a_false_positive():
     assert result.per_class["pool"].duplicates == 1
 
 
+def test_false_alarms_are_split_into_duplicates_extra_loose_and_background():
+    # Pool A (found), pool B (nobody finds it), and open ground far away.
+    truth = squares([(0, 0), (50, 0)], classes=["pool", "pool"])
+    a, b = (X0, Y0), (X0 + 50, Y0)
+    boxes = [
+        shapely.box(a[0], a[1], a[0] + 10, a[1] + 10),  # matches A exactly (IoU 1)
+        shapely.box(a[0] + 1, a[1], a[0] + 11, a[1] + 10),  # A again at IoU 0.82: duplicate
+        shapely.box(a[0] + 2, a[1] + 2, a[0] + 6, a[1] + 6),  # a part of A, IoU 0.16: extra
+        shapely.box(b[0] + 5, b[1] + 5, b[0] + 15, b[1] + 15),  # B, IoU 0.14: loose
+        shapely.box(X0 + 200, Y0, X0 + 210, Y0 + 10),  # nothing there: background
+        shapely.box(a[0] - 9.5, a[1], a[0] + 0.5, a[1] + 10),  # grazes A, IoU 0.03
+    ]
+    detections = gpd.GeoDataFrame(
+        {"score": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], "class": ["pool"] * 6},
+        geometry=boxes,
+        crs=UTM,
+    )
+
+    result = evaluate(detections, truth)
+
+    assert (result.tp, result.fp, result.fn) == (1, 5, 1)
+    kinds = (result.duplicates, result.extra_boxes, result.loose, result.background)
+    assert kinds == (1, 1, 1, 2)
+    assert sum(kinds) == result.fp
+    assert result.per_class["pool"].extra_boxes == 1
+    assert result.matched_iou_median == pytest.approx(1.0)
+    report = result.to_dict()
+    assert (report["extra_boxes"], report["loose"], report["background"]) == (1, 1, 2)
+    assert "extra" in result.summary() and "AP75" in result.summary()
+
+
+def test_ap75_and_matched_iou_follow_the_box_fit():
+    truth = squares(GRID, classes=["pool"] * 5)
+    # Two boxes shifted by 1 m (IoU 0.82), three by 2 m (IoU 0.67): all match at 0.5,
+    # only the first two at 0.75.
+    moved = [(x + d, y) for (x, y), d in zip(GRID, [1, 1, 2, 2, 2], strict=True)]
+    detections = squares(moved, scores=[0.9, 0.8, 0.7, 0.6, 0.5], classes=["pool"] * 5)
+
+    result = evaluate(detections, truth)
+
+    assert result.ap50 == pytest.approx(1.0)
+    assert result.ap75 == pytest.approx(result.ap_by_iou[0.75])
+    # Interpolated precision is 1 up to recall 0.4, then 0: 41 of 101 recall points.
+    assert result.ap75 == pytest.approx(41 / 101)
+    assert result.matched_iou_median == pytest.approx(8 / 12)
+
+
 def test_higher_score_claims_the_truth_first():
     truth = squares([(0, 0)], classes=["pool"])
     # The worse-placed box scores higher, so it takes the truth; the exact one is a duplicate.
@@ -272,6 +319,11 @@ def test_cli_json_and_pr_curve(tmp_path):
         "ap50",
         "ap50_95",
         "duplicates",
+        "extra_boxes",
+        "loose",
+        "background",
+        "ap75",
+        "matched_iou_median",
         "centre_error_mean_m",
         "centre_error_median_m",
         "truth_per_km2",

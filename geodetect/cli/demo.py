@@ -41,7 +41,10 @@ def command(out_dir, train_minutes, seed, device, verbose, quiet):
         f"  AP50 {m.ap50:.3f}   AP50:95 {m.ap50_95:.3f}   precision {m.precision:.3f}   "
         f"recall {m.recall:.3f}   F1 {m.f1:.3f}"
     )
-    click.echo(f"  duplicates {m.duplicates}   mean centre error {centre}")
+    click.echo(
+        f"  duplicates {m.duplicates}   extra boxes {m.extra_boxes}   AP75 {m.ap75:.3f}   "
+        f"mean centre error {centre}"
+    )
     click.echo(
         f"outputs in {result.out_dir}/: {', '.join(p.name for p in result.layers)}, "
         f"metrics.json, {result.quicklook.name}, {result.model_path.name}"
