@@ -4,6 +4,7 @@ without a trained network)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,20 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from hypothesis import settings
 from rasterio.features import shapes
 
 from geodetect.model import LoadedModel, ModelSpec
 
 SHARED_RASTERS = Path(__file__).resolve().parents[2] / "shared" / "rasters"
+
+# Hypothesis draws the same examples on every run (`make test`, which CI runs, included):
+# a failure is reproducible and the suite never fails on one run and passes on the next.
+# Tests' own @settings still set their example counts; `--hypothesis-profile` or
+# HYPOTHESIS_PROFILE=random-search (a random search, e.g. when fuzzing harder) override it.
+settings.register_profile("geodetect", derandomize=True, print_blob=True)
+settings.register_profile("random-search", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "geodetect"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import geopandas as gpd
 import numpy as np
 import pytest
-import shapely
 from affine import Affine
 from test_detect import _match
 
@@ -149,4 +148,3 @@ def test_default_overlap_of_older_model_files_uses_the_largest_object():
     spec = ModelSpec(classes=["pool"], band_mean=[0.0], band_std=[1.0], band_names=["b"])
     old = ModelSpec(**{**spec.__dict__, "max_object_px": 100})
     assert default_overlap(old, 512) == 120
-    assert shapely is not None
