@@ -11,7 +11,7 @@ from geodetect.detect import detect
 from geodetect.geometry import pixel_boxes_to_map
 from geodetect.io.raster import open_mosaics
 
-from conftest import NORTH_UP, paint_boxes, random_boxes, write_geotiff
+from conftest import NORTH_UP, make_oracle, paint_boxes, random_boxes, write_geotiff
 
 
 def _match(layer, truth_polys, tol=1e-6):
@@ -176,3 +176,96 @@ def test_fusion_keeps_chips_and_classes_apart_and_takes_every_box():
     assert float(score.sum()) == pytest.approx(float(scores.sum()) / 2)  # no box lost
     first = (chip == 0) & (label == 0)
     assert fused[first][0, 0].item() == pytest.approx((10 * 0.9 + 11 * 0.6) / 1.5)
+
+
+def _place(taken: np.ndarray, box, gap: int = 3) -> bool:
+    """Claim ``box`` (xyxy) on ``taken`` unless it comes within ``gap`` px of a claimed
+    one (touching boxes would paint as one blob)."""
+    x1, y1, x2, y2 = box
+    if x1 < 0 or y1 < 0 or x2 > taken.shape[1] or y2 > taken.shape[0]:
+        return False
+    if taken[max(0, y1 - gap) : y2 + gap, max(0, x1 - gap) : x2 + gap].any():
+        return False
+    taken[y1:y2, x1:x2] = True
+    return True
+
+
+def test_every_default_over_a_2x2_mosaic_gives_each_seam_object_once_whole(tmp_path):
+    """No chip size, overlap, block size or reader count given: the model's defaults
+    (512 px chips, 40 px overlap for its 30 px typical object, the default reader
+    processes) over a 1600 px mosaic of four files. Objects straddle the file seams, the
+    chip edges, the middles of the overlap strips (where ownership changes hands) and
+    the crossings of those lines: each comes out exactly once, whole, and nothing else."""
+    from geodetect.detect import DetectionReport, default_chip_size, default_overlap
+    from geodetect.geometry import chip_grid
+
+    oracle = make_oracle(typical_object_px=30)  # what training measured; the largest too
+    size, half = 1600, 800
+    chip = default_chip_size(oracle.spec)
+    overlap = default_overlap(oracle.spec, chip)
+    assert (chip, overlap) == (512, 40)  # 1.2 x 30 px, rounded up to 8
+    grid = chip_grid(height=size, width=size, chip_size=chip, overlap=overlap)
+    offsets = grid.col_offsets
+    assert offsets.tolist() == [0, 472, 944, 1088]  # the last chip is shifted in
+    edges = sorted({*offsets[1:].tolist(), *(offsets[:-1] + chip).tolist()})
+    middles = ((offsets[1:] + offsets[:-1] + chip) / 2).astype(int).tolist()
+    assert middles == [492, 964, 1272]  # core boundaries: the owner changes here
+    lines = sorted({*edges, *middles, half})
+
+    # Boxes across each line (a quarter, half or three quarters of them before it), along
+    # both axes, at every size up to the typical object; boxes wider than the overlap
+    # strip (no chip sees them whole: joined from their pieces); then line crossings.
+    taken = np.zeros((size, size), dtype=bool)
+    boxes, sizes, along = [], [30, 23, 14, 7, 27, 18], 40
+
+    def across(line, axis, w, h, before):
+        nonlocal along
+        cut = line - round(before * (w if axis == 0 else h))
+        for _ in range(20):
+            along = (along + 61) % (size - 70)
+            x1, y1 = (cut, along) if axis == 0 else (along, cut)
+            if _place(taken, (x1, y1, x1 + w, y1 + h)):
+                boxes.append((x1, y1, x1 + w, y1 + h))
+                return
+
+    for axis in (0, 1):
+        for i, line in enumerate(lines):
+            for j, before in enumerate((0.5, 0.25, 0.75)):
+                w, h = sizes[(i + j) % len(sizes)], sizes[(i + 2 * j + 1) % len(sizes)]
+                across(line, axis, w, h, before)
+        for line, wide in [(492, 48), (964, 60)]:  # across 40 px strips, both edges
+            across(line, axis, *((wide, 20) if axis == 0 else (20, wide)), 0.5)
+    n_wide = 4
+    crossings = [(492, 492), (half, half), (512, 964), (1272, half), (half, 472), (1456, 1088)]
+    for k, (cx, cy) in enumerate(crossings):
+        w, h = sizes[k % len(sizes)], sizes[(k + 3) % len(sizes)]
+        box = (cx - w // 2, cy - h // 3, cx - w // 2 + w, cy - h // 3 + h)
+        if _place(taken, box):
+            boxes.append(box)
+    boxes = np.array(boxes, dtype=np.int64)
+
+    def crosses(at, lo, hi):  # which boxes a line at ``at`` (x: 0, 2; y: 1, 3) cuts
+        at = np.asarray(at)[None]
+        return ((boxes[:, lo, None] < at) & (boxes[:, hi, None] > at)).any(axis=1)
+
+    cut_by_chip = crosses(edges, 0, 2) | crosses(edges, 1, 3)
+    on_file_seam = crosses([half], 0, 2) | crosses([half], 1, 3)
+    assert len(boxes) >= 65 and cut_by_chip.sum() >= 40 and on_file_seam.sum() >= 8
+    longest = (boxes[:, 2:] - boxes[:, :2]).max(axis=1)
+    assert (longest > overlap).sum() == n_wide
+    edges_cut = sum(crosses([e], 0, 2).astype(int) + crosses([e], 1, 3) for e in edges)
+    assert edges_cut[longest > overlap].min() >= 2  # both edges of a strip: no whole view
+    assert (crosses([half], 0, 2) & crosses([half], 1, 3)).any()  # on all four files
+
+    transform = NORTH_UP @ Affine.translation(-37, 53)  # an origin off round numbers
+    image = paint_boxes(size, size, boxes)
+    for r in (0, 1):
+        for c in (0, 1):
+            tile = image[:, r * half : (r + 1) * half, c * half : (c + 1) * half]
+            t = transform @ Affine.translation(c * half, r * half)
+            write_geotiff(tmp_path / f"tile_{r}{c}.tif", tile, transform=t)
+    report = DetectionReport()
+    layer = detect([str(tmp_path / "tile_*.tif")], oracle, progress=False, report=report)
+    assert report.chips_total == len(grid) == 16  # the default chips, over the mosaic
+    _match(layer, pixel_boxes_to_map(boxes, transform))
+    assert set(layer["class"]) == {"pool"} and layer.crs.to_epsg() == 32617
