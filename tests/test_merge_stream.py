@@ -105,7 +105,7 @@ def _plan(grids, block_chips):
     return make_plan(grids, config)
 
 
-def _streamed(plan, tables, batch_rows):
+def _streamed(plan, tables, batch_rows, second_iou=None):
     frames = list(
         merged_batches(
             plan,
@@ -113,6 +113,7 @@ def _streamed(plan, tables, batch_rows):
             crs=plan.grids[0].crs,
             nms_iou=0.5,
             metric="iou",
+            second_iou=second_iou,
             batch_rows=batch_rows,
         )
     )
@@ -125,16 +126,27 @@ def _canonical(gdf):
     return frame.sort_values(["wkb", "score", "label"]).reset_index(drop=True)
 
 
+@pytest.mark.parametrize("second_iou", [None, 0.2])
 @pytest.mark.parametrize("block_chips", [1, 2, 4])
-def test_streamed_merge_equals_the_whole_merge_for_any_block_size(grids, block_chips):
+def test_streamed_merge_equals_the_whole_merge_for_any_block_size(grids, block_chips, second_iou):
     plan = _plan(grids, block_chips)
     tables = _tables(plan)
     whole = merge_tables(
-        tables.values(), plan.grids, crs=plan.grids[0].crs, nms_iou=0.5, metric="iou"
+        tables.values(),
+        plan.grids,
+        crs=plan.grids[0].crs,
+        nms_iou=0.5,
+        metric="iou",
+        second_iou=second_iou,
     )
     assert len(whole) > 100
     assert concat_tables(tables.values())["piece"].sum() > 10  # joining is exercised
-    frames, streamed = _streamed(plan, tables, batch_rows=1)
+    if second_iou is not None:  # second boxes of the near-duplicate clusters go
+        nms_only = merge_tables(
+            tables.values(), plan.grids, crs=plan.grids[0].crs, nms_iou=0.5, metric="iou"
+        )
+        assert len(whole) < 0.9 * len(nms_only)
+    frames, streamed = _streamed(plan, tables, batch_rows=1, second_iou=second_iou)
     assert len(frames) > 3  # settled in several bands, not all at the end
     pd = gpd.pd
     pd.testing.assert_frame_equal(_canonical(streamed), _canonical(whole))
@@ -143,7 +155,9 @@ def test_streamed_merge_equals_the_whole_merge_for_any_block_size(grids, block_c
     assert np.corrcoef(top, np.arange(len(top)))[0, 1] < -0.8
     # The same rows in the same order whatever the block size and batch size.
     reference_plan = _plan(grids, 3)
-    _, reference = _streamed(reference_plan, _tables(reference_plan), batch_rows=10**6)
+    _, reference = _streamed(
+        reference_plan, _tables(reference_plan), batch_rows=10**6, second_iou=second_iou
+    )
     pd.testing.assert_frame_equal(streamed, reference)
 
 

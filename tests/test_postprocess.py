@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shapely
 import torch
 
 from geodetect.detect import detect
-from geodetect.model import build_retinanet, postprocess
-from geodetect.model.postprocess import nested_boxes
+from geodetect.geometry import nms_polygons
+from geodetect.model import build_retinanet
+from geodetect.model.postprocess import second_boxes
 
 from conftest import NORTH_UP, make_oracle, make_tiny_spec, write_geotiff
 
@@ -84,34 +86,53 @@ def test_one_chip_never_votes_or_suppresses_with_another():
         torch.testing.assert_close(out["scores"], alone["scores"])
 
 
-def test_a_box_nested_in_a_better_one_is_dropped_and_neighbours_are_kept():
-    boxes = torch.tensor(
-        [
-            [10.0, 10.0, 50.0, 40.0],  # a pool, whole
-            [12.0, 11.0, 32.0, 39.0],  # the same pool in part: inside it, IoU 0.47
-            [48.0, 10.0, 80.0, 40.0],  # a neighbour overlapping its edge
-            [11.0, 11.0, 20.0, 20.0],  # a spa in its corner: inside, IoU 0.07
-            [12.0, 11.0, 32.0, 39.0],  # the part again, in another class
-            [12.0, 11.0, 32.0, 39.0],  # ... and in another chip
-        ]
-    )
-    scores = torch.tensor([0.9, 0.6, 0.8, 0.5, 0.6, 0.6])
-    group = torch.tensor([0, 0, 0, 0, 1, 2])
-    assert nested_boxes(boxes, scores, group).tolist() == [False, True, False, False, False, False]
-    # the better-scored part keeps its place and the worse-scored whole goes
-    flipped = torch.tensor([0.6, 0.9, 0.8, 0.5, 0.6, 0.6])
-    assert nested_boxes(boxes, flipped, group).tolist() == [True, False] + [False] * 4
+# A pool and what a detector, or a neighbourhood, puts around it (chip pixels).
+POOL = [10.0, 10.0, 50.0, 40.0]
+AROUND = {  # box, whether it is a second box of the pool; IoU with the pool
+    "part": ([12.0, 11.0, 28.0, 39.0], True),  # a part around its middle: 0.37
+    "shifted": ([24.0, 18.0, 62.0, 48.0], True),  # a shifted copy: 0.32
+    "half": ([32.0, 14.0, 50.0, 38.0], True),  # its east half: 0.36
+    "big": ([0.0, 0.0, 62.0, 52.0], True),  # a loose box around it: 0.37
+    "touching": ([50.0, 10.0, 82.0, 40.0], False),  # next garden, boxes touching: 0
+    "neighbour": ([46.0, 12.0, 78.0, 38.0], False),  # next garden, a little over: 0.05
+    "close": ([36.0, 10.0, 76.0, 40.0], False),  # next garden, boxes overlapping: 0.21
+    "spa": ([11.0, 11.0, 20.0, 20.0], False),  # a spa in its corner, inside its box: 0.07
+    "plunge": ([40.0, 30.0, 56.0, 46.0], False),  # a small pool at its corner: 0.07
+}
+SECOND_IOU = 0.2
+
+
+@pytest.mark.parametrize("name", list(AROUND))
+def test_second_boxes_go_and_neighbouring_pools_stay(name):
+    other, second = AROUND[name]
+    boxes = torch.tensor([POOL, other])
+    # whichever scores higher: the other box, if a second box, goes
+    for scores, loser in ((torch.tensor([0.9, 0.6]), 1), (torch.tensor([0.6, 0.9]), 0)):
+        dropped = second_boxes(boxes, scores, torch.tensor([0, 0]), SECOND_IOU)
+        assert dropped.tolist() == [second and loser == 0, second and loser == 1], name
+        # another class or another chip (group) never takes it
+        assert not second_boxes(boxes, scores, torch.tensor([0, 1]), SECOND_IOU).any()
+    # the map merge applies the same rule to polygons
+    polygons = shapely.box(*np.array([POOL, other]).T)
+    kept = nms_polygons(polygons, np.array([0.9, 0.6]), threshold=0.5, second_iou=SECOND_IOU)
+    assert kept.tolist() == ([0] if second else [0, 1]), name
+
+
+def test_second_boxes_tie_break_and_order():
+    boxes = torch.tensor([POOL, AROUND["part"][0], AROUND["neighbour"][0], AROUND["spa"][0]])
+    group = torch.tensor([0, 0, 0, 0])
     # a tie keeps the larger box, whatever the order
-    tie = torch.tensor([0.7, 0.7, 0.8, 0.5, 0.6, 0.6])
-    for perm in (torch.arange(6), torch.tensor([5, 1, 4, 3, 0, 2])):
-        dropped = nested_boxes(boxes[perm], tie[perm], group[perm])
+    tie = torch.tensor([0.7, 0.7, 0.8, 0.5])
+    for perm in (torch.arange(4), torch.tensor([3, 1, 0, 2])):
+        dropped = second_boxes(boxes[perm], tie[perm], group[perm], SECOND_IOU)
         assert perm[dropped].tolist() == [1]
-    assert not nested_boxes(boxes[:0], scores[:0], group[:0]).any()
+    assert not second_boxes(boxes[:0], tie[:0], group[:0], SECOND_IOU).any()
 
 
-def test_the_detector_reports_no_nested_pair():
+def test_the_detector_reports_no_second_box():
     torch.manual_seed(3)
-    net = build_retinanet(make_tiny_spec(), pretrained="none").eval()
+    net = build_retinanet(make_tiny_spec(second_box_iou=SECOND_IOU), pretrained="none").eval()
+    assert net.second_box_iou == SECOND_IOU
     with torch.no_grad():
         net.head.classification_head.cls_logits.weight.normal_(0, 0.15)
         net.head.regression_head.bbox_reg.weight.normal_(0, 0.05)
@@ -120,30 +141,38 @@ def test_the_detector_reports_no_nested_pair():
     with torch.inference_mode():
         heads, anchors, sizes = _heads(net, x)
         net.detections_per_img = 1 << 30
-        saved, postprocess.NESTED_IOS = postprocess.NESTED_IOS, 2.0  # nothing is nested
-        try:
-            plain = net.postprocess_detections(heads, anchors, sizes)
-        finally:
-            postprocess.NESTED_IOS = saved
+        net.second_box_iou = None
+        plain = net.postprocess_detections(heads, anchors, sizes)
+        net.second_box_iou = SECOND_IOU
         out = net.postprocess_detections(heads, anchors, sizes)
+        reference = net.postprocess_per_image(heads, anchors, sizes)
+    _same(out, reference)
     removed = 0
     for got, before in zip(out, plain, strict=True):
         labels = got["labels"]
-        assert not nested_boxes(got["boxes"], got["scores"], labels).any()
+        assert not second_boxes(got["boxes"], got["scores"], labels, SECOND_IOU).any()
         removed += len(before["boxes"]) - len(got["boxes"])
-    assert removed > 0  # the untrained head does report nested pairs
+    assert removed > 0  # the untrained head does report second boxes
 
 
 def test_detection_merges_at_the_models_nms_iou(tmp_path):
     """Two objects whose boxes overlap by IoU 0.42 (an L and a square in its corner):
-    one object for a model whose labels never overlap (0.4), two for one with 0.5."""
+    one object for a model whose labels never overlap (0.4), two for one with 0.5 (whose
+    labels nest like this, so its second-box IoU is 0.5 too: see
+    ``test_second_box_iou_follows_how_the_labels_nest``)."""
     image = np.zeros((3, 128, 128), np.uint8)
     image[:, 40:60, 40:45] = 255  # the L's upright
     image[:, 55:60, 40:60] = 255  # and its foot
     image[:, 40:53, 47:60] = 255  # the square, 2 px away
     path = write_geotiff(tmp_path / "s.tif", image, transform=NORTH_UP)
     found = {
-        nms: len(detect([path], make_oracle(chip_size=128, nms_iou=nms), progress=False))
+        nms: len(
+            detect(
+                [path],
+                make_oracle(chip_size=128, nms_iou=nms, second_box_iou=nms),
+                progress=False,
+            )
+        )
         for nms in (0.4, 0.5)
     }
     assert found == {0.4: 1, 0.5: 2}

@@ -27,7 +27,15 @@ from geodetect.train import (
     train,
 )
 from geodetect.train.augment import dihedral, resize
-from geodetect.train.data import TRAIN, VAL, LabelledData, SplitMap, chip_targets, label_nms_iou
+from geodetect.train.data import (
+    TRAIN,
+    VAL,
+    LabelledData,
+    SplitMap,
+    chip_targets,
+    label_nms_iou,
+    label_second_box_iou,
+)
 
 from conftest import NORTH_UP, paint_boxes, random_boxes, write_geotiff
 
@@ -352,3 +360,29 @@ def test_nms_iou_follows_how_much_the_labels_overlap():
     pairs = [[x, 0, x + 10, 20] for x in range(0, 800, 40)] * 2
     assert label_nms_iou(_labelled(pairs, [0] * 20 + [1] * 20)) == 0.4
     assert label_nms_iou(_labelled(pairs)) == 0.5
+
+
+def test_second_box_iou_follows_how_the_labels_nest():
+    apart = np.asarray(
+        random_boxes(np.random.default_rng(0), 1000, 1000, 200, min_size=8, max_size=20), float
+    )
+    assert label_second_box_iou(_labelled(apart), 0.4) == 0.15  # the floor
+    # a spa in the corner of a pool's box (IoU 0.06, its centre inside) now and then
+    spas = np.vstack(
+        [
+            apart[:190],
+            *[[[x, 1010, x + 40, 1050], [x + 1, 1011, x + 11, 1021]] for x in range(0, 200, 45)],
+        ]
+    )
+    assert label_second_box_iou(_labelled(spas), 0.4) == 0.16  # 0.06 + the 0.1 margin
+    # side by side overlapping by IoU 0.33, centres apart: not nesting, no change
+    side = np.vstack(
+        [
+            apart[:190],
+            *[[[x, 1010, x + 20, 1030], [x + 10, 1010, x + 30, 1030]] for x in range(0, 400, 40)],
+        ]
+    )
+    assert label_second_box_iou(_labelled(side), 0.4) == 0.15
+    # objects that nest often (a car under each carport's box): the rule steps aside
+    carports = [[[x, 0, x + 20, 20], [x + 2, 2, x + 18, 18]] for x in range(0, 800, 25)]
+    assert label_second_box_iou(_labelled(np.vstack(carports)), 0.5) == 0.5

@@ -76,6 +76,12 @@ def _model_rows(spec, model_id: str) -> list[tuple[str, str]]:
         ("score threshold", _text(spec.score_threshold)),
         ("one object above", f"IoU {_text(spec.nms_iou)} (NMS)"),
         (
+            "second boxes",
+            "kept"
+            if spec.second_box_iou is None
+            else f"IoU above {_text(spec.second_box_iou)} with a centre inside the better box",
+        ),
+        (
             "box loss",
             f"{spec.box_loss} (focal alpha {_text(spec.focal_alpha)}, "
             f"gamma {_text(spec.focal_gamma)})",

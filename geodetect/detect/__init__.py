@@ -230,6 +230,7 @@ def detect(
         overlap=default_overlap(spec, chip_size) if overlap is None else overlap,
         threshold=spec.score_threshold if threshold is None else threshold,
         nms_iou=spec.nms_iou if nms_iou is None else nms_iou,
+        second_box_iou=spec.second_box_iou,
         merge_metric=merge_metric,
         views=() if not tta else FLIPS if tta_views == 4 else DIHEDRAL,
         block_chips=block_size,
@@ -301,7 +302,12 @@ def detect(
     finally:
         sink.close()
     merged = merged_batches(
-        plan, store.read, crs=choice.crs, nms_iou=config.nms_iou, metric=config.merge_metric
+        plan,
+        store.read,
+        crs=choice.crs,
+        nms_iou=config.nms_iou,
+        metric=config.merge_metric,
+        second_iou=config.second_box_iou,
     )
     layers = (_counted(to_layer(m, spec, loaded.model_id), report) for m in merged)
     if out is not None:

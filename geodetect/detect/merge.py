@@ -77,6 +77,7 @@ def merged_batches(
     crs,
     nms_iou: float,
     metric: str,
+    second_iou: float | None = None,
     batch_rows: int = BATCH_ROWS,
 ) -> Iterator[gpd.GeoDataFrame]:
     """The merged layer, north to south, in GeoDataFrames of settled detections.
@@ -91,6 +92,8 @@ def merged_batches(
         plan: the run's plan (grids, chip grids and blocks).
         read: block key -> the block's owned-detection table (the journal's ``read``).
         crs: the layer's CRS.
+        nms_iou, metric, second_iou: what makes two detections one object (see
+            :func:`geodetect.geometry.nms_polygons`).
 
     Yields:
         GeoDataFrames with ``score``, ``label`` and ``source`` columns in ``crs``, at
@@ -127,10 +130,10 @@ def merged_batches(
         fresh = 0
         done, group_north, pending = pending.split(np.inf if last else north[order[step + 1]], tol)
         if len(done):
-            yield _settle(done, group_north, target, nms_iou, metric)
+            yield _settle(done, group_north, target, nms_iou, metric, second_iou)
             yielded = True
     if not yielded:
-        yield _settle(_Items.join([]), np.empty(0), target, nms_iou, metric)
+        yield _settle(_Items.join([]), np.empty(0), target, nms_iou, metric, second_iou)
 
 
 @dataclass(frozen=True)
@@ -319,14 +322,26 @@ def _reach(plan: Plan, block: Block, crs) -> tuple[float, float, float, float]:
 
 
 def _settle(
-    items: _Items, group_north: np.ndarray, target, nms_iou: float, metric: str
+    items: _Items,
+    group_north: np.ndarray,
+    target,
+    nms_iou: float,
+    metric: str,
+    second_iou: float | None = None,
 ) -> gpd.GeoDataFrame:
     """NMS over closed groups of items in canonical order; the kept ones by their
     group's northern edge, then their own, then west to east."""
     canonical = np.lexsort(items.key.T[::-1])
     items, group_north = items.take(canonical), group_north[canonical]
     keep = np.sort(
-        nms_polygons(items.geometry, items.score, items.label, threshold=nms_iou, metric=metric)
+        nms_polygons(
+            items.geometry,
+            items.score,
+            items.label,
+            threshold=nms_iou,
+            metric=metric,
+            second_iou=second_iou,
+        )
     )
     items, group_north = items.take(keep), group_north[keep]
     reading = np.lexsort(
@@ -347,6 +362,7 @@ def merge_tables(
     crs,
     nms_iou: float,
     metric: str,
+    second_iou: float | None = None,
 ) -> gpd.GeoDataFrame:
     """All owned detections as polygons in ``crs`` after the seam merge and NMS, in one
     go (the reference :func:`merged_batches` streams to; rows by descending score).
@@ -387,6 +403,7 @@ def merge_tables(
         gdf["label"].to_numpy(),
         threshold=nms_iou,
         metric=metric,
+        second_iou=second_iou,
     )
     return gdf.iloc[keep].reset_index(drop=True)
 

@@ -53,6 +53,7 @@ class RunConfig:
     overlap: int
     threshold: float
     nms_iou: float = 0.5
+    second_box_iou: float | None = None
     merge_metric: str = "iou"
     views: tuple[View, ...] = ()
     block_chips: int = DEFAULT_BLOCK_CHIPS

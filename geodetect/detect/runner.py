@@ -129,6 +129,7 @@ class Detector:
         # With test-time views, keep weaker per-pass boxes: the fused score decides.
         net.score_thresh = config.threshold / 2 if config.views else config.threshold
         net.nms_thresh = config.nms_iou
+        net.second_box_iou = config.second_box_iou
         if scaling is None:
             scaling = [band_scaling(g, loaded.spec) for g in grids]
         amp = autocast_dtype(device, config.precision)

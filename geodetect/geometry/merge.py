@@ -36,8 +36,9 @@ def nms_polygons(
     *,
     threshold: float = 0.5,
     metric: str = "iou",
+    second_iou: float | None = None,
 ) -> np.ndarray:
-    """Greedy class-wise NMS on polygons.
+    """Greedy class-wise NMS on polygons, second boxes included.
 
     Args:
         polygons: array [N] of shapely Polygons (any orientation, any CRS units).
@@ -48,6 +49,9 @@ def nms_polygons(
             polygon of the same class is > threshold.
         metric: ``"iou"`` (intersection over union) or ``"ios"`` (intersection over the
             smaller area: suppresses a box cut by a chip edge inside the whole one).
+        second_iou: a polygon is also suppressed by a kept, better one it overlaps by
+            IoU above this when the centroid of one of the two lies inside the other: a
+            second box of one object (see :func:`second_box_pairs`). None: NMS only.
 
     Returns:
         int64 array of the kept indices, in descending score order.
@@ -71,6 +75,8 @@ def nms_polygons(
         pair &= classes[left] == classes[right]
     left, right = left[pair], right[pair]
     over = overlap_ratio(polygons[left], polygons[right], metric) > threshold
+    if second_iou is not None:
+        over |= second_box_pairs(polygons[left], polygons[right], second_iou)
     left, right = left[over], right[over]
     # Orient each conflicting pair from the better-ranked to the worse-ranked polygon.
     better = np.where(rank[left] < rank[right], left, right)
@@ -88,6 +94,25 @@ def nms_polygons(
         keep.append(i)
         suppressed[worse[starts[i] : ends[i]]] = True
     return np.asarray(keep, dtype=np.int64)
+
+
+def second_box_pairs(a: np.ndarray, b: np.ndarray, iou: float) -> np.ndarray:
+    """Element-wise, whether polygons ``a`` and ``b`` are one object seen twice: they
+    overlap by IoU above ``iou`` and the centroid of one lies inside the other.
+
+    Two objects side by side keep each other's centres out, or overlap little (a spa at
+    the corner of a pool, inside its box); a detector's second box on one object lies
+    around its centre. The pixel-box form of this rule is
+    :func:`geodetect.model.postprocess.second_boxes`, which drops the worse of a pair.
+    """
+    over = overlap_ratio(a, b, "iou") > iou
+    if not over.any():
+        return over
+    a, b = a[over], b[over]
+    centred = shapely.contains(a, shapely.centroid(b)) | shapely.contains(b, shapely.centroid(a))
+    out = np.zeros(len(over), dtype=bool)
+    out[np.flatnonzero(over)] = centred
+    return out
 
 
 def cut_mask(

@@ -13,6 +13,7 @@ import glob
 import logging
 import math
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from affine import Affine
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform
@@ -48,6 +49,15 @@ _GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 # 16 chips of 512 px touches and the next row's. Readers are processes, one chip at a
 # time each: GDAL's own decoding threads would only compete with them and the model.
 GDAL_DEFAULTS = {"GDAL_CACHEMAX": "256", "GDAL_NUM_THREADS": "1"}
+
+
+def open_raster(path: str | os.PathLike) -> rasterio.DatasetReader:
+    """``rasterio.open`` without its NotGeoreferencedWarning: geodetect checks the
+    georeferencing itself and says what is missing (an error for detection, nothing for
+    the image chips of VOC, COCO and YOLO folders, which have none by design)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
 
 
 def configure_gdal() -> None:
@@ -151,7 +161,7 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
     """
     path = Path(path)
     try:
-        with rasterio.open(path) as ds:
+        with open_raster(path) as ds:
             gcps, gcp_crs = ds.gcps
             if ds.transform.is_identity and gcps and gcp_crs:
                 return _gcp_scene_info(path, ds, gcp_crs, ds.crs or gcp_crs)
@@ -225,7 +235,7 @@ def _gcp_scene_info(path: Path, ds: rasterio.DatasetReader, gcp_crs: CRS, crs: C
 def open_scene(info: SceneInfo) -> rasterio.DatasetReader:
     """Open a scene for reading pixels (through a warp for GCP-only and resampled
     rasters)."""
-    ds = rasterio.open(info.path)
+    ds = open_raster(info.path)
     if info.warp_crs is None and info.warp_grid is None:
         return ds
     try:
@@ -498,7 +508,7 @@ def resample_scene(info: SceneInfo, lattice: Affine, crs: CRS | None = None) -> 
         resampling = "average" if target_size > 1.01 * source_size else "bilinear"
         to_crs = crs.to_wkt() if reproject else None
         with (
-            rasterio.open(info.path) as ds,
+            open_raster(info.path) as ds,
             _warped(ds, info.warp_crs, warp_grid, to_crs, resampling) as vrt,
         ):
             return _describe(

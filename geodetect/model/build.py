@@ -29,7 +29,7 @@ from torchvision.ops import (
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import Conv2dNormActivation
 
-from geodetect.model.postprocess import batched_detections, nested_boxes
+from geodetect.model.postprocess import batched_detections, second_boxes
 from geodetect.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,16 @@ class VotingRetinaNet(RetinaNet):
     alone. ``box_vote_iou`` None (or >= 1) gives plain RetinaNet output.
     """
 
-    def __init__(self, *args, box_vote_iou: float | None = 0.7, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        box_vote_iou: float | None = 0.7,
+        second_box_iou: float | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.box_vote_iou = box_vote_iou
+        self.second_box_iou = second_box_iou
 
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
         return batched_detections(
@@ -179,6 +186,7 @@ class VotingRetinaNet(RetinaNet):
             detections_per_img=self.detections_per_img,
             vote_iou=self.box_vote_iou,
             max_voters=_MAX_VOTERS,
+            second_iou=self.second_box_iou,
         )
 
     def postprocess_per_image(self, head_outputs, anchors, image_shapes):
@@ -188,7 +196,7 @@ class VotingRetinaNet(RetinaNet):
         voting = vote is not None and vote < 1
         nms_thresh, limit = self.nms_thresh, self.detections_per_img
         # Voting: all candidates, score-sorted (NMS at IoU 1 suppresses nothing);
-        # otherwise all that NMS keeps. The per-chip limit comes after nested boxes go.
+        # otherwise all that NMS keeps. The per-chip limit comes after second boxes go.
         self.nms_thresh = 1.0 if voting else nms_thresh
         self.detections_per_img = _MAX_VOTERS if voting else 1 << 30
         try:
@@ -196,7 +204,13 @@ class VotingRetinaNet(RetinaNet):
         finally:
             self.nms_thresh, self.detections_per_img = nms_thresh, limit
         return [
-            _vote(c, nms_iou=nms_thresh, vote_iou=vote if voting else None, limit=limit)
+            _vote(
+                c,
+                nms_iou=nms_thresh,
+                vote_iou=vote if voting else None,
+                limit=limit,
+                second_iou=self.second_box_iou,
+            )
             for c in candidates
         ]
 
@@ -204,9 +218,16 @@ class VotingRetinaNet(RetinaNet):
 _MAX_VOTERS = 1000
 
 
-def _vote(candidates: dict, *, nms_iou: float, vote_iou: float | None, limit: int) -> dict:
+def _vote(
+    candidates: dict,
+    *,
+    nms_iou: float,
+    vote_iou: float | None,
+    limit: int,
+    second_iou: float | None = None,
+) -> dict:
     """Box voting (unless ``vote_iou`` is None), class-wise NMS and the removal of
-    nested boxes, on one chip's score-sorted candidates."""
+    second boxes (unless ``second_iou`` is None), on one chip's score-sorted candidates."""
     boxes, scores, labels = candidates["boxes"], candidates["scores"], candidates["labels"]
     if len(boxes) and vote_iou is not None:
         voters = (box_iou(boxes, boxes) >= vote_iou) & (labels[:, None] == labels[None, :])
@@ -216,7 +237,9 @@ def _vote(candidates: dict, *, nms_iou: float, vote_iou: float | None, limit: in
         with torch.autocast(boxes.device.type, enabled=False):
             boxes = (weights @ boxes) / weights.sum(dim=1, keepdim=True)
     keep = batched_nms(boxes, scores, labels, nms_iou)
-    keep = keep[~nested_boxes(boxes[keep], scores[keep], labels[keep])][:limit]
+    if second_iou is not None:
+        keep = keep[~second_boxes(boxes[keep], scores[keep], labels[keep], second_iou)]
+    keep = keep[:limit]
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
@@ -363,6 +386,7 @@ def build_retinanet(spec: ModelSpec, *, pretrained: str = "auto") -> RetinaNet:
         nms_thresh=spec.nms_iou,
         detections_per_img=300,
         box_vote_iou=spec.box_vote_iou,
+        second_box_iou=spec.second_box_iou,
     )
     model.transform = ChipTransform(spec.chip_size)
     return model

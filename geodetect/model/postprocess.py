@@ -1,5 +1,5 @@
 """RetinaNet post-processing for a whole batch at once: top-k per level, box decoding,
-box voting, class-wise NMS and the removal of nested boxes over every chip of the batch
+box voting, class-wise NMS and the removal of second boxes over every chip of the batch
 in a few tensor operations.
 
 torchvision's ``RetinaNet.postprocess_detections`` walks the images and, in each, the
@@ -16,11 +16,6 @@ from torchvision.ops import batched_nms, box_iou
 
 # Pairs of candidate boxes compared at once in box voting: bounds the IoU matrix.
 VOTE_PAIRS = 4_000_000
-# Two boxes of a class, one at least NESTED_IOS inside the other, overlapping by more
-# than NESTED_IOU IoU, are one object seen whole and in part (see nested_boxes); NMS at
-# IoU 0.5 lets such pairs through.
-NESTED_IOS = 0.9
-NESTED_IOU = 0.3
 
 
 def batched_detections(
@@ -36,6 +31,7 @@ def batched_detections(
     detections_per_img: int,
     vote_iou: float | None = None,
     max_voters: int = 1000,
+    second_iou: float | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Detections of every chip in the batch.
 
@@ -48,6 +44,8 @@ def batched_detections(
             each of a chip's best ``max_voters`` candidates becomes the score-weighted
             mean of the same-class candidates overlapping it by at least this IoU,
             before NMS. None or >= 1: no voting.
+        second_iou: after NMS, drop the second boxes of one object (see
+            :func:`second_boxes`); None: keep them.
 
     Returns:
         One dict per image: ``boxes`` [K, 4], ``scores`` [K], ``labels`` [K], by
@@ -82,7 +80,8 @@ def batched_detections(
         )
         boxes = _vote(boxes, scores, group, vote_iou)
     keep = batched_nms(boxes, scores, group, nms_thresh)
-    keep = keep[~nested_boxes(boxes[keep], scores[keep], group[keep])]
+    if second_iou is not None:
+        keep = keep[~second_boxes(boxes[keep], scores[keep], group[keep], second_iou)]
     keep = _first_per_image(keep, image, detections_per_img)
     return _split(boxes[keep], scores[keep], labels[keep], image[keep], n)
 
@@ -142,17 +141,19 @@ def _vote(boxes: torch.Tensor, scores: torch.Tensor, group: torch.Tensor, vote_i
     return out
 
 
-def nested_boxes(boxes: torch.Tensor, scores: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """Which boxes (bool [K]) are nested with a better box of their group: one of the
-    two at least :data:`NESTED_IOS` inside the other (intersection over the smaller
-    area) and their IoU above :data:`NESTED_IOU`; NMS by that measure.
+def second_boxes(
+    boxes: torch.Tensor, scores: torch.Tensor, group: torch.Tensor, iou: float
+) -> torch.Tensor:
+    """Which boxes (bool [K]) are a second box of one object: a better box of their
+    group overlaps them by IoU above ``iou`` and the centre of one of the two lies
+    inside the other (:func:`geodetect.geometry.merge.second_box_pairs` is the same
+    rule on map polygons).
 
-    The detector sometimes reports a pool twice, whole and in part, and the part lies
-    inside the whole at an IoU just under NMS's 0.5: on real 0.2 m orthophotos every
-    duplicate left after NMS was such a pair (IoU 0.44-0.50, the smaller box 91-100 %
-    inside), while no two of 851 hand-drawn pools' boxes were. "Better" is the higher
-    score (on a tie, the larger box), so the result does not depend on the boxes' order.
-    A box is dropped when it is nested with any better box, kept or not (no sequential
+    A detector that sees an object twice puts a part, or a shifted copy, of its box
+    inside or around the first one; two objects side by side (neighbouring pools, a
+    spa beside a pool) keep each other's centres out, or overlap little. "Better" is
+    the higher score (on a tie, the larger box), so the result does not depend on the
+    boxes' order. A box goes when any better box takes it, kept or not (no sequential
     pass)."""
     drop = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
     if len(boxes) < 2:
@@ -160,18 +161,31 @@ def nested_boxes(boxes: torch.Tensor, scores: torch.Tensor, group: torch.Tensor)
     order = torch.argsort(group, stable=True)
     b, s, g = boxes[order].float(), scores[order], group[order]
     area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    nested = torch.zeros_like(drop)
+    centre = (b[:, :2] + b[:, 2:]) / 2
+    second = torch.zeros_like(drop)
     for r0, r1, c0, c1 in _group_blocks(g):
-        iou = box_iou(b[r0:r1], b[c0:c1])
+        overlap = box_iou(b[r0:r1], b[c0:c1]) > iou
+        row_in_col = _inside(centre[r0:r1, None], b[None, c0:c1])
+        col_in_row = _inside(centre[None, c0:c1], b[r0:r1, None])
         a_row, a_col = area[r0:r1, None], area[None, c0:c1]
-        inter = iou * (a_row + a_col) / (1 + iou)  # from IoU = I / (A + B - I)
-        inside = (inter > NESTED_IOS * torch.minimum(a_row, a_col)) & (iou > NESTED_IOU)
         better = (s[None, c0:c1] > s[r0:r1, None]) | (
             (s[None, c0:c1] == s[r0:r1, None]) & (a_col > a_row)
         )
-        nested[r0:r1] = (inside & better & (g[r0:r1, None] == g[None, c0:c1])).any(dim=1)
-    drop[order] = nested
+        same = g[r0:r1, None] == g[None, c0:c1]
+        second[r0:r1] = (overlap & (row_in_col | col_in_row) & better & same).any(dim=1)
+    drop[order] = second
     return drop
+
+
+def _inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Whether each point ([..., 2] x, y) lies strictly inside the box it is paired
+    with ([..., 4] xyxy), broadcasting."""
+    return (
+        (points[..., 0] > boxes[..., 0])
+        & (points[..., 0] < boxes[..., 2])
+        & (points[..., 1] > boxes[..., 1])
+        & (points[..., 1] < boxes[..., 3])
+    )
 
 
 def _split(boxes, scores, labels, image, n: int) -> list[dict[str, torch.Tensor]]:

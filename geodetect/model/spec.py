@@ -61,6 +61,11 @@ class ModelSpec:
     # merge of chip overlaps): set in training from how much the labels overlap (see
     # geodetect.train.data.label_nms_iou); 0.5 in older model files.
     nms_iou: float = 0.5
+    # A box overlapping a better one of its class by more than this IoU, with the centre
+    # of one of the two inside the other, is a second box of one object and goes (in the
+    # chip and in the map merge); set in training from the labels (see
+    # geodetect.train.data.label_second_box_iou); 0.3 in older model files. None: off.
+    second_box_iou: float | None = 0.3
     # Kept boxes become the score-weighted mean of same-class candidates overlapping
     # them by at least this IoU (box voting); None or 1 turns it off.
     box_vote_iou: float | None = 0.7
@@ -99,6 +104,8 @@ class ModelSpec:
             out.append("anchor_scales and anchor_ratios must not be empty")
         if not 0 < self.nms_iou <= 1:
             out.append(f"nms_iou must be in (0, 1], got {self.nms_iou}")
+        if self.second_box_iou is not None and not 0 < self.second_box_iou <= 1:
+            out.append(f"second_box_iou must be in (0, 1], got {self.second_box_iou}")
         if self.box_vote_iou is not None and not 0 < self.box_vote_iou <= 1:
             out.append(f"box_vote_iou must be in (0, 1] or None, got {self.box_vote_iou}")
         if self.box_loss not in BOX_LOSSES:
