@@ -41,7 +41,6 @@ def main() -> None:
             seed=args.seed,
             device=args.device,
             progress=False,
-            keep_start=False,  # a benchmark leaves the user's torch cache as it found it
         )
     m = result.metrics
     device = (

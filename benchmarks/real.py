@@ -84,17 +84,29 @@ def device_name(detect_args: list[str]) -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train this many seeded steps instead of a time budget (a busy machine "
+        "then gives the same model, only slower)",
+    )
     parser.add_argument("--model", type=Path, default=None, help="skip training; use this")
     parser.add_argument("--train-args", default="", help="extra `geodetect train` options")
     parser.add_argument("--detect-args", default="", help="extra `geodetect detect` options")
     parser.add_argument("--sets", default="val,native", help="folders to detect over")
     parser.add_argument("--keep", type=Path, default=None, help="keep model and layers here")
     parser.add_argument("--json", action="store_true", help="also print all figures as JSON")
-    args = parser.parse_args()
+    return parser
+
+
+def measure(args: argparse.Namespace) -> tuple[dict, Path]:
+    """Train (unless ``args.model``), detect over each set and score; returns the
+    figures and the folder holding the model and layers."""
     if args.model is None and not (args.data / "train").is_dir():
         raise SystemExit(f"{args.data}: no train/ folder; see ../shared/real/README.md")
     detect_args = shlex.split(args.detect_args)
@@ -112,8 +124,11 @@ def main() -> None:
             str(args.data / "train" / "pools.gpkg"),
             "--out",
             str(model),
-            "--max-minutes",
-            f"{args.minutes:g}",
+            *(
+                ("--max-minutes", f"{args.minutes:g}")
+                if args.steps is None
+                else ("--steps", str(args.steps))
+            ),
             "--overwrite",
             "-q",
             *shlex.split(args.train_args),
@@ -130,6 +145,7 @@ def main() -> None:
         "epochs": training.get("epochs"),
         "val_chip_ap50": training.get("val_map_50"),
         "backbone": f"{info.get('backbone')}/{info.get('preset')}",
+        "start": training.get("start"),
     }
 
     for name in args.sets.split(","):
@@ -169,13 +185,20 @@ def main() -> None:
             "km2": round(km2, 3),
             "km2_per_hour": round(km2 / seconds * 3600, 1),
         }
+    return figures, out
+
+
+def main() -> None:
+    args = parser().parse_args()
+    figures, out = measure(args)
 
     m = figures["model"]
     print(f"device           : {figures['device']}")
     print(f"detect options   : {args.detect_args or '(defaults)'}")
     if "train_minutes" in figures:
+        budget = f"{args.minutes:g} min budget" if args.steps is None else f"{args.steps} steps"
         print(
-            f"training         : {args.minutes:g} min budget {args.train_args or '(defaults)'}"
+            f"training         : {budget} {args.train_args or '(defaults)'}"
             f" -> {figures['train_minutes']} min wall"
         )
     typical = m["typical_object_px"]

@@ -37,7 +37,18 @@ from geodetect.train import (
     lr_find,
     prepare_training_data,
 )
-from geodetect.train.loop import default_batch_size, record_object_sizes, spec_for
+from geodetect.train.loop import (
+    AREA_MAX_WINDOWS,
+    AREA_SHARE,
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    default_batch_size,
+    default_chip_size,
+    default_workers,
+    finish_spec,
+    new_model,
+    record_object_sizes,
+)
 
 __all__ = ["DetectionData", "RetinaNet", "detect_objects", "plot_detections", "prepare_data"]
 
@@ -53,6 +64,7 @@ class DetectionData:
     training: TrainingData
     chip_size: int
     batch_size: int
+    seed: int = 0
 
     @property
     def classes(self) -> list[str]:
@@ -102,10 +114,11 @@ def prepare_data(
     path: str | os.PathLike | Sequence[str | os.PathLike],
     labels: str | os.PathLike | None = None,
     *,
-    chip_size: int = 256,
+    chip_size: int | None = None,
     batch_size: int | None = None,
     val_fraction: float = 0.2,
     class_field: str | None = None,
+    gsd: float | None = None,
     seed: int = 0,
 ) -> DetectionData:
     """Cut labelled imagery into training and validation chips (split by area).
@@ -117,10 +130,17 @@ def prepare_data(
             :func:`geodetect.io.labels.read_yolo`), in which case ``labels`` is not
             needed.
         labels: polygons, boxes or points in any vector format and CRS.
-        chip_size: chip edge in pixels (a multiple of 32).
-        batch_size: chips per training step (default: 8 on CPU, more on a GPU).
+        chip_size: chip edge in pixels, a multiple of 32 (default: as ``geodetect train``
+            chooses it, 128 or 1.5 times the typical object).
+        batch_size: chips per training step (default: as ``geodetect train``, 8 on a
+            CPU and 32 on a GPU).
         val_fraction: share of the area held out for validation.
         class_field: attribute holding the class (default ``class`` if present).
+        gsd: training pixel size in metres (default: as ``geodetect train``).
+        seed: seed of the chip sampling (and, passed on, of training).
+
+    With the defaults, the data, and what :class:`RetinaNet` trains from it, are those
+    of ``geodetect train`` with the same labels and seed.
 
     Example:
         >>> data = prepare_data("ortho/*.tif", labels="pools.gpkg", chip_size=256)  # doctest: +SKIP
@@ -132,12 +152,14 @@ def prepare_data(
         yolo, paths = paths[0], None
     elif labels is None and len(paths) == 1 and (Path(paths[0]) / "labels").is_dir():
         voc, paths = paths[0], None
-    labelled = load_labelled(paths, labels, voc=voc, yolo=yolo, class_field=class_field)
+    labelled = load_labelled(paths, labels, voc=voc, yolo=yolo, class_field=class_field, gsd=gsd)
+    if chip_size is None:
+        chip_size = default_chip_size(labelled.typical_object_px)
     training = prepare_training_data(
         labelled, chip_size=chip_size, val_fraction=val_fraction, seed=seed
     )
     device = resolve_device("auto")
-    return DetectionData(training, chip_size, batch_size or default_batch_size(device))
+    return DetectionData(training, chip_size, batch_size or default_batch_size(device), seed)
 
 
 class RetinaNet:
@@ -155,8 +177,11 @@ class RetinaNet:
         preset: ``lite`` (128-channel FPN and heads: for CPUs) or ``standard`` (256).
         scales: anchor scales per level (default ``[1, 2**(1/3), 2**(2/3)]``).
         ratios: anchor aspect ratios (default ``[0.5, 1, 2]``).
-        pretrained: ``auto`` uses ImageNet backbone weights found in torch's local cache
-            (never downloads), ``none`` trains from scratch.
+        start: what the weights start from, as ``geodetect train --start``:
+            ``synthetic`` (the default: the synthetic starting model, built once per
+            machine when it is not cached yet), ``imagenet`` (cached ImageNet backbone
+            weights) or ``none`` (random weights).
+        init: a model file whose weights start it instead.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
 
     Example:
@@ -177,7 +202,8 @@ class RetinaNet:
         preset: str = "lite",
         scales: Sequence[float] | None = None,
         ratios: Sequence[float] | None = None,
-        pretrained: str = "auto",
+        start: str = "synthetic",
+        init: str | os.PathLike | None = None,
         device: str = "auto",
         _loaded: LoadedModel | None = None,
     ) -> None:
@@ -197,14 +223,22 @@ class RetinaNet:
                 anchors["anchor_scales"] = [float(s) for s in scales]
             if ratios is not None:
                 anchors["anchor_ratios"] = [float(r) for r in ratios]
-            self.spec, self.model = spec_for(
+            self.spec, self.model, started = new_model(
                 data.training,
                 backbone=backbone,
                 preset=preset,
                 chip_size=data.chip_size,
-                pretrained=pretrained,
+                start=start,
+                init=init,
+                device=device,
+                seed=data.seed,
                 **anchors,
             )
+            record_object_sizes(self.spec, data.training.labelled)
+            self.spec.training = {
+                "initialised_from": None if started is None else str(started),
+                "start": "model" if init is not None else start,
+            }
         self.model.to(self.device).eval()
 
     def __repr__(self) -> str:
@@ -241,35 +275,81 @@ class RetinaNet:
 
     def fit(
         self,
-        epochs: int = 10,
+        epochs: int | None = None,
         lr: float | None = None,
         *,
+        steps: int | None = None,
         max_minutes: float | None = None,
         patience: int | None = None,
+        seed: int | None = None,
         plot: bool = True,
     ) -> list[EpochStats]:
-        """Train (AdamW, one-cycle schedule), validating each epoch; keeps the best
-        weights by validation AP50. Returns the per-epoch history and (with ``plot``)
-        shows the loss and AP curves."""
+        """Train (AdamW, one-cycle schedule), then choose the score threshold as
+        ``geodetect train`` does (:func:`geodetect.train.loop.finish_spec`): the same
+        labels, seed and steps give the same model as the command line.
+
+        Args:
+            epochs: planned epochs (default 60, as ``geodetect train``).
+            lr: peak learning rate (default: :meth:`lr_find`'s suggestion when it ran,
+                else ``geodetect train``'s 2e-3).
+            steps: planned steps instead of ``epochs`` (the same model on any machine).
+            max_minutes: wall-clock budget for training and choosing the threshold.
+            seed: training seed (default: the one given to :func:`prepare_data`).
+
+        Returns:
+            The per-epoch history; with ``plot``, the loss and AP curves are shown.
+        """
         data = self._need_data()
         if lr is None:
-            lr = self.lr_finder.suggested if self.lr_finder else 1e-3
+            lr = self.lr_finder.suggested if self.lr_finder else DEFAULT_LR
+        if epochs is None and steps is None and max_minutes is not None:
+            epochs = 10_000  # the budget decides, as on the command line
         deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+        seed = data.seed if seed is None else seed
+        torch.manual_seed(seed)
+        # The same reservation as the command line: a share of the budget for the area.
+        val_area = data.training.val_area(max_windows=AREA_MAX_WINDOWS)
+        fit_deadline = deadline
+        if deadline is not None and val_area is not None:
+            fit_deadline = deadline - max(5.0, AREA_SHARE * (deadline - time.monotonic()))
         result = fit(
             self.model,
             data.training,
-            epochs=epochs,
+            epochs=epochs if epochs is not None or steps is not None else DEFAULT_EPOCHS,
+            steps=steps,
             lr=lr,
             batch_size=data.batch_size,
             device=self.device,
-            deadline=deadline,
+            deadline=fit_deadline,
             patience=patience,
+            workers=default_workers(self.device),
+            seed=seed,
         )
         self.model = result.model
+        area = finish_spec(
+            self.model,
+            self.spec,
+            data.training,
+            result.best,
+            batch_size=data.batch_size,
+            device=self.device,
+            workers=default_workers(self.device),
+            deadline=deadline,
+            val_area=val_area,
+        )
         offset = self.history[-1].epoch if self.history else 0
         for h in result.history:
             h.epoch += offset
         self.history.extend(result.history)
+        self.spec.training = {
+            **self.spec.training,
+            "steps": self.spec.training.get("steps", 0) + result.steps,
+            "score_threshold": self.spec.score_threshold,
+            "val_area": area,
+            "lr": lr,
+            "batch_size": data.batch_size,
+            "seed": seed,
+        }
         if plot and self.history:
             _show(plot_history(self.history))
         return result.history
@@ -328,8 +408,6 @@ class RetinaNet:
                 "epochs": len(self.history),
                 "val_map_50": max((h.map_50 or 0) for h in self.history),
             }
-        if self.data is not None:
-            record_object_sizes(spec, self.data.training.labelled)
         return save_model(self.model, spec, path, overwrite=overwrite)
 
     def loaded(self) -> LoadedModel:

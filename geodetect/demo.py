@@ -18,7 +18,6 @@ from geodetect.io.export import write_layer
 from geodetect.plots import plot_detections
 from geodetect.synth import synth_scene
 from geodetect.train import train
-from geodetect.train.pretrain import keep_as_synthetic_start
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +44,14 @@ def run_demo(
     device: str = "auto",
     overwrite: bool = True,
     progress: bool = True,
-    keep_start: bool = True,
 ) -> DemoResult:
     """Run the whole workflow on synthetic data (no download, a 2-core laptop is enough).
 
     The training scene and the 2×2-file test mosaic come from different seeds and
-    places, so the scores are on imagery the model never saw. With ``keep_start`` the
-    trained model also becomes ``train``'s synthetic starting point when none is cached
-    (see :func:`geodetect.train.pretrain.keep_as_synthetic_start`).
+    places, so the scores are on imagery the model never saw. Training starts as
+    ``geodetect train`` does, from the synthetic starting model, which a machine's first
+    run builds and caches (:mod:`geodetect.train.start`): after the demo, training on
+    your own imagery starts from it at once.
     """
     start = time.monotonic()
     out = Path(out_dir)
@@ -87,14 +86,6 @@ def run_demo(
         progress=progress,
     )
     log.info("%s", trained.summary())
-    kept = keep_as_synthetic_start(model_path) if keep_start else None
-    if kept is not None:
-        log.info(
-            "the demo's model is kept as the starting point of `geodetect train` where no "
-            "ImageNet weights are cached (a better start than random weights on real "
-            "imagery): %s",
-            kept,
-        )
     log.info("3/5 detecting over the test mosaic")
     layer = detect(test_scene.image_paths, model_path, device=device, progress=progress)
     layers = []

@@ -74,10 +74,18 @@ from geodetect.cli import options
     help="Planned epochs (default 60; with --max-minutes alone the budget decides).",
 )
 @click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Planned training steps instead of --epochs: the schedule fits them, so the "
+    "same --seed gives the same model on a slow or busy machine as on a fast one.",
+)
+@click.option(
     "--max-minutes",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Wall-clock budget for the whole run, saving included.",
+    help="Wall-clock budget for the whole run, saving included (a first run's one-time "
+    "build of the synthetic start comes on top).",
 )
 @options.batch_size()
 @click.option(
@@ -114,11 +122,21 @@ from geodetect.cli import options
     help="Continue training from this model file (same classes and bands).",
 )
 @click.option(
+    "--start",
+    type=click.Choice(["synthetic", "imagenet", "none"]),
+    default="synthetic",
+    show_default=True,
+    help="What a new model starts from: a detector trained on a synthetic suburb "
+    "(built once per machine from a fixed recipe, a few CPU minutes, then cached: the "
+    "same start whatever else is cached), torchvision's ImageNet backbone weights "
+    "(`geodetect weights fetch` first), or random weights.",
+)
+@click.option(
     "--init",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Start from this model file's weights (same --backbone and --preset), e.g. one "
-    "trained on `geodetect synth` imagery; scaling and chip size come from the new data.",
+    help="Start from this model file's weights instead (same --backbone and --preset); "
+    "scaling and chip size come from the new data.",
 )
 @click.option(
     "--hard-examples",
@@ -144,6 +162,7 @@ def command(
     chip_size,
     gsd,
     epochs,
+    steps,
     max_minutes,
     batch_size,
     lr,
@@ -154,6 +173,7 @@ def command(
     precision,
     workers,
     resume,
+    start,
     init,
     hard_examples,
     seed,
@@ -189,6 +209,7 @@ def command(
         chip_size=chip_size,
         gsd=gsd,
         epochs=epochs,
+        steps=steps,
         max_minutes=max_minutes,
         batch_size=batch_size,
         lr=lr,
@@ -200,6 +221,7 @@ def command(
         workers=workers,
         overwrite=overwrite,
         resume=resume,
+        pretrained=start,
         init=init,
         hard_examples=hard_examples,
         seed=seed,

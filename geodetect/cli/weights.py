@@ -10,12 +10,10 @@ from geodetect.cli import options
 
 @click.group("weights")
 def command():
-    """Starting weights, kept in torch's cache: ImageNet weights for the ResNet
-    backbone, or a starting model trained on synthetic suburbs.
-
-    Training starts from ImageNet weights whenever they are cached
-    ($TORCH_HOME/hub/checkpoints, default ~/.cache/torch/hub/checkpoints), else from the
-    synthetic starting model when 'geodetect weights synth' built one, else from scratch.
+    """Starting weights, kept in torch's cache ($TORCH_HOME/hub/checkpoints, default
+    ~/.cache/torch/hub/checkpoints): the synthetic starting model new models start
+    from by default (`geodetect train` builds it the first time it needs it), and
+    ImageNet backbone weights for `geodetect train --start imagenet`.
     """
 
 
@@ -24,18 +22,18 @@ def command():
 def list_weights(verbose, quiet):
     """One line per backbone: cached or missing, file size, cache path."""
     from geodetect.model.weights import cached_weights
-    from geodetect.train.pretrain import synthetic_start_path
+    from geodetect.train.start import synthetic_start_path
 
     for entry in cached_weights():
         status = "missing" if entry.size is None else "cached"
         size = "-" if entry.size is None else f"{entry.size / 2**20:.1f} MiB"
         click.echo(f"{entry.backbone:<9}  {status:<7}  {size:>9}  {entry.path}")
-    for backbone in ("resnet18", "resnet34", "resnet50"):
-        for preset in ("lite", "standard"):
-            path = synthetic_start_path(backbone, preset)
-            if path.is_file():
-                size = f"{path.stat().st_size / 2**20:.1f} MiB"
-                click.echo(f"synthetic {backbone}/{preset}  {size:>9}  {path}")
+    start = synthetic_start_path()
+    for path in sorted(start.parent.glob("geodetect-start-*.model")):
+        size = f"{path.stat().st_size / 2**20:.1f} MiB"
+        click.echo(f"synthetic start  {size:>9}  {path}")
+    if not start.is_file():
+        click.echo(f"synthetic start  missing    {start} (built by the first `geodetect train`)")
 
 
 @command.command("fetch")
@@ -86,31 +84,19 @@ def import_weights(file, backbone, overwrite, verbose, quiet):
 
 @command.command("synth")
 @options.architecture
-@click.option(
-    "--minutes",
-    type=click.FloatRange(min=0, min_open=True),
-    default=8.0,
-    show_default=True,
-    help="Training budget on the synthetic suburb.",
-)
 @options.device
 @options.overwrite
 @options.verbosity
-def synth_weights(backbone, preset, minutes, device, overwrite, verbose, quiet):
-    """Build a starting model on a `geodetect synth` suburb and keep it in torch's cache.
+def synth_weights(backbone, preset, device, overwrite, verbose, quiet):
+    """Build the synthetic starting model of a backbone and preset now and keep it in
+    torch's cache (`geodetect train` otherwise builds it the first time it needs it).
 
-    `geodetect train` starts new models of that backbone and preset from it whenever no
-    ImageNet weights are cached (on real 0.2 m orthophotos, an 8-minute CPU budget
-    reached F1 0.85 from it against 0.81 from scratch). Nothing is downloaded.
+    It is a detector trained on a `geodetect synth` suburb for a fixed number of seeded
+    steps, so every machine builds the same start; nothing is downloaded.
     """
-    from geodetect.train.pretrain import build_synthetic_start
+    from geodetect.train.start import StartRecipe, build_synthetic_start
 
-    path = build_synthetic_start(
-        backbone=backbone,
-        preset=preset,
-        minutes=minutes,
-        device=device,
-        overwrite=overwrite,
-        progress=not quiet,
-    )
+    recipe = StartRecipe(backbone, preset)
+    click.echo(f"building {recipe.name} ({recipe.cost()})", err=True)
+    path = build_synthetic_start(recipe, device=device, overwrite=overwrite, progress=not quiet)
     click.echo(f"{backbone}/{preset}: synthetic starting model in {path}")

@@ -38,7 +38,7 @@ from geodetect.model import (
     resolve_device,
     save_model,
 )
-from geodetect.model.build import first_conv_for_bands, imagenet_cache_path
+from geodetect.model.build import first_conv_for_bands
 from geodetect.model.device import available_cpus
 from geodetect.train.augment import Augmentation
 from geodetect.train.data import (
@@ -51,10 +51,11 @@ from geodetect.train.data import (
     area_windows,
     collate_chips,
     label_nms_iou,
+    label_second_box_iou,
     load_labelled,
     prepare_training_data,
 )
-from geodetect.train.pretrain import synthetic_start_path
+from geodetect.train.start import check_start, synthetic_start
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class FitResult:
     model: nn.Module
     history: list[EpochStats]
     best: EpochStats | None
-    stop_reason: str  # "epochs", "budget" or "early stop"
+    stop_reason: str  # "epochs", "steps", "budget" or "early stop"
     steps: int
     seconds: float
 
@@ -724,6 +725,7 @@ def fit(
     data: TrainingData,
     *,
     epochs: int = DEFAULT_EPOCHS,
+    steps: int | None = None,
     batch_size: int = 8,
     lr: float = DEFAULT_LR,
     weight_decay: float = WEIGHT_DECAY,
@@ -741,6 +743,9 @@ def fit(
 
     Args:
         epochs: planned epochs (one epoch = every training item once).
+        steps: planned optimizer steps instead of ``epochs``: the schedule fits them
+            whatever the machine's speed, so a seeded run gives the same model on a slow
+            machine as on a fast one (with ``deadline``, whichever comes first ends it).
         deadline: ``time.monotonic()`` value by which this function returns, final
             validation included; the schedule is compressed to fit it.
         patience: stop after this many validated epochs without a better
@@ -766,7 +771,9 @@ def fit(
     kept = model if averaged is None else averaged.module  # what is validated and kept
     loader = _loader(data.train, batch_size=batch_size, shuffle=True, workers=workers, seed=seed)
     steps_per_epoch = len(loader)
-    planned = max(1, epochs * steps_per_epoch)
+    if steps is not None:
+        epochs = max(1, math.ceil(steps / max(1, steps_per_epoch)))
+    planned = max(1, epochs * steps_per_epoch if steps is None else steps)
     started = time.monotonic()
     n_val = len(data.val) if data.val is not None else 0
     eval_seconds: float | None = None
@@ -832,7 +839,10 @@ def fit(
                 p = schedule_progress(step)
                 if p >= 1.0:
                     done = True
-                    stop_reason = "budget" if step < planned else "epochs"
+                    if step < planned:
+                        stop_reason = "budget"
+                    else:
+                        stop_reason = "epochs" if steps is None else "steps"
                     break
                 current_lr = one_cycle_lr(p, max_lr=lr)
                 for group in optimizer.param_groups:
@@ -865,7 +875,9 @@ def fit(
                     lr=f"{current_lr:.1e}",
                     refresh=False,
                 )
-            final = done or epoch == epochs
+            final = done or epoch == epochs or (steps is not None and step >= planned)
+            if final and steps is not None and step >= planned:
+                stop_reason = "steps"
             if done and not losses and history and history[-1].map_50 is not None:
                 break  # the budget ran out right after a validated epoch: nothing new
             stats = EpochStats(
@@ -982,6 +994,7 @@ def train(
     gsd: float | None = None,
     box_loss: str | None = None,
     epochs: int | None = None,
+    steps: int | None = None,
     max_minutes: float | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -997,7 +1010,7 @@ def train(
     init: str | os.PathLike[str] | None = None,
     hard_examples: bool = False,
     seed: int = 0,
-    pretrained: str = "auto",
+    pretrained: str = "synthetic",
     progress: bool = True,
 ) -> TrainResult:
     """Train a detector from labelled imagery and write one model file.
@@ -1018,6 +1031,9 @@ def train(
             resuming).
         box_loss: RetinaNet box loss (default: the spec's).
         epochs: planned epochs; with ``max_minutes`` alone the budget sets the length.
+        steps: planned optimizer steps (instead of ``epochs``): the same seeded run
+            gives the same model on any machine, however slow or busy; with
+            ``max_minutes`` too, whichever comes first ends it.
         max_minutes: wall-clock budget for the whole call (reading labels, sampling,
             training, validation and saving).
         lr: peak learning rate of the one-cycle schedule (default 2e-3).
@@ -1032,9 +1048,8 @@ def train(
         hard_examples: at 30 % and 60 % of the schedule, add chips around the model's
             most confident false alarms in the training area (see
             :func:`mine_hard_examples`).
-        pretrained: ``"auto"`` (ImageNet weights from torch's cache; without them, the
-            synthetic starting model of ``geodetect weights synth`` when built), ``"imagenet"``
-            (required), ``"imagenet_if_cached"`` (never the synthetic start) or ``"none"``.
+        pretrained: what a new model starts from (see :func:`new_model`):
+            ``"synthetic"`` (or ``"auto"``; the default), ``"imagenet"`` or ``"none"``.
         precision: ``"auto"`` (bf16 where the GPU or CPU computes it natively),
             ``"fp32"`` or ``"bf16"``.
 
@@ -1103,30 +1118,22 @@ def train(
         model = base.model
     else:
         extra = {"box_loss": box_loss} if box_loss else {}
-        if init is None and pretrained == "auto" and not imagenet_cache_path(backbone).is_file():
-            start = synthetic_start_path(backbone, preset)
-            if start.is_file():
-                init = start
-                log.info("starting from the synthetic model %s (no ImageNet weights cached)", start)
-            else:
-                log.info(
-                    "the backbone starts from random weights (none cached): `geodetect "
-                    "weights fetch` (internet) or `geodetect weights synth` (once, about 8 "
-                    "CPU minutes) gives later runs a better start"
-                )
-        build_from = "none" if init is not None else pretrained
-        spec, model = spec_for(
+        start_kind = "model" if init is not None else check_start(pretrained)
+        built = time.monotonic()
+        spec, model, init = new_model(
             data,
             backbone=backbone,
             preset=preset,
             chip_size=size,
-            pretrained="auto" if build_from == "imagenet_if_cached" else build_from,
+            start=pretrained,
+            init=init,
+            device=device,
+            seed=seed,
+            progress=progress,
             **extra,
         )
-        if init is not None:
-            copy_matching_weights(model, load_model(init).model, source=init)
-    record_object_sizes(spec, labelled)
-
+        if deadline is not None:  # a one-time start build is not part of the budget
+            deadline += time.monotonic() - built
     batch = batch_size or default_batch_size(dev)
     n_workers = default_workers(dev) if workers is None else workers
     if lr is None and find_lr:
@@ -1139,6 +1146,8 @@ def train(
             precision=precision,
         ).suggested
     lr = lr or DEFAULT_LR
+    if steps is not None and epochs is not None:
+        raise InputError("give --steps or --epochs, not both")
     if epochs is None:
         epochs = 10_000 if deadline is not None else DEFAULT_EPOCHS
     val_area = data.val_area(max_windows=AREA_MAX_WINDOWS)
@@ -1149,6 +1158,7 @@ def train(
         model,
         data,
         epochs=epochs,
+        steps=steps,
         batch_size=batch,
         lr=lr,
         device=dev,
@@ -1161,43 +1171,18 @@ def train(
         mine_at=MINE_AT_OPTED_IN if hard_examples else MINE_AT,
     )
 
-    if fitted.best is not None and fitted.best.threshold is not None:
-        spec.score_threshold = fitted.best.threshold
-    area = None
-    if val_area is not None:
-        area = area_threshold(
-            fitted.model,
-            val_area,
-            batch_size=max(1, batch // 2),
-            device=dev,
-            precision=precision,
-            workers=n_workers,
-            deadline=None if deadline is None else deadline - _SAVE_RESERVE_S,
-        )
-        if area["n_truth"] >= AREA_MIN_OBJECTS:
-            spec.score_threshold = area["threshold"]
-            log.info(
-                "score threshold %.2f: the lowest within one standard error of the best F1 "
-                "(at most %g below its threshold) "
-                "over %d validation-area windows (%d objects); at it: "
-                "F1 %.3f, precision %.3f, recall %.3f",
-                area["threshold"],
-                AREA_MAX_LEAN,
-                area["windows"],
-                area["n_truth"],
-                area["f1"],
-                area["precision"],
-                area["recall"],
-            )
-        else:
-            log.info(
-                "score threshold %.2f (best F1 on validation chips): the %d validation-area "
-                "windows scored hold %d whole objects, too few (< %d) to choose it",
-                spec.score_threshold,
-                area["windows"],
-                area["n_truth"],
-                AREA_MIN_OBJECTS,
-            )
+    area = finish_spec(
+        fitted.model,
+        spec,
+        data,
+        fitted.best,
+        batch_size=batch,
+        device=dev,
+        precision=precision,
+        workers=n_workers,
+        deadline=None if deadline is None else deadline - _SAVE_RESERVE_S,
+        val_area=val_area,
+    )
     spec.training = {
         "source": labelled.source,
         "objects": labelled.num_objects,
@@ -1219,6 +1204,7 @@ def train(
         "seed": seed,
         "resumed_from": None if resume is None else str(resume),
         "initialised_from": None if init is None else str(init),
+        "start": "resumed" if base is not None else start_kind,
         "hard_examples": hard_examples,
         "minutes": round((time.monotonic() - started) / 60, 2),
         "history": [asdict(h) for h in fitted.history],
@@ -1231,6 +1217,130 @@ def train(
     )
     log.info("training done in %.1f min (%s)", result.total_seconds / 60, fitted.stop_reason)
     return result
+
+
+def finish_spec(
+    model: nn.Module,
+    spec: ModelSpec,
+    data: TrainingData,
+    best: EpochStats | None,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+    workers: int = 0,
+    deadline: float | None = None,
+    val_area: ChipSet | None = None,
+) -> dict | None:
+    """Everything training decides after fitting, shared by ``geodetect train``,
+    :func:`train` and the notebook API so that the same labels give the same model file:
+    the training objects' sizes (detection plans its chip overlap from them) and the
+    saved score threshold.
+
+    The threshold is the best-F1 one of the validation chips of the kept epoch
+    (``best``), replaced by the one chosen over windows tiling the validation area
+    (:func:`area_threshold`) when those hold at least :data:`AREA_MIN_OBJECTS` objects.
+
+    Args:
+        val_area: the validation-area windows (default: ``data.val_area()``).
+        deadline: ``time.monotonic()`` value by which the area scan stops.
+
+    Returns:
+        What :func:`area_threshold` measured, or None without a validation area.
+    """
+    record_object_sizes(spec, data.labelled)
+    if best is not None and best.threshold is not None:
+        spec.score_threshold = best.threshold
+    if val_area is None:
+        val_area = data.val_area(max_windows=AREA_MAX_WINDOWS)
+    if val_area is None:
+        return None
+    area = area_threshold(
+        model,
+        val_area,
+        batch_size=max(1, batch_size // 2),
+        device=device,
+        precision=precision,
+        workers=workers,
+        deadline=deadline,
+    )
+    if area["n_truth"] >= AREA_MIN_OBJECTS:
+        spec.score_threshold = area["threshold"]
+        log.info(
+            "score threshold %.2f: the lowest within one standard error of the best F1 "
+            "(at most %g below its threshold) "
+            "over %d validation-area windows (%d objects); at it: "
+            "F1 %.3f, precision %.3f, recall %.3f",
+            area["threshold"],
+            AREA_MAX_LEAN,
+            area["windows"],
+            area["n_truth"],
+            area["f1"],
+            area["precision"],
+            area["recall"],
+        )
+    else:
+        log.info(
+            "score threshold %.2f (best F1 on validation chips): the %d validation-area "
+            "windows scored hold %d whole objects, too few (< %d) to choose it",
+            spec.score_threshold,
+            area["windows"],
+            area["n_truth"],
+            AREA_MIN_OBJECTS,
+        )
+    return area
+
+
+def new_model(
+    data: TrainingData,
+    *,
+    chip_size: int,
+    backbone: str = "resnet18",
+    preset: str = "lite",
+    start: str = "synthetic",
+    init: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    **overrides,
+) -> tuple[ModelSpec, nn.Module, Path | None]:
+    """A new detector for ``data`` (:func:`spec_for`) and the weights it starts from,
+    the same for ``train`` and the notebook API.
+
+    Args:
+        start: ``"synthetic"`` (or ``"auto"``): the synthetic starting model of the
+            architecture, built once per machine when it is not cached yet (see
+            :mod:`geodetect.train.start`); ``"imagenet"``: torchvision's backbone
+            weights, which must be cached; ``"none"``: random weights.
+        init: a model file whose weights start it instead (every tensor of the same
+            name and shape).
+        seed: seeds the random initialisation of what the start does not give.
+
+    Returns:
+        The spec, the network, and the model file its weights came from (None for
+        ImageNet or random weights).
+
+    Raises:
+        InputError: an unknown ``start``, or ``init`` shares no weights with it.
+        ModelFileError: ImageNet weights asked for but not cached.
+    """
+    start = check_start(start)
+    if init is None and start == "synthetic":
+        init = synthetic_start(backbone, preset, device=device, progress=progress)
+    if init is None and start == "none":
+        log.info("the model starts from random weights (--start none)")
+    torch.manual_seed(seed)
+    spec, model = spec_for(
+        data,
+        backbone=backbone,
+        preset=preset,
+        chip_size=chip_size,
+        pretrained="imagenet" if init is None and start == "imagenet" else "none",
+        **overrides,
+    )
+    if init is not None:
+        copy_matching_weights(model, load_model(init).model, source=init)
+    return spec, model, None if init is None else Path(init)
 
 
 def copy_matching_weights(model: nn.Module, source_model: nn.Module, *, source) -> int:
@@ -1313,6 +1423,14 @@ def spec_for(
             "detections overlapping by IoU above %.2g are taken as one object (from how "
             "much the labelled objects overlap)",
             overrides["nms_iou"],
+        )
+    if "second_box_iou" not in overrides:
+        overrides["second_box_iou"] = label_second_box_iou(labelled, overrides["nms_iou"])
+        log.info(
+            "a detection overlapping a better one by IoU above %.2g, with the centre of "
+            "one inside the other, is a second box of one object (from how the labelled "
+            "objects nest)",
+            overrides["second_box_iou"],
         )
     spec = ModelSpec(
         classes=list(labelled.classes),

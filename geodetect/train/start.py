@@ -1,106 +1,171 @@
-"""A starting model trained on ``geodetect synth`` suburbs: what geodetect offers where
-no ImageNet weights are at hand. Built once per machine by a command (it is too large to
-ship), kept in torch's cache beside the ImageNet files, and used by ``train`` to start
-new models when no ImageNet weights are cached.
+"""Where a new model's weights start: a synthetic starting model built once per machine
+from a fixed recipe (the default), ImageNet backbone weights, another model, or random
+weights.
 
-``geodetect demo`` leaves its own model here when none is cached
-(:func:`keep_as_synthetic_start`). On real 0.2 m false-colour orthophotos
-(``benchmarks/real.py``, 8-minute CPU budget, same code) models started from the demo's
-model ranked the validation sheets' pools with AP50 0.875-0.888 (every detection),
-against 0.858 from scratch.
+The synthetic start is a detector trained on a ``geodetect synth`` suburb for a fixed
+number of seeded steps (:class:`StartRecipe`), so it does not depend on how fast or
+busy the machine was, nor on what else is cached: ``train`` builds it the first time a
+machine needs it (saying so and what it costs first), keeps it in torch's cache under a
+name that spells the recipe, and reuses it from then on. Its file is written to a
+temporary name and renamed, so an interrupted build leaves nothing to reuse and the next
+run builds it again. Only floating point differs between machines (another CPU's or a
+GPU's arithmetic, bf16 where the hardware has it): copying the file to another machine's
+cache (``geodetect weights list`` shows where) gives it the very same start.
+
+On real 0.2 m orthophotos a start is worth more than any other lever measured
+(``benchmarks/start.py``, figures in ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from geodetect.errors import OutputError
+from geodetect.errors import InputError, OutputError
 
 log = logging.getLogger(__name__)
 
-# The synthetic suburb the start is trained on: pools at about the pixel size users have.
-SYNTH_SIZE = 3000
-SYNTH_GSD = 0.2
-SYNTH_SEED = 11
+#: What a new model starts from: ``synthetic`` (the default), ``imagenet`` (torchvision's
+#: backbone weights, which must be in torch's cache) or ``none`` (random weights).
+STARTS = ("synthetic", "imagenet", "none")
+
+
+@dataclass(frozen=True)
+class StartRecipe:
+    """How the synthetic starting model of one architecture is made.
+
+    Attributes:
+        backbone, preset: the architecture it starts (see :class:`ModelSpec`).
+        steps: seeded training steps of ``batch_size`` chips (not minutes: the same
+            start on any machine).
+        seed: seed of the suburb and of training.
+        size: the suburb's edge in pixels, at ``gsd`` metres.
+        version: bumped when the recipe's code changes, so an old file is not reused.
+    """
+
+    backbone: str = "resnet18"
+    preset: str = "lite"
+    steps: int = 700
+    batch_size: int = 8
+    seed: int = 11
+    size: int = 3000
+    gsd: float = 0.2
+    version: int = 2
+
+    @property
+    def name(self) -> str:
+        return (
+            f"geodetect-start-v{self.version}-{self.backbone}-{self.preset}-"
+            f"{self.steps}steps-seed{self.seed}"
+        )
+
+    @property
+    def path(self) -> Path:
+        """Its file in torch's cache: ``$TORCH_HOME/hub/checkpoints/<name>.model``."""
+        return Path(torch.hub.get_dir()) / "checkpoints" / f"{self.name}.model"
+
+    def cost(self) -> str:
+        """What building it costs, in words, measured on the machines in
+        ``benchmarks/README.md`` (about 6 steps a second on a 2-core CPU)."""
+        minutes = self.steps / 6.0 / 60 + 0.5  # + drawing the suburb and the threshold
+        return f"about {minutes:.0f} minutes on a 2-core CPU, well under one on a GPU"
 
 
 def synthetic_start_path(backbone: str = "resnet18", preset: str = "lite") -> Path:
-    """Where the synthetic starting model for ``backbone``/``preset`` is kept:
-    ``$TORCH_HOME/hub/checkpoints/geodetect-synth-<backbone>-<preset>.model``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / f"geodetect-synth-{backbone}-{preset}.model"
+    """Where the default synthetic starting model of ``backbone``/``preset`` is kept."""
+    return StartRecipe(backbone, preset).path
 
 
 def build_synthetic_start(
+    recipe: StartRecipe | None = None,
     *,
-    backbone: str = "resnet18",
-    preset: str = "lite",
-    minutes: float = 8.0,
-    size: int = SYNTH_SIZE,
-    seed: int = SYNTH_SEED,
     device: str = "auto",
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Draw a synthetic suburb, train a ``backbone``/``preset`` detector on it for
-    ``minutes`` and put the model in the cache (see :func:`synthetic_start_path`).
+    """Draw the recipe's suburb, train its detector and put the model in the cache.
 
     Raises:
-        OutputError: a starting model is already cached (without ``overwrite``).
+        OutputError: the start is already cached (without ``overwrite``).
     """
     from geodetect.synth import synth_scene
     from geodetect.train.loop import train
 
-    target = synthetic_start_path(backbone, preset)
+    recipe = recipe or StartRecipe()
+    target = recipe.path
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:  # before minutes of drawing and training
         raise OutputError(
-            f"{target}: a synthetic starting model is already there (`geodetect demo` "
-            "leaves its model there too); pass --overwrite to build it again"
+            f"{target}: the synthetic starting model is already there; pass --overwrite "
+            "to build it again"
         )
-    with tempfile.TemporaryDirectory(prefix="geodetect-synth-") as tmp:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="geodetect-start-") as tmp:
         scene = synth_scene(
-            Path(tmp) / "scene", seed=seed, size=(size, size), gsd=SYNTH_GSD, compress="jpeg"
+            Path(tmp) / "scene",
+            seed=recipe.seed,
+            size=(recipe.size, recipe.size),
+            gsd=recipe.gsd,
+            compress="jpeg",
         )
         # save_model writes the model file atomically (temporary file, then rename).
         train(
             scene.image_paths,
             scene.truth_path,
             target,
-            backbone=backbone,
-            preset=preset,
-            max_minutes=minutes,
+            backbone=recipe.backbone,
+            preset=recipe.preset,
+            steps=recipe.steps,
+            batch_size=recipe.batch_size,
+            seed=recipe.seed,
             device=device,
-            pretrained="imagenet_if_cached",
+            pretrained="none",
             overwrite=overwrite,
             progress=progress,
         )
-    log.info("synthetic starting model written to %s", target)
+    log.info(
+        "synthetic starting model built in %.1f min: %s",
+        (time.monotonic() - started) / 60,
+        target,
+    )
     return target
 
 
-def keep_as_synthetic_start(model_path: str | os.PathLike) -> Path | None:
-    """Put a model trained on a synthetic suburb (e.g. the demo's) in the cache as the
-    synthetic starting model for its backbone and preset, unless one is already there.
-
-    Returns:
-        Where it was put, or None when a starting model was already cached (it is kept:
-        ``geodetect weights synth --overwrite`` replaces it) or the cache is not writable.
-    """
-    from geodetect.model import load_model
-    from geodetect.model.weights import copy_atomically
-
-    spec = load_model(model_path).spec
-    target = synthetic_start_path(spec.backbone, spec.preset)
-    if target.exists():
-        return None
+def synthetic_start(
+    backbone: str, preset: str, *, device: str = "auto", progress: bool = True
+) -> Path:
+    """The synthetic starting model of ``backbone``/``preset``: the cached one, or one
+    built now (said first, with its cost)."""
+    recipe = StartRecipe(backbone, preset)
+    if recipe.path.is_file():
+        log.info("starting from the synthetic model %s", recipe.path)
+        return recipe.path
+    log.warning(
+        "building the synthetic starting model once for this machine (%d steps on a "
+        "synthetic suburb, %s; not counted in --max-minutes), kept in %s for every later "
+        "run; --start none trains from random weights instead",
+        recipe.steps,
+        recipe.cost(),
+        recipe.path.parent,
+    )
     try:
-        copy_atomically(Path(model_path), target)
-    except OSError as exc:
-        log.warning("could not keep %s as a starting model in %s: %s", model_path, target, exc)
-        return None
-    return target
+        return build_synthetic_start(recipe, device=device, progress=progress)
+    except OutputError:  # another process built it meanwhile
+        return recipe.path
+
+
+def check_start(start: str) -> str:
+    """``start`` as a name in :data:`STARTS` (``auto`` is ``synthetic``).
+
+    Raises:
+        InputError: an unknown name.
+    """
+    start = "synthetic" if start == "auto" else start
+    if start not in STARTS:
+        raise InputError(f"unknown start {start!r}; choose one of {', '.join(STARTS)}")
+    return start
