@@ -14,6 +14,7 @@ import time
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import shapely
 import torch
@@ -57,6 +58,16 @@ def _same_layer(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, tol: float = 1e-6) -> 
     else:  # rounded to 4 and 3 decimals: noise may cross a rounding boundary
         assert np.abs(a["score"].to_numpy() - b["score"].to_numpy()).max(initial=0) <= 1.5e-4
         assert np.abs(a["area_m2"].to_numpy() - b["area_m2"].to_numpy()).max(initial=0) <= 1.5e-3
+
+
+def _identical(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> None:
+    """The same features: geometries byte for byte, every attribute (class, score, area,
+    source, model) equal, in the same order."""
+    assert len(a) == len(b) > 0, (len(a), len(b))
+    assert list(a.columns) == list(b.columns) and a.crs == b.crs
+    assert a.geometry.to_wkb().tolist() == b.geometry.to_wkb().tolist()
+    attributes = [c for c in a.columns if c != a.geometry.name]
+    pd.testing.assert_frame_equal(a[attributes], b[attributes], check_exact=True)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +148,32 @@ def test_real_model_layer_is_the_same_on_a_dask_local_cluster(tmp_path, tiny_mod
     # network in fp32, oneDNN's convolutions then round differently (~1e-5 px); same
     # detections, boxes within 1e-4 px (the same thread count gives 1e-6 m, above).
     _same_layer(here, dask, tol=1e-4 * 0.3)
+
+
+def test_cli_on_a_dask_local_cluster_gives_the_in_process_layer(tmp_path, tiny_model, mosaic):
+    """`geodetect detect --cluster local:2`, as a user runs it (a real LocalCluster of two
+    worker processes, 2x2-chip blocks spread over both), writes the layer the
+    in-process run writes: the same features, byte for byte."""
+    folder, _ = mosaic
+    options = ["--chip-size", "64", "--overlap", "16", "--block-size", "2"]
+    out = tmp_path / "dask.gpkg"
+    proc = _run("detect", folder, "--model", tiny_model, "--out", out, *options,
+                "--cluster", "local:2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / ".dask.gpkg.geodetect").exists()
+    # local:N gives each worker one thread, and torch runs on that one; so it does
+    # this process here, since oneDNN's fp32 convolutions round by thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        detect([folder], tiny_model, chip_size=64, overlap=16, block_size=2, progress=False,
+               out=tmp_path / "here.gpkg")  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    here, dask = gpd.read_file(tmp_path / "here.gpkg"), gpd.read_file(out)
+    assert len(here) > 10  # an untrained net at threshold 0 finds plenty
+    _identical(here, dask)
 
 
 def _run(*args, **kw) -> subprocess.CompletedProcess:
@@ -278,10 +315,10 @@ def test_files_in_two_utm_zones_and_another_gsd_give_each_pool_once_whole(tmp_pa
         assert max(iou) > 0.8, (poly.bounds, max(iou))
 
 
-def _detect_argv(images, model, out, *extra) -> list[str]:
-    """`detect` arguments over 64 px chips, quiet."""
-    return ["detect", str(images), "--model", str(model), "--out", str(out), "--chip-size", "64",
-            *extra, "-q"]  # fmt: skip
+def _detect_argv(images, model, out, *extra, chip: int = 64) -> list[str]:
+    """`detect` arguments over ``chip`` px chips, quiet."""
+    return ["detect", str(images), "--model", str(model), "--out", str(out), "--chip-size",
+            str(chip), *extra, "-q"]  # fmt: skip
 
 
 _LIMITED = """
@@ -298,15 +335,22 @@ def test_200_files_under_ulimit_64_complete(tmp_path, tiny_model):
     paths = _tiles(tmp_path / "tiles", image, NORTH_UP, 25)
     assert len(paths) == 320
     out = tmp_path / "pools.gpkg"
+    # 128 px chips: each window spans 36-49 of the 25 px files; 30 chips, not 180
+    argv = _detect_argv(tmp_path / "tiles", tiny_model, out, chip=128)
     proc = subprocess.run(
-        [sys.executable, "-c", _LIMITED, *_detect_argv(tmp_path / "tiles", tiny_model, out)],
+        [sys.executable, "-c", _LIMITED, *argv],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    assert len(gpd.read_file(out)) > 0
+    # The same command without the limit writes the same layer: the bounded cache of
+    # open files closes and reopens files, and reads the same pixels.
+    free = tmp_path / "unlimited.gpkg"
+    plain = _run(*_detect_argv(tmp_path / "tiles", tiny_model, free, chip=128))
+    assert plain.returncode == 0, plain.stderr
+    _identical(gpd.read_file(free), gpd.read_file(out))
 
 
 def test_a_dead_reader_process_ends_the_run_with_one_line(tmp_path, tiny_model):
