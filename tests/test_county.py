@@ -182,27 +182,30 @@ def _run(*args, **kw) -> subprocess.CompletedProcess:
     )
 
 
-def test_killed_run_resumes_and_gives_the_uninterrupted_layer(tmp_path, tiny_model):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model):
+    """A 900 px scene (64 chips of 128 px in 16 blocks, seconds of CPU), the `detect`
+    arguments for it, and the layer and chip count of its uninterrupted run."""
+    root = tmp_path_factory.mktemp("uninterrupted")
     rng = np.random.default_rng(5)
     image = rng.integers(0, 255, size=(3, 900, 900), dtype=np.uint8)
-    scene = write_geotiff(
-        tmp_path / "big.tif", image, transform=NORTH_UP, blockxsize=256, blockysize=256
-    )
-    args = [
-        "detect",
-        scene,
-        "--model",
-        tiny_model,
-        "--chip-size",
-        "128",
-        "--overlap",
-        "16",
-        "--block-size",
-        "2",
-    ]
-    whole = _run(*args, "--out", tmp_path / "whole.gpkg")
+    scene = write_geotiff(root / "big.tif", image, transform=NORTH_UP, blockxsize=256,
+                          blockysize=256)  # fmt: skip
+    args = ["detect", scene, "--model", tiny_model, "--chip-size", "128", "--overlap", "16",
+            "--block-size", "2"]  # fmt: skip
+    whole = _run(*args, "--out", root / "whole.gpkg")
     assert whole.returncode == 0, whole.stderr
     total = int(re.search(r"from (\d+) chip", whole.stderr).group(1))
+    return args, gpd.read_file(root / "whole.gpkg"), total
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_stopped_run_resumes_and_gives_the_uninterrupted_layer(tmp_path, uninterrupted, sig):
+    """Killed (kill -9) or interrupted (Ctrl-C: SIGINT, exit 130 and one line) once the
+    journal holds finished blocks: no output, no reader process left, the journal kept;
+    the same command then reads only the blocks not done and writes the layer of a run
+    that was never stopped, feature for feature."""
+    args, whole, total = uninterrupted
     out = tmp_path / "resumed.gpkg"
     journal = tmp_path / ".resumed.gpkg.geodetect"
     proc = subprocess.Popen(
@@ -211,29 +214,39 @@ def test_killed_run_resumes_and_gives_the_uninterrupted_layer(tmp_path, tiny_mod
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
-    while len(list(journal.glob("*.parquet"))) < 3:
+    while len(list(journal.glob("*.parquet"))) < (3 if sig == signal.SIGKILL else 1):
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline, "no block was committed"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    err = err.decode()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("geodetect: error: interrupted"), err
+    else:
+        assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [journal.name]  # no temp output
     # Its reader processes do not outlive it (a batch may be stuck in their pipe).
     deadline = time.monotonic() + 15
     while subprocess.run(["pgrep", "-f", str(out)], capture_output=True).returncode == 0:
-        assert time.monotonic() < deadline, "reader processes outlived the killed run"
+        assert time.monotonic() < deadline, "reader processes outlived the stopped run"
         time.sleep(0.2)
     done = len(list(journal.glob("*.parquet")))
+    assert done >= 1
     rerun = _run(*args, "--out", out)
     assert rerun.returncode == 0, rerun.stderr
     resumed = re.search(r"resuming: (\d+) of (\d+) block", rerun.stderr)
-    assert resumed and int(resumed.group(1)) >= done, rerun.stderr
+    assert resumed and int(resumed.group(1)) == done < int(resumed.group(2)), rerun.stderr
     read = re.search(r"from (\d+) chip\(s\) \(\d+ empty, (\d+) more from the journal", rerun.stderr)
     assert read, rerun.stderr
     assert int(read.group(1)) < total  # the rerun read fewer chips
     assert int(read.group(1)) + int(read.group(2)) == total
     assert not journal.exists()  # removed once the layer is written
-    _same_layer(gpd.read_file(tmp_path / "whole.gpkg"), gpd.read_file(out))
+    _identical(whole, gpd.read_file(out))
 
 
 def test_other_run_in_the_journal_is_refused_unless_restart(tmp_path, tiny_model, mosaic):
