@@ -248,7 +248,8 @@ def test_ctrl_c_in_a_terminal_reaches_every_reader_process(files, big_scene, tmp
         time.sleep(0.1)
     from geodetect.detect.journal import journal_dir
 
-    # No output, no temporary one; only the journal of finished blocks, for a rerun.
+    # No output, no temporary one; only the journal of finished blocks, for a rerun (that
+    # the rerun then gives the uninterrupted layer: test_county.py, the stopped runs).
     assert [p for p in tmp_path.iterdir() if p != journal_dir(out)] == []
 
 
@@ -369,13 +370,21 @@ def _folders_cases(folder: Path, files) -> dict[str, list]:
     targets = {
         "under-a-file": folder / "file.txt" / "out.gpkg",
         "deep-under-a-file": folder / "file.txt" / "sub" / "out.gpkg",
+        "under-a-device": Path(os.devnull) / "out.gpkg",
         "missing": folder / "missing" / "out.gpkg",
         "locked": locked / "out.gpkg",
     }
+    if UNWRITABLE_FOLDER.is_dir():
+        targets["unwritable-for-root"] = UNWRITABLE_FOLDER / "out.gpkg"
     return {
         name: ["detect", files["scene"], "--model", files["model"], "--out", out, *FAST]
         for name, out in targets.items()
     }
+
+
+# A folder no one may write, root included (chmod 0o555 does not stop root): a process's
+# own /proc entry, which the kernel says is not writable, so os.access says so too.
+UNWRITABLE_FOLDER = Path("/proc/self")
 
 
 def _damaged_cases(folder: Path, files) -> dict[str, list]:
@@ -493,14 +502,25 @@ def test_unwritable_missing_or_bogus_output_folder(batch):
             runs[name], str(folder / "file.txt" / out), "file.txt is a file, not a folder"
         )
         assert "create it" not in line
+    # a character device is no folder either (not a regular file: "not a folder")
+    line = assert_one_line_error(
+        runs["under-a-device"], f"{os.devnull}/out.gpkg", f"{os.devnull} is not a folder"
+    )
+    assert "create it" not in line
     assert_one_line_error(runs["missing"], str(folder / "missing" / "out.gpkg"), "create it")
-    if os.geteuid() == 0:  # root writes through chmod 0o555: nothing to refuse
+    if os.geteuid() == 0:  # root writes through chmod 0o555: nothing to refuse there
         assert runs["locked"].returncode == 0, runs["locked"].stderr
         (folder / "locked" / "out.gpkg").unlink()
     else:
         assert_one_line_error(runs["locked"], str(folder / "locked" / "out.gpkg"), "writable")
     assert (folder / "file.txt").read_text() == "not a folder\n"
     assert listing(folder) == ["file.txt", "locked"] and listing(folder / "locked") == []
+    # A folder that is not writable: refused before any work, for root as for anyone.
+    if "unwritable-for-root" not in runs:
+        pytest.skip(f"{UNWRITABLE_FOLDER} is not here (not Linux)")
+    assert_one_line_error(
+        runs["unwritable-for-root"], str(UNWRITABLE_FOLDER / "out.gpkg"), "is not writable"
+    )
 
 
 def test_damaged_tiles_error_or_skip_and_list(batch, shared_rasters):
