@@ -54,3 +54,78 @@ def test_notebook_runs_clean(tmp_path):
     assert layer.crs.to_epsg() == 32617
     assert {"class", "score", "area_m2", "source", "model_id"} <= set(layer.columns)
     assert gpd.read_file(work / "outputs" / "pools.geojson").crs.to_epsg() == 4326
+
+
+SAMPLE = ROOT / "sample_data" / "train"
+
+
+def test_the_notebook_api_trains_the_model_the_command_line_trains(tmp_path, capsys):
+    """The same labels, seed and steps through `geodetect train` and through
+    prepare_data / RetinaNet / fit / save give the same model: the same spec (score
+    threshold chosen over the validation area, NMS and second-box IoUs, chip size,
+    scaling, object sizes) and the same weights."""
+    import torch
+
+    from geodetect import RetinaNet, prepare_data
+    from geodetect.cli import main
+    from geodetect.model import load_model
+
+    cli_path = tmp_path / "cli.model"
+    argv = ["train", str(SAMPLE / "scene.tif"), "--labels", str(SAMPLE / "truth.gpkg")]
+    argv += ["--out", str(cli_path), "--steps", "40", "--seed", "3", "--start", "none", "-q"]
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert exc.code in (0, None), capsys.readouterr().err
+
+    data = prepare_data(SAMPLE / "scene.tif", labels=SAMPLE / "truth.gpkg", seed=3)
+    model = RetinaNet(data, start="none")
+    model.fit(steps=40, plot=False)
+    nb_path = model.save(tmp_path / "notebook.model")
+
+    cli, notebook = load_model(cli_path), load_model(nb_path)
+    assert cli.spec.training["val_area"]["n_truth"] > 0  # the area threshold was chosen
+    assert notebook.spec.training["val_area"] == cli.spec.training["val_area"]
+    decided = {k: v for k, v in vars(cli.spec).items() if k != "training"}
+    assert {k: v for k, v in vars(notebook.spec).items() if k != "training"} == decided
+    for name, tensor in cli.model.state_dict().items():
+        torch.testing.assert_close(notebook.model.state_dict()[name], tensor, rtol=0, atol=0)
+    assert notebook.spec.training["start"] == cli.spec.training["start"] == "none"
+
+
+def test_notebook_reads_arcgis_voc_chips_without_rasterio_warnings(tmp_path):
+    """ArcGIS exports chips without georeferencing by design: no NotGeoreferencedWarning."""
+    import warnings
+
+    import numpy as np
+    import rasterio
+
+    from geodetect import prepare_data
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        image = rng.integers(0, 60, (3, 128, 128), dtype=np.uint8)
+        image[:, 30:60, 40:80] = 220
+        with rasterio.open(
+            tmp_path / "images" / f"{k:09d}.png",
+            "w",
+            driver="PNG",
+            height=128,
+            width=128,
+            count=3,
+            dtype="uint8",
+        ) as dst:
+            dst.write(image)
+        (tmp_path / "labels" / f"{k:09d}.xml").write_text(
+            "<annotation><filename>x</filename><size><width>128</width><height>128</height>"
+            "<depth>3</depth></size><object><name>pool</name><bndbox><xmin>40</xmin>"
+            "<ymin>30</ymin><xmax>80</xmax><ymax>60</ymax></bndbox></object></annotation>"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = prepare_data(tmp_path)
+        data.train[0]  # reading a chip opens its image
+        data.show_batch(rows=1, ncols=2)
+    assert data.classes == ["pool"] and len(data.train) > 0
