@@ -108,8 +108,11 @@ def command(
     """Compare DETECTIONS (e.g. from `geodetect detect`) with TRUTH polygons.
 
     Layers in different CRSs are reprojected, never assumed; matching runs in metres.
-    Prints a table of counts, precision, recall, F1, AP50 and AP50:95 per class, the
-    centre error of matched pairs and object densities.
+    Prints a table of counts, precision, recall, F1, AP50, AP75 and AP50:95 per class,
+    the matched pairs' median IoU and centre error, and object densities. False alarms
+    (FP) are split by kind: dup (a second match of an object already matched), extra (a
+    box on a found object, IoU >= 0.1 with it, that does not match it), loose (IoU
+    0.1 to --iou with an object nobody found) and bg (background: nothing there).
 
     \b
     Example:

@@ -60,6 +60,8 @@ from geodetect.train.start import check_start, synthetic_start
 log = logging.getLogger(__name__)
 
 DEFAULT_LR = 2e-3
+# Box voting's IoU above the model's NMS IoU (see spec_for).
+VOTE_OVER_NMS = 0.2
 DEFAULT_EPOCHS = 60
 WEIGHT_DECAY = 1e-4
 PCT_START = 0.15
@@ -1424,6 +1426,11 @@ def spec_for(
             "much the labelled objects overlap)",
             overrides["nms_iou"],
         )
+    if "box_vote_iou" not in overrides:
+        # Voters overlap the box by more than NMS allows two objects to: on real 0.2 m
+        # orthophotos (NMS 0.4) voting at 0.6 instead of 0.7 raised AP75 from 0.46 to
+        # 0.49 and cut the centre error from 0.44 to 0.42 m (benchmarks/README.md).
+        overrides["box_vote_iou"] = round(min(0.7, overrides["nms_iou"] + VOTE_OVER_NMS), 2)
     if "second_box_iou" not in overrides:
         overrides["second_box_iou"] = label_second_box_iou(labelled, overrides["nms_iou"])
         log.info(
