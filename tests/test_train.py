@@ -260,6 +260,8 @@ def test_cli_train_writes_model_and_summary(labelled_scene, tmp_path):
         "1",
         "--batch-size",
         "4",
+        "--start",  # building the synthetic start takes minutes: test_training_real
+        "none",
         "-q",
     )
     assert proc.returncode == 0, proc.stderr

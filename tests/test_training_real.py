@@ -4,6 +4,8 @@ start from another model's weights."""
 
 from __future__ import annotations
 
+import logging
+
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -156,36 +158,61 @@ def test_init_starts_a_new_model_from_another_ones_weights(tmp_path):
         train([tif], labels, None, epochs=1, init=first.path, resume=first.path, **tiny)
 
 
-def test_synthetic_start_is_built_by_a_command_and_used_by_train(tmp_path, torch_cache):
-    from geodetect.cli import main
-    from geodetect.train.pretrain import build_synthetic_start, synthetic_start_path
+@pytest.fixture
+def tiny_start(monkeypatch, torch_cache):
+    """A synthetic-start recipe of a few steps on a small suburb (the real one takes
+    minutes), in a private torch cache."""
+    from geodetect.train import start
 
-    path = build_synthetic_start(minutes=0.15, size=600, progress=False)
-    assert path == synthetic_start_path() and path.parent == torch_cache and path.is_file()
-    with pytest.raises(SystemExit) as exc:
-        main(["weights", "synth", "--minutes", "0.1", "-q"])  # already there
-    assert exc.value.code == 1
+    recipe = start.StartRecipe(steps=6, size=600, batch_size=4)
+    monkeypatch.setattr(start, "START_RECIPE", recipe)
+    return recipe
+
+
+def test_train_builds_the_synthetic_start_once_and_starts_from_it(
+    tmp_path, tiny_start, torch_cache, caplog
+):
+    from geodetect.cli import main
+
     tif, labels = _painted_scene(tmp_path, seed=3)
     tiny = dict(chip_size=64, batch_size=4, progress=False, val_fraction=0, epochs=1)
-    started = train([tif], labels, None, **tiny)  # pretrained="auto"
-    assert started.spec.training["initialised_from"] == str(path)
+    with caplog.at_level(logging.WARNING, logger="geodetect"):
+        first = train([tif], labels, None, **tiny)  # the default start
+    said = [r.getMessage() for r in caplog.records if "building the synthetic" in r.getMessage()]
+    assert len(said) == 1 and "6 steps" in said[0] and "minutes" in said[0]
+    path = tiny_start.path
+    assert path.parent == torch_cache and path.is_file()
+    assert sorted(p.name for p in torch_cache.iterdir()) == [path.name]  # no temp files
+    assert first.spec.training["start"] == "synthetic"
+    assert first.spec.training["initialised_from"] == str(path)
+    built = path.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geodetect"):
+        again = train([tif], labels, None, **tiny)
+    assert not [r for r in caplog.records if "building" in r.getMessage()]
+    assert path.stat().st_mtime_ns == built  # reused, not rebuilt
+    assert again.spec.training["initialised_from"] == str(path)
+    with pytest.raises(SystemExit) as exc:
+        main(["weights", "synth", "-q"])  # already there
+    assert exc.value.code == 1
     cold = train([tif], labels, None, pretrained="none", **tiny)
     assert cold.spec.training["initialised_from"] is None
+    assert cold.spec.training["start"] == "none"
 
 
-def test_a_demo_model_becomes_the_synthetic_start_once(tmp_path, torch_cache):
-    from geodetect.train.pretrain import keep_as_synthetic_start, synthetic_start_path
+def test_the_synthetic_start_is_the_same_wherever_it_is_built(tmp_path, tiny_start):
+    """The recipe counts seeded steps: building it again (another machine, an empty
+    cache) gives the same weights, so what a machine has cached cannot change a model."""
+    from geodetect.model import load_model
+    from geodetect.train.start import build_synthetic_start
 
-    tif, labels = _painted_scene(tmp_path, seed=4)
-    tiny = dict(chip_size=64, batch_size=4, progress=False, val_fraction=0, epochs=1)
-    first = train([tif], labels, tmp_path / "a.model", pretrained="none", **tiny).path
-    second = train([tif], labels, tmp_path / "b.model", pretrained="none", seed=1, **tiny).path
-    kept = keep_as_synthetic_start(first)
-    assert kept == synthetic_start_path() and kept.read_bytes() == first.read_bytes()
-    assert keep_as_synthetic_start(second) is None  # an existing start is never replaced
-    assert kept.read_bytes() == first.read_bytes()
-    assert sorted(p.name for p in torch_cache.iterdir()) == [kept.name]  # no temp files
-    assert train([tif], labels, None, **tiny).spec.training["initialised_from"] == str(kept)
+    first = build_synthetic_start(progress=False)
+    kept = first.rename(tmp_path / "first.model")
+    second = build_synthetic_start(progress=False)
+    a, b = load_model(kept), load_model(second)
+    assert a.spec.training["steps"] == b.spec.training["steps"] == 6
+    for name, tensor in a.model.state_dict().items():
+        torch.testing.assert_close(b.model.state_dict()[name], tensor, rtol=0, atol=0)
 
 
 def test_a_start_with_other_bands_adapts_the_stem_instead_of_dropping_it():

@@ -284,6 +284,8 @@ def test_cli_trains_on_a_yolo_folder(tmp_path):
             "64",
             "--batch-size",
             "4",
+            "--start",
+            "none",
             "-q",
         ]
     )

@@ -94,9 +94,9 @@ def synth_weights(backbone, preset, device, overwrite, verbose, quiet):
     It is a detector trained on a `geodetect synth` suburb for a fixed number of seeded
     steps, so every machine builds the same start; nothing is downloaded.
     """
-    from geodetect.train.start import StartRecipe, build_synthetic_start
+    from geodetect.train.start import build_synthetic_start, start_recipe
 
-    recipe = StartRecipe(backbone, preset)
+    recipe = start_recipe(backbone, preset)
     click.echo(f"building {recipe.name} ({recipe.cost()})", err=True)
     path = build_synthetic_start(recipe, device=device, overwrite=overwrite, progress=not quiet)
     click.echo(f"{backbone}/{preset}: synthetic starting model in {path}")

@@ -18,6 +18,7 @@ On real 0.2 m orthophotos a start is worth more than any other lever measured
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -70,15 +71,24 @@ class StartRecipe:
         return Path(torch.hub.get_dir()) / "checkpoints" / f"{self.name}.model"
 
     def cost(self) -> str:
-        """What building it costs, in words, measured on the machines in
-        ``benchmarks/README.md`` (about 6 steps a second on a 2-core CPU)."""
-        minutes = self.steps / 6.0 / 60 + 0.5  # + drawing the suburb and the threshold
-        return f"about {minutes:.0f} minutes on a 2-core CPU, well under one on a GPU"
+        """What building it costs, in words: on the 2-core CPU of ``benchmarks/README.md``
+        a recipe of 250 steps took 1.0 minute, suburb and all."""
+        minutes = max(1, round(self.steps / 250))
+        return f"about {minutes} minute{'s' if minutes > 1 else ''} on a 2-core CPU, less on a GPU"
+
+
+#: The recipe of every synthetic start (for each backbone and preset).
+START_RECIPE = StartRecipe()
+
+
+def start_recipe(backbone: str = "resnet18", preset: str = "lite") -> StartRecipe:
+    """The synthetic start's recipe for ``backbone``/``preset``."""
+    return dataclasses.replace(START_RECIPE, backbone=backbone, preset=preset)
 
 
 def synthetic_start_path(backbone: str = "resnet18", preset: str = "lite") -> Path:
-    """Where the default synthetic starting model of ``backbone``/``preset`` is kept."""
-    return StartRecipe(backbone, preset).path
+    """Where the synthetic starting model of ``backbone``/``preset`` is kept."""
+    return start_recipe(backbone, preset).path
 
 
 def build_synthetic_start(
@@ -96,7 +106,7 @@ def build_synthetic_start(
     from geodetect.synth import synth_scene
     from geodetect.train.loop import train
 
-    recipe = recipe or StartRecipe()
+    recipe = recipe or start_recipe()
     target = recipe.path
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:  # before minutes of drawing and training
@@ -141,7 +151,7 @@ def synthetic_start(
 ) -> Path:
     """The synthetic starting model of ``backbone``/``preset``: the cached one, or one
     built now (said first, with its cost)."""
-    recipe = StartRecipe(backbone, preset)
+    recipe = start_recipe(backbone, preset)
     if recipe.path.is_file():
         log.info("starting from the synthetic model %s", recipe.path)
         return recipe.path
