@@ -51,7 +51,7 @@ class StartRecipe:
 
     backbone: str = "resnet18"
     preset: str = "lite"
-    steps: int = 700
+    steps: int = 2000
     batch_size: int = 8
     seed: int = 11
     size: int = 3000
