@@ -37,7 +37,7 @@ class DemoResult:
 def run_demo(
     out_dir: str | os.PathLike = "demo_output",
     *,
-    train_minutes: float = 7.0,
+    train_minutes: float = 4.0,
     train_size: int = 2500,
     test_size: int = 2000,
     seed: int = 0,

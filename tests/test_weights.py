@@ -91,8 +91,9 @@ def test_imported_file_is_listed_and_used_by_the_backbone(
     capsys, cache, resnet18_file, resnet18_state
 ):
     rows = listed(capsys)
-    assert list(rows) == list(BACKBONES)
+    assert list(rows) == [*BACKBONES, "synthetic"]
     assert rows["resnet18"] == ["resnet18", "missing", "-", str(cache / "resnet18-f37072fd.pth")]
+    assert rows["synthetic"][:3] == ["synthetic", "start", "missing"]  # built by train
 
     code, out, err = geodetect(capsys, "weights", "import", resnet18_file, "-q")
     assert code == 0 and not err
