@@ -41,7 +41,8 @@ def main() -> None:
             build_minutes = 0.0
             run = argparse.Namespace(**vars(args))
             if steps:
-                from geodetect.train.start import StartRecipe, build_synthetic_start
+                from geodetect.train.run import build_synthetic_start
+                from geodetect.train.start import StartRecipe
 
                 began = time.monotonic()
                 path = build_synthetic_start(StartRecipe(steps=steps), progress=False)

@@ -24,7 +24,7 @@ import torch
 from matplotlib.figure import Figure
 
 from geodetect.detect import detect
-from geodetect.io.labels import is_yolo_folder
+from geodetect.io.labels import LabelSource
 from geodetect.model import LoadedModel, load_model, resolve_device, save_model
 from geodetect.plots import plot_detections, plot_history, plot_lr_find, show_chips
 from geodetect.train import (
@@ -37,16 +37,14 @@ from geodetect.train import (
     lr_find,
     prepare_training_data,
 )
-from geodetect.train.loop import (
-    AREA_MAX_WINDOWS,
-    AREA_SHARE,
-    DEFAULT_EPOCHS,
-    DEFAULT_LR,
+from geodetect.train.fit import DEFAULT_EPOCHS, DEFAULT_LR
+from geodetect.train.run import new_model
+from geodetect.train.score import AREA_MAX_WINDOWS, AREA_SHARE
+from geodetect.train.spec import (
     default_batch_size,
     default_chip_size,
     default_workers,
     finish_spec,
-    new_model,
     record_object_sizes,
 )
 
@@ -146,13 +144,8 @@ def prepare_data(
         >>> data = prepare_data("ortho/*.tif", labels="pools.gpkg", chip_size=256)  # doctest: +SKIP
         >>> data.show_batch()                                                       # doctest: +SKIP
     """
-    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
-    voc = yolo = None
-    if labels is None and len(paths) == 1 and is_yolo_folder(paths[0]):
-        yolo, paths = paths[0], None
-    elif labels is None and len(paths) == 1 and (Path(paths[0]) / "labels").is_dir():
-        voc, paths = paths[0], None
-    labelled = load_labelled(paths, labels, voc=voc, yolo=yolo, class_field=class_field, gsd=gsd)
+    source = LabelSource.guess(path, labels, class_field=class_field)
+    labelled = load_labelled(source, gsd=gsd)
     if chip_size is None:
         chip_size = default_chip_size(labelled.typical_object_px)
     training = prepare_training_data(
@@ -285,7 +278,7 @@ class RetinaNet:
         plot: bool = True,
     ) -> list[EpochStats]:
         """Train (AdamW, one-cycle schedule), then choose the score threshold as
-        ``geodetect train`` does (:func:`geodetect.train.loop.finish_spec`): the same
+        ``geodetect train`` does (:func:`geodetect.train.spec.finish_spec`): the same
         labels, seed and steps give the same model as the command line.
 
         Args:

@@ -15,6 +15,7 @@ import geopandas as gpd
 from geodetect.detect import detect
 from geodetect.evaluate import EvaluationResult, evaluate
 from geodetect.io.export import write_layer
+from geodetect.io.labels import LabelSource
 from geodetect.plots import plot_detections
 from geodetect.synth import synth_scene
 from geodetect.train import train
@@ -76,8 +77,7 @@ def run_demo(
     log.info("2/5 training for at most %.1f minutes", train_minutes)
     model_path = out / "pools.model"
     trained = train(
-        train_scene.image_paths,
-        train_scene.truth_path,
+        LabelSource.of(train_scene.image_paths, train_scene.truth_path),
         model_path,
         max_minutes=train_minutes,
         device=device,

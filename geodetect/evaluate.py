@@ -28,6 +28,7 @@ from pyproj import CRS
 
 from geodetect.errors import LabelError, OutputError
 from geodetect.geometry import overlap_ratio
+from geodetect.geometry.match import greedy_match
 from geodetect.io.units import map_scale
 from geodetect.io.vectors import (
     crs_label,
@@ -536,28 +537,9 @@ def _match(
     if len(det_idx) == 0:
         return order, matches, pairs
 
-    # Group pairs by detection rank, best IoU first, so each detection scans its own
-    # candidates in order and stops at the first one that is free.
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
-    by = np.lexsort((-pair_iou, rank[det_idx]))
-    det_idx, ref_idx, pair_iou = det_idx[by], ref_idx[by], pair_iou[by]
-    pair_rank = rank[det_idx]
-    starts = np.flatnonzero(np.r_[True, pair_rank[1:] != pair_rank[:-1]])
-    ends = np.r_[starts[1:], len(by)]
-    groups = list(zip(starts.tolist(), ends.tolist(), strict=True))
-    det_list, ref_list, iou_list = det_idx.tolist(), ref_idx.tolist(), pair_iou.tolist()
-    for k, threshold in enumerate(thresholds.tolist()):
-        claimed = bytearray(m)
-        row = matches[k]
-        for start, end in groups:
-            for p in range(start, end):
-                if iou_list[p] < threshold:
-                    break
-                if not claimed[ref_list[p]]:
-                    claimed[ref_list[p]] = 1
-                    row[det_list[p]] = ref_list[p]
-                    break
+    matches = greedy_match(det_idx, ref_idx, pair_iou, rank=rank, n_ref=m, thresholds=thresholds)
     return order, matches, pairs
 
 

@@ -18,6 +18,7 @@ from rasterio.warp import calculate_default_transform, reproject
 
 from geodetect.detect import detect
 from geodetect.geometry import pixel_boxes_to_map
+from geodetect.io.labels import LabelSource
 from geodetect.io.raster import GridReader, open_mosaics, resample_to_gsd, scene_info
 from geodetect.io.target import choose_target
 from geodetect.train import load_labelled, prepare_training_data
@@ -79,7 +80,7 @@ def test_training_on_two_gsds_gives_chips_at_one_gsd_with_boxes_to_match(tmp_pat
     coarse = _scene(tmp_path / "coarse.tif", 0.2, BOXES_M, origin=far)
     labels = tmp_path / "labels.gpkg"
     gpd.GeoDataFrame(geometry=_map_polys() + _map_polys(far), crs=32617).to_file(labels)
-    labelled = load_labelled([fine, coarse], labels)
+    labelled = load_labelled(LabelSource.of([fine, coarse], labels))
     assert labelled.gsd() == pytest.approx(0.2)
     assert [g.grid.width for g in labelled.grids] == [300, 300]
     want = np.array([[x1 / 0.2, y1 / 0.2, x2 / 0.2, y2 / 0.2] for x1, y1, x2, y2 in BOXES_M])
@@ -141,7 +142,7 @@ def test_objects_large_in_pixels_train_at_a_coarser_gsd_with_boxes_to_match(tmp_
     gpd.GeoDataFrame(geometry=polys, crs=32617).to_file(labels)
     sides = np.array([max(x2 - x1, y2 - y1) for x1, y1, x2, y2 in LARGE_M])
     with caplog.at_level("INFO", logger="geodetect"):
-        labelled = load_labelled([scene], labels)
+        labelled = load_labelled(LabelSource.of([scene], labels))
     # 10 m objects are 200 px at 0.05 m: read at the GSD that makes them about 80 px
     want_gsd = 0.05 * np.percentile(sides / 0.05, 95) / TARGET_OBJECT_PX
     assert labelled.gsd() == pytest.approx(want_gsd, rel=0.02)
@@ -161,7 +162,7 @@ def test_objects_large_in_pixels_train_at_a_coarser_gsd_with_boxes_to_match(tmp_
         for x1, y1, x2, y2 in target["boxes"].round().int().tolist():
             assert (image[0, y1 + 1 : y2 - 1, x1 + 1 : x2 - 1] > threshold).float().mean() > 0.9
     # the user's --gsd is kept as given
-    assert load_labelled([scene], labels, gsd=0.05).gsd() == pytest.approx(0.05)
+    assert load_labelled(LabelSource.of([scene], labels), gsd=0.05).gsd() == pytest.approx(0.05)
 
 
 def test_the_training_gsd_is_coarsened_only_where_objects_are_large_in_pixels():
@@ -226,7 +227,7 @@ def test_training_rasters_in_degrees_are_read_in_their_utm_zone(tmp_path):
     path = _in_degrees(_scene(tmp_path / "utm.tif", 0.2, BOXES_M), tmp_path / "wgs84.tif")
     labels = tmp_path / "labels.gpkg"
     gpd.GeoDataFrame(geometry=_map_polys(), crs=32617).to_crs(4326).to_file(labels)
-    labelled = load_labelled([path], labels)
+    labelled = load_labelled(LabelSource.of([path], labels))
     [gl] = labelled.grids
     assert gl.grid.crs.to_epsg() == 32617
     # square pixels of the degree pixel's longer side (0.215 m at 30 N)

@@ -13,6 +13,7 @@ import shapely
 
 from geodetect.errors import InputError, LabelError
 from geodetect.io.labels import (
+    LabelSource,
     chip_class_names,
     chips_on_grids,
     class_names,
@@ -239,3 +240,38 @@ def test_coco_json_errors(tmp_path):
     )
     with pytest.raises(InputError, match="'x.png' not found"):
         read_coco(path)
+
+
+def test_a_label_source_is_one_of_four_kinds_checked_when_made(tmp_path, scene):
+    labels = write_layer(tmp_path / "pools.gpkg", [pixel_box_to_map(10, 20, 30, 35)])
+    source = LabelSource.of([scene], labels, class_field="kind", point_size=3.0)
+    assert (source.kind, source.path, source.images) == ("layer", labels, (str(scene),))
+    assert (source.class_field, source.point_size) == ("kind", 3.0)
+    assert source.describe() == {"labels": str(labels)}
+    assert LabelSource.of(voc=tmp_path).describe() == {"voc": str(tmp_path)}
+    with pytest.raises(InputError, match="in one way"):
+        LabelSource.of([scene])
+    with pytest.raises(InputError, match="in one way"):
+        LabelSource.of(voc=tmp_path, coco=tmp_path / "a.json")
+    with pytest.raises(InputError, match="at least one IMAGE"):
+        LabelSource.of([], labels)
+    with pytest.raises(InputError, match="cannot be combined"):
+        LabelSource.of([scene], yolo=tmp_path)
+    with pytest.raises(InputError, match="unknown label source"):
+        LabelSource("shapefile", labels, (str(scene),))
+
+
+def test_the_notebook_guesses_the_source_from_one_path(tmp_path, scene):
+    labels = write_layer(tmp_path / "pools.gpkg", [pixel_box_to_map(10, 20, 30, 35)])
+    assert LabelSource.guess(scene, labels).kind == "layer"
+    assert LabelSource.guess([scene, scene], labels).images == (str(scene), str(scene))
+    voc = tmp_path / "export"
+    (voc / "images").mkdir(parents=True)
+    (voc / "labels").mkdir()
+    assert LabelSource.guess(voc).kind == "voc"
+    yolo = tmp_path / "yolo"
+    yolo.mkdir()
+    (yolo / "data.yaml").write_text("names: [pool]\n")
+    assert LabelSource.guess(yolo).kind == "yolo"
+    with pytest.raises(InputError, match="in one way"):
+        LabelSource.guess(scene)  # a raster without labels is no chip dataset

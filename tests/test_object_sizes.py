@@ -11,6 +11,7 @@ from test_detect import _match
 
 from geodetect.detect import default_overlap, detect
 from geodetect.geometry import cut_mask, merge_pieces, pixel_boxes_to_map
+from geodetect.io.labels import LabelSource
 from geodetect.model import ModelSpec
 from geodetect.train import default_chip_size, load_labelled, prepare_training_data
 from geodetect.train.augment import Augmentation
@@ -33,7 +34,7 @@ def test_an_outlier_object_changes_neither_chip_size_nor_overlap(tmp_path):
     typical = []
     for boxes in (small, np.concatenate([small, outlier])):
         tif, labels = _label_scene(tmp_path, boxes)
-        labelled = load_labelled([tif], labels)
+        labelled = load_labelled(LabelSource.of([tif], labels))
         typical.append(labelled.typical_object_px)
         assert labelled.max_object_px == pytest.approx(np.max(boxes[:, 2:] - boxes[:, :2]))
     assert typical[0] <= 24 and typical[1] <= 25  # one object in 30-40 moves nothing
@@ -55,7 +56,7 @@ def test_an_object_larger_than_the_chip_is_learnt_whole_from_a_shrunk_window(tmp
     tif, labels = _label_scene(tmp_path, boxes)
     aug = Augmentation(brightness=0.0, contrast=0.0, colour=0.0, noise=0.0, scale=0.1)
     # at the raster's own GSD (by default, objects this large in pixels train coarser)
-    labelled = load_labelled([tif], labels, gsd=NORTH_UP.a)
+    labelled = load_labelled(LabelSource.of([tif], labels), gsd=NORTH_UP.a)
     data = prepare_training_data(labelled, chip_size=64, val_fraction=0.0, augmentation=aug)
     big = [i for i, item in enumerate(data.train.items) if item.anchor == 1]
     assert big and data.train.items[big[0]].size >= 1.25 * 200

@@ -13,7 +13,7 @@ import shapely
 import torch
 
 from geodetect.errors import LabelError, OutputError
-from geodetect.io.labels import GridLabels
+from geodetect.io.labels import GridLabels, LabelSource
 from geodetect.model import load_model
 from geodetect.train import (
     NO_AUGMENTATION,
@@ -92,7 +92,7 @@ def test_split_map_parts():
 
 def test_split_by_area_has_no_train_val_overlap(labelled_scene):
     tif, labels, _ = labelled_scene
-    labelled = load_labelled([tif], labels)
+    labelled = load_labelled(LabelSource.of([tif], labels))
     chip = 64
     splits = plan_split(labelled.grids, val_fraction=0.25, chip_size=chip, seed=3)
     assert (splits[0].parts == VAL).any() and (splits[0].parts == TRAIN).any()
@@ -115,7 +115,10 @@ def test_split_by_area_has_no_train_val_overlap(labelled_scene):
 def test_positive_chips_hold_their_object_at_varied_positions(labelled_scene):
     tif, labels, boxes = labelled_scene
     data = prepare_training_data(
-        load_labelled([tif], labels), chip_size=64, val_fraction=0.0, augmentation=NO_AUGMENTATION
+        load_labelled(LabelSource.of([tif], labels)),
+        chip_size=64,
+        val_fraction=0.0,
+        augmentation=NO_AUGMENTATION,
     )
     assert data.val is None
     chips = data.train
@@ -160,7 +163,10 @@ def test_augmented_chip_boxes_cover_their_bright_square(labelled_scene):
     tif, labels, _ = labelled_scene
     aug = Augmentation(brightness=0.0, contrast=0.0, colour=0.0, noise=0.0, scale=0.0)
     data = prepare_training_data(
-        load_labelled([tif], labels), chip_size=64, val_fraction=0.0, augmentation=aug
+        load_labelled(LabelSource.of([tif], labels)),
+        chip_size=64,
+        val_fraction=0.0,
+        augmentation=aug,
     )
     threshold = (150 - data.band_mean[0]) / data.band_std[0]
     for epoch in range(2):
@@ -190,7 +196,7 @@ TINY = dict(chip_size=64, batch_size=4, pretrained="none", progress=False, patie
 def test_one_epoch_writes_a_model_file_detection_can_read(labelled_scene, tmp_path):
     tif, labels, _ = labelled_scene
     out = tmp_path / "pools.model"
-    result = train([tif], labels, out, epochs=1, **TINY)
+    result = train(LabelSource.of([tif], labels), out, epochs=1, **TINY)
     assert result.path == out and out.is_file()
     loaded = load_model(out)
     spec = loaded.spec
@@ -202,20 +208,24 @@ def test_one_epoch_writes_a_model_file_detection_can_read(labelled_scene, tmp_pa
     assert spec.training["epochs"] == 1 and len(spec.training["history"]) == 1
     assert result.history[0].map_50 is not None  # the final epoch is validated
     with pytest.raises(OutputError, match="already exists"):
-        train([tif], labels, out, epochs=1, **TINY)
+        train(LabelSource.of([tif], labels), out, epochs=1, **TINY)
     # Resuming keeps the model's scaling; other classes are refused.
-    again = train([tif], labels, tmp_path / "again.model", epochs=1, resume=out, **TINY)
+    again = train(
+        LabelSource.of([tif], labels), tmp_path / "again.model", epochs=1, resume=out, **TINY
+    )
     assert again.spec.band_mean == spec.band_mean
     other = tmp_path / "other.geojson"
     gpd.read_file(labels).assign(**{"class": "tank"}).to_file(other)
     with pytest.raises(LabelError, match="classes"):
-        train([tif], other, tmp_path / "x.model", epochs=1, resume=out, **TINY)
+        train(LabelSource.of([tif], other), tmp_path / "x.model", epochs=1, resume=out, **TINY)
 
 
 def test_max_minutes_budget_is_respected(labelled_scene, tmp_path):
     tif, labels, _ = labelled_scene
     started = time.monotonic()
-    result = train([tif], labels, tmp_path / "m.model", epochs=1000, max_minutes=0.1, **TINY)
+    result = train(
+        LabelSource.of([tif], labels), tmp_path / "m.model", epochs=1000, max_minutes=0.1, **TINY
+    )
     elapsed = time.monotonic() - started
     assert result.stop_reason == "budget"
     # 1000 epochs would take hours; the budget (6 s) plus one step and saving must not,
@@ -274,7 +284,9 @@ def test_lr_find_sweeps_upwards_and_restores_the_weights(labelled_scene):
     from geodetect.train import lr_find
 
     tif, labels, _ = labelled_scene
-    data = prepare_training_data(load_labelled([tif], labels), chip_size=64, val_fraction=0.0)
+    data = prepare_training_data(
+        load_labelled(LabelSource.of([tif], labels)), chip_size=64, val_fraction=0.0
+    )
     spec = ModelSpec(
         classes=["pool"],
         band_mean=data.band_mean,
@@ -292,7 +304,7 @@ def test_lr_find_sweeps_upwards_and_restores_the_weights(labelled_scene):
 
 
 def test_weight_average_follows_the_model_with_a_warm_up():
-    from geodetect.train.loop import weight_average
+    from geodetect.train.fit import weight_average
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
@@ -313,7 +325,7 @@ def test_weight_average_follows_the_model_with_a_warm_up():
 
 
 def test_later_epochs_within_validation_noise_replace_the_kept_weights():
-    from geodetect.train.loop import EpochStats, _better
+    from geodetect.train.fit import EpochStats, _better
 
     def epoch(ap50, ap):
         return EpochStats(epoch=1, steps=1, loss=0.1, lr=1e-3, map_50=ap50, map=ap)
@@ -326,7 +338,7 @@ def test_later_epochs_within_validation_noise_replace_the_kept_weights():
 
 
 def test_score_threshold_from_validation():
-    from geodetect.train.loop import best_f1_threshold
+    from geodetect.train.score import best_f1_threshold
 
     # Ten objects all found with scores 0.7-0.9, one false positive at 0.1: F1 is the
     # same for every threshold in range, so the middle one is kept.

@@ -13,15 +13,12 @@ import torch
 
 from geodetect.errors import InputError
 from geodetect.geometry import pixel_boxes_to_map
+from geodetect.io.labels import LabelSource
 from geodetect.model import load_model
 from geodetect.train import load_labelled, prepare_training_data, train
 from geodetect.train.data import HARD, TRAIN, VAL, SplitMap
-from geodetect.train.loop import (
-    area_threshold,
-    f1_standard_error,
-    mine_hard_examples,
-    recall_leaning_threshold,
-)
+from geodetect.train.fit import mine_hard_examples
+from geodetect.train.score import area_threshold, f1_standard_error, recall_leaning_threshold
 
 from conftest import NORTH_UP, OracleDetector, paint_boxes, random_boxes, write_geotiff
 
@@ -50,7 +47,7 @@ def half_labelled(tmp_path):
     ).to_file(labels)
     # Unit scaling, so the oracle sees raw brightness as it does in detection.
     data = prepare_training_data(
-        load_labelled([tif], labels),
+        load_labelled(LabelSource.of([tif], labels)),
         chip_size=64,
         val_fraction=0.0,
         band_stats=([0.0] * 3, [1.0] * 3),
@@ -146,16 +143,23 @@ def _painted_scene(tmp_path, *, seed):
 def test_init_starts_a_new_model_from_another_ones_weights(tmp_path):
     tif, labels = _painted_scene(tmp_path, seed=2)
     tiny = dict(chip_size=64, batch_size=4, pretrained="none", progress=False, val_fraction=0)
-    first = train([tif], labels, tmp_path / "a.model", epochs=1, **tiny)
+    first = train(LabelSource.of([tif], labels), tmp_path / "a.model", epochs=1, **tiny)
     source = load_model(first.path).model.state_dict()
-    second = train([tif], labels, None, epochs=1, init=first.path, lr=1e-12, **tiny)
+    second = train(LabelSource.of([tif], labels), None, epochs=1, init=first.path, lr=1e-12, **tiny)
     started = second.model.state_dict()
     # a learning rate of ~0 leaves the copied weights where they started
     same = [k for k, v in source.items() if v.is_floating_point() and "running" not in k]
     assert all(torch.allclose(started[k], source[k], atol=1e-5) for k in same)
     assert second.spec.training["initialised_from"] == str(first.path)
     with pytest.raises(InputError, match="give one of them"):
-        train([tif], labels, None, epochs=1, init=first.path, resume=first.path, **tiny)
+        train(
+            LabelSource.of([tif], labels),
+            None,
+            epochs=1,
+            init=first.path,
+            resume=first.path,
+            **tiny,
+        )
 
 
 @pytest.fixture
@@ -177,7 +181,7 @@ def test_train_builds_the_synthetic_start_once_and_starts_from_it(
     tif, labels = _painted_scene(tmp_path, seed=3)
     tiny = dict(chip_size=64, batch_size=4, progress=False, val_fraction=0, epochs=1)
     with caplog.at_level(logging.WARNING, logger="geodetect"):
-        first = train([tif], labels, None, **tiny)  # the default start
+        first = train(LabelSource.of([tif], labels), None, **tiny)  # the default start
     said = [r.getMessage() for r in caplog.records if "building the synthetic" in r.getMessage()]
     assert len(said) == 1 and "6 steps" in said[0] and "minutes" in said[0]
     path = tiny_start.path
@@ -188,14 +192,14 @@ def test_train_builds_the_synthetic_start_once_and_starts_from_it(
     built = path.stat().st_mtime_ns
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="geodetect"):
-        again = train([tif], labels, None, **tiny)
+        again = train(LabelSource.of([tif], labels), None, **tiny)
     assert not [r for r in caplog.records if "building" in r.getMessage()]
     assert path.stat().st_mtime_ns == built  # reused, not rebuilt
     assert again.spec.training["initialised_from"] == str(path)
     with pytest.raises(SystemExit) as exc:
         main(["weights", "synth", "-q"])  # already there
     assert exc.value.code == 1
-    cold = train([tif], labels, None, pretrained="none", **tiny)
+    cold = train(LabelSource.of([tif], labels), None, pretrained="none", **tiny)
     assert cold.spec.training["initialised_from"] is None
     assert cold.spec.training["start"] == "none"
 
@@ -204,7 +208,7 @@ def test_the_synthetic_start_is_the_same_wherever_it_is_built(tmp_path, tiny_sta
     """The recipe counts seeded steps: building it again (another machine, an empty
     cache) gives the same weights, so what a machine has cached cannot change a model."""
     from geodetect.model import load_model
-    from geodetect.train.start import build_synthetic_start
+    from geodetect.train.run import build_synthetic_start
 
     first = build_synthetic_start(progress=False)
     kept = first.rename(tmp_path / "first.model")
@@ -217,7 +221,7 @@ def test_the_synthetic_start_is_the_same_wherever_it_is_built(tmp_path, tiny_sta
 
 def test_a_start_with_other_bands_adapts_the_stem_instead_of_dropping_it():
     from geodetect.model import build_retinanet
-    from geodetect.train.loop import copy_matching_weights
+    from geodetect.train.spec import copy_matching_weights
 
     from conftest import make_tiny_spec
 

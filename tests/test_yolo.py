@@ -12,7 +12,7 @@ from affine import Affine
 
 from geodetect.cli import main
 from geodetect.errors import InputError, LabelError
-from geodetect.io.labels import is_yolo_folder, read_yolo
+from geodetect.io.labels import LabelSource, is_yolo_folder, read_yolo
 from geodetect.model import read_spec
 from geodetect.train.data import load_labelled
 
@@ -205,12 +205,12 @@ def test_split_without_a_label_folder_is_skipped(tmp_path, caplog):
 
 
 def test_load_labelled_reads_a_yolo_folder_as_ordered_chips(tmp_path):
-    labelled = load_labelled(yolo=roboflow_folder(tmp_path))
+    labelled = load_labelled(LabelSource.of(yolo=roboflow_folder(tmp_path)))
     assert labelled.classes == ["pool"] and labelled.ordered
     assert labelled.source == {"yolo": str(tmp_path)}
     assert labelled.num_objects == 4 and labelled.grids[0].grid.width == WIDTH
     with pytest.raises(InputError, match="--yolo DIR"):
-        load_labelled(yolo=tmp_path, voc=tmp_path)
+        LabelSource.of(yolo=tmp_path, voc=tmp_path)
 
 
 BAD_LINES = {

@@ -192,18 +192,22 @@ def command(
     Example:
       geodetect train ortho.tif --labels pools.gpkg --out pools.model --max-minutes 10
     """
+    from geodetect.io.labels import LabelSource
     from geodetect.train import train
 
-    result = train(
+    source = LabelSource.of(
         list(images),
         labels,
-        out,
         voc=voc,
         coco=coco,
         yolo=yolo,
         layer=layer,
         class_field=class_field,
         point_size=point_size,
+    )
+    result = train(
+        source,
+        out,
         backbone=backbone,
         preset=preset,
         chip_size=chip_size,

@@ -94,7 +94,8 @@ def synth_weights(backbone, preset, device, overwrite, verbose, quiet):
     It is a detector trained on a `geodetect synth` suburb for a fixed number of seeded
     steps, so every machine builds the same start; nothing is downloaded.
     """
-    from geodetect.train.start import build_synthetic_start, start_recipe
+    from geodetect.train.run import build_synthetic_start
+    from geodetect.train.start import start_recipe
 
     recipe = start_recipe(backbone, preset)
     click.echo(f"building {recipe.name} ({recipe.cost()})", err=True)

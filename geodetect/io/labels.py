@@ -46,6 +46,106 @@ _LINE_TYPES = {
 }
 
 
+#: The kinds of label source: a label layer over rasters, or a chip dataset.
+LABEL_KINDS = ("layer", "voc", "coco", "yolo")
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where training labels come from, checked when made.
+
+    ``kind="layer"``: a label layer (``path``: any vector format and CRS; polygons,
+    boxes or points) over raster ``images`` (files, globs or folders). Otherwise a chip
+    dataset that carries its own images: ``"voc"`` (a PASCAL VOC folder, as ArcGIS
+    "Export Training Data For Deep Learning" writes it), ``"coco"`` (a COCO JSON file)
+    or ``"yolo"`` (an Ultralytics or Roboflow folder, see :func:`read_yolo`).
+
+    ``layer``, ``class_field`` and ``point_size`` say how to read a label layer (see
+    :func:`read_labels`).
+    """
+
+    kind: str
+    path: Path
+    images: tuple[str, ...] = ()
+    layer: str | int | None = None
+    class_field: str | None = None
+    point_size: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in LABEL_KINDS:
+            raise InputError(
+                f"unknown label source {self.kind!r}; choose one of {', '.join(LABEL_KINDS)}"
+            )
+        if self.kind == "layer" and not self.images:
+            raise InputError("--labels needs at least one IMAGE to train on")
+        if self.kind != "layer" and self.images:
+            raise InputError(
+                "IMAGE arguments cannot be combined with --voc, --coco or --yolo; "
+                "the chips are the images"
+            )
+
+    @classmethod
+    def of(
+        cls,
+        images: Sequence[str | os.PathLike[str]] | None = None,
+        labels: str | os.PathLike[str] | None = None,
+        *,
+        voc: str | os.PathLike[str] | None = None,
+        coco: str | os.PathLike[str] | None = None,
+        yolo: str | os.PathLike[str] | None = None,
+        layer: str | int | None = None,
+        class_field: str | None = None,
+        point_size: float | None = None,
+    ) -> LabelSource:
+        """The source ``geodetect train``'s options name: ``IMAGE... --labels FILE``,
+        ``--voc DIR``, ``--coco JSON`` or ``--yolo DIR``, exactly one of them.
+
+        Raises:
+            InputError: no source, several, or images beside a chip dataset.
+        """
+        given = [
+            (k, p)
+            for k, p in (("layer", labels), ("voc", voc), ("coco", coco), ("yolo", yolo))
+            if p is not None
+        ]
+        if len(given) != 1:
+            raise InputError(
+                "give training labels in one way: IMAGE... with --labels, or --voc DIR, "
+                "or --coco JSON, or --yolo DIR"
+            )
+        kind, path = given[0]
+        return cls(
+            kind,
+            Path(path),
+            tuple(os.fspath(p) for p in images or ()),
+            layer=layer,
+            class_field=class_field,
+            point_size=point_size,
+        )
+
+    @classmethod
+    def guess(
+        cls,
+        path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        labels: str | os.PathLike[str] | None = None,
+        *,
+        class_field: str | None = None,
+    ) -> LabelSource:
+        """The notebook API's way: rasters (files, globs or folders) with a ``labels``
+        layer, or, without ``labels``, one folder that is a YOLO dataset or a VOC export
+        (``images/`` + ``labels/``)."""
+        paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+        if labels is None and len(paths) == 1 and is_yolo_folder(paths[0]):
+            return cls.of(yolo=paths[0])
+        if labels is None and len(paths) == 1 and (Path(paths[0]) / "labels").is_dir():
+            return cls.of(voc=paths[0])
+        return cls.of(paths, labels, class_field=class_field)
+
+    def describe(self) -> dict[str, str]:
+        """The source as a model file's training record names it."""
+        return {"labels" if self.kind == "layer" else self.kind: str(self.path)}
+
+
 @dataclass(frozen=True)
 class GridLabels:
     """Labelled objects on one mosaic grid.

@@ -1,4 +1,11 @@
-"""Training a detector: labelled imagery -> chips split by area -> RetinaNet -> model file."""
+"""Training a detector: labelled imagery -> chips split by area -> RetinaNet -> model file.
+
+Rooms: :mod:`~geodetect.train.data` (labels to chips), :mod:`~geodetect.train.augment`,
+:mod:`~geodetect.train.start` (the synthetic start's recipe), :mod:`~geodetect.train.spec`
+(the spec a run begins and finishes), :mod:`~geodetect.train.fit` (fitting),
+:mod:`~geodetect.train.score` (matching, F1, the score threshold) and
+:mod:`~geodetect.train.run` (the training run that joins them).
+"""
 
 from geodetect.train.augment import NO_AUGMENTATION, Augmentation
 from geodetect.train.data import (
@@ -11,20 +18,19 @@ from geodetect.train.data import (
     plan_split,
     prepare_training_data,
 )
-from geodetect.train.loop import (
+from geodetect.train.fit import (
     EpochStats,
     FitResult,
     LRFinderResult,
     TrainingError,
-    TrainResult,
-    default_chip_size,
-    evaluate_chips,
     fit,
     lr_find,
     one_cycle_lr,
     selection_score,
-    train,
 )
+from geodetect.train.run import TrainResult, train
+from geodetect.train.score import evaluate_chips
+from geodetect.train.spec import default_chip_size
 
 __all__ = [
     "NO_AUGMENTATION",

@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import shapely
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from geodetect.errors import InputError, LabelError, RasterError
+from geodetect.errors import LabelError, RasterError
 from geodetect.io.labels import (
     GridLabels,
+    LabelSource,
     chip_class_names,
     chips_on_grids,
     class_names,
@@ -528,6 +527,24 @@ def collate_chips(
     return torch.stack(images), list(targets)
 
 
+def chip_loader(
+    chips: ChipSet, *, batch_size: int, shuffle: bool, workers: int, seed: int
+) -> DataLoader:
+    """A DataLoader over ``chips`` (seeded shuffling) that batches them with
+    :func:`collate_chips`."""
+    # Workers are not persistent: each epoch's workers get the chip set as it is then,
+    # with its current epoch (a persistent worker's copy would replay epoch 1's windows).
+    return DataLoader(
+        chips,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate_chips,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=False,
+    )
+
+
 def band_statistics(chips: ChipSet, *, max_chips: int = 64) -> tuple[list[float], list[float]]:
     """Per-band mean and std (raw units) of the valid pixels of up to ``max_chips``
     planned chips, spread evenly over the set.
@@ -628,47 +645,32 @@ class LabelledData:
         return names if len(set(names)) == len(names) else [f"band{b}" for b in grid.bands]
 
 
-def load_labelled(
-    images: Sequence[str | os.PathLike[str]] | None = None,
-    labels: str | os.PathLike[str] | None = None,
-    *,
-    voc: str | os.PathLike[str] | None = None,
-    coco: str | os.PathLike[str] | None = None,
-    yolo: str | os.PathLike[str] | None = None,
-    layer: str | int | None = None,
-    class_field: str | None = None,
-    point_size: float | None = None,
-    gsd: float | None = None,
-) -> LabelledData:
-    """Read training labels from exactly one source: rasters + a label layer, a VOC
-    chip folder, a COCO JSON file or a YOLO folder (Ultralytics or Roboflow, see
-    :func:`geodetect.io.labels.read_yolo`); check that all imagery has one band layout.
-    Rasters are read at one training GSD (see :func:`to_training_gsd`; ``gsd`` metres
-    imposes it, as resuming a model does).
+def load_labelled(source: LabelSource, *, gsd: float | None = None) -> LabelledData:
+    """Read the training labels of ``source`` (rasters + a label layer, a VOC chip
+    folder, a COCO JSON file or a YOLO folder); check that all imagery has one band
+    layout. Rasters are read at one training GSD (see :func:`to_training_gsd`; ``gsd``
+    metres imposes it, as resuming a model does).
 
     Raises:
-        InputError: no source, several sources, or missing files.
+        InputError: missing files.
         LabelError: unusable labels (see :func:`geodetect.io.labels.read_labels`).
         RasterError: rasters that differ in band count or data type.
     """
-    sources = sum(x is not None for x in (labels, voc, coco, yolo))
-    if sources != 1:
-        raise InputError(
-            "give training labels in one way: IMAGE... with --labels, or --voc DIR, "
-            "or --coco JSON, or --yolo DIR"
+    if source.kind == "layer":
+        gdf = read_labels(
+            source.path,
+            layer=source.layer,
+            class_field=source.class_field,
+            point_size=source.point_size,
         )
-    if labels is not None:
-        if not images:
-            raise InputError("--labels needs at least one IMAGE to train on")
-        gdf = read_labels(labels, layer=layer, class_field=class_field, point_size=point_size)
         classes = class_names(gdf)
 
         def on(grids: list[MosaicGrid], *, again: bool = False) -> LabelledData:
             boxes = labels_on_grids(gdf, grids, classes, warn_outside=not again)
             paths = [str(p) for g in grids for p in g.paths]
-            return LabelledData(boxes, classes, source={"labels": str(labels), "images": paths})
+            return LabelledData(boxes, classes, source={**source.describe(), "images": paths})
 
-        opened = open_mosaics(images)
+        opened = open_mosaics(list(source.images))
         labelled = on(to_training_gsd(opened, gsd=gsd))
         finest = labelled.gsd()
         if gsd is None and finest:
@@ -677,29 +679,13 @@ def load_labelled(
                 _log_coarser(labelled, finest, coarser)
                 labelled = on(resample_to_gsd(opened, coarser, tolerance=GSD_TOLERANCE), again=True)
     else:
-        if images:
-            raise InputError(
-                "IMAGE arguments cannot be combined with --voc, --coco or --yolo; "
-                "the chips are the images"
-            )
-        kind, path, reader = next(
-            (kind, path, reader)
-            for kind, path, reader in (
-                ("voc", voc, read_voc_folder),
-                ("coco", coco, read_coco),
-                ("yolo", yolo, read_yolo),
-            )
-            if path is not None
-        )
-        chips = reader(path)
+        reader = {"voc": read_voc_folder, "coco": read_coco, "yolo": read_yolo}[source.kind]
+        chips = reader(source.path)
         classes = chip_class_names(chips)
         if not classes:
-            raise LabelError(f"{path}: holds no labelled objects; export chips with labels")
+            raise LabelError(f"{source.path}: holds no labelled objects; export chips with labels")
         labelled = LabelledData(
-            chips_on_grids(chips, classes),
-            classes,
-            ordered=True,
-            source={kind: str(Path(path))},
+            chips_on_grids(chips, classes), classes, ordered=True, source=source.describe()
         )
     _check_layout(labelled)
     return labelled

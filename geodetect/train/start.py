@@ -5,8 +5,10 @@ weights.
 The synthetic start is a detector trained on a ``geodetect synth`` suburb for a fixed
 number of seeded steps (:class:`StartRecipe`), so it does not depend on how fast or
 busy the machine was, nor on what else is cached: ``train`` builds it the first time a
-machine needs it (saying so and what it costs first), keeps it in torch's cache under a
-name that spells the recipe, and reuses it from then on. Its file is written to a
+machine needs it (saying so and what it costs first; building it is itself a training
+run, so it lives in :mod:`geodetect.train.run`), keeps it in torch's cache under a
+name that spells the recipe, and reuses it from then on. This module holds the recipe
+and its name only. Its file is written to a
 temporary name and renamed, so an interrupted build leaves nothing to reuse and the next
 run builds it again. Only floating point differs between machines (another CPU's or a
 GPU's arithmetic, bf16 where the hardware has it): copying the file to another machine's
@@ -20,14 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from geodetect.errors import InputError, OutputError
+from geodetect.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -89,84 +89,6 @@ def start_recipe(backbone: str = "resnet18", preset: str = "lite") -> StartRecip
 def synthetic_start_path(backbone: str = "resnet18", preset: str = "lite") -> Path:
     """Where the synthetic starting model of ``backbone``/``preset`` is kept."""
     return start_recipe(backbone, preset).path
-
-
-def build_synthetic_start(
-    recipe: StartRecipe | None = None,
-    *,
-    device: str = "auto",
-    overwrite: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Draw the recipe's suburb, train its detector and put the model in the cache.
-
-    Raises:
-        OutputError: the start is already cached (without ``overwrite``).
-    """
-    from geodetect.synth import synth_scene
-    from geodetect.train.loop import train
-
-    recipe = recipe or start_recipe()
-    target = recipe.path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not overwrite:  # before minutes of drawing and training
-        raise OutputError(
-            f"{target}: the synthetic starting model is already there; pass --overwrite "
-            "to build it again"
-        )
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="geodetect-start-") as tmp:
-        scene = synth_scene(
-            Path(tmp) / "scene",
-            seed=recipe.seed,
-            size=(recipe.size, recipe.size),
-            gsd=recipe.gsd,
-            compress="jpeg",
-        )
-        # save_model writes the model file atomically (temporary file, then rename).
-        train(
-            scene.image_paths,
-            scene.truth_path,
-            target,
-            backbone=recipe.backbone,
-            preset=recipe.preset,
-            steps=recipe.steps,
-            batch_size=recipe.batch_size,
-            seed=recipe.seed,
-            device=device,
-            pretrained="none",
-            overwrite=overwrite,
-            progress=progress,
-        )
-    log.info(
-        "synthetic starting model built in %.1f min: %s",
-        (time.monotonic() - started) / 60,
-        target,
-    )
-    return target
-
-
-def synthetic_start(
-    backbone: str, preset: str, *, device: str = "auto", progress: bool = True
-) -> Path:
-    """The synthetic starting model of ``backbone``/``preset``: the cached one, or one
-    built now (said first, with its cost)."""
-    recipe = start_recipe(backbone, preset)
-    if recipe.path.is_file():
-        log.info("starting from the synthetic model %s", recipe.path)
-        return recipe.path
-    log.warning(
-        "building the synthetic starting model once for this machine (%d steps on a "
-        "synthetic suburb, %s; not counted in --max-minutes), kept in %s for every later "
-        "run; --start none trains from random weights instead",
-        recipe.steps,
-        recipe.cost(),
-        recipe.path.parent,
-    )
-    try:
-        return build_synthetic_start(recipe, device=device, progress=progress)
-    except OutputError:  # another process built it meanwhile
-        return recipe.path
 
 
 def check_start(start: str) -> str:
