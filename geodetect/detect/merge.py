@@ -22,6 +22,7 @@ from rasterio.warp import transform_bounds
 from geodetect.detect.plan import Plan
 from geodetect.geometry import Block, merge_pieces, nms_polygons, pixel_boxes_to_map
 from geodetect.geometry.boxes import pixel_boxes_to_map_coords
+from geodetect.geometry.merge import components
 from geodetect.io.export import area_m2
 from geodetect.io.raster import MosaicGrid, to_pyproj
 from geodetect.model import ModelSpec
@@ -208,7 +209,7 @@ class _Items:
         left, right = shapely.STRtree(self.geometry).query(
             self.geometry, predicate="dwithin", distance=tol
         )
-        group = _components(n, left, right)
+        group = components(n, left, right)
         north, south = -b[:, 3], -b[:, 1]
         groups = int(group.max()) + 1 if n else 0
         is_open = np.zeros(groups, dtype=bool)
@@ -220,21 +221,6 @@ class _Items:
         group_north = group_north[group]
         settle = ~is_open & (group_north < first)
         return self.take(settle), group_north[settle], self.take(~settle)
-
-
-def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Connected-component label (0..k-1) of each of ``n`` nodes joined by edges."""
-    label = np.arange(n)
-    while True:
-        low = np.minimum(label[left], label[right])
-        new = label.copy()
-        np.minimum.at(new, left, low)
-        np.minimum.at(new, right, low)
-        new = new[new]  # pointer jumping: follow each label to its own label
-        if np.array_equal(new, label):
-            break
-        label = new
-    return np.unique(label, return_inverse=True)[1].reshape(-1)
 
 
 _ITEM_FIELDS = ("geometry", "bounds", "score", "label", "source", "key")

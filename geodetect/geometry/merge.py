@@ -167,6 +167,23 @@ def _same_object(boxes, windows, a, b, min_iou) -> np.ndarray:
     return other_chip & (inter >= min_iou * np.maximum(union, 1e-12)) & (inter > 0)
 
 
+def components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Connected-component label (0..k-1, numbered by each component's lowest node) of
+    each of ``n`` nodes joined by the edges ``left[i]``-``right[i]``."""
+    label = np.arange(n)
+    left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+    while True:
+        low = np.minimum(label[left], label[right])
+        new = label.copy()
+        np.minimum.at(new, left, low)
+        np.minimum.at(new, right, low)
+        new = new[new]  # pointer jumping: follow each label to its own label
+        if np.array_equal(new, label):
+            break
+        label = new
+    return np.unique(label, return_inverse=True)[1].reshape(-1)
+
+
 def merge_pieces(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -208,27 +225,15 @@ def merge_pieces(
     inside = (labels[p] == labels[w]) & _same_object(boxes, windows, p, w, min_iou)
     dropped[p[inside]] = True
 
-    # Connected groups of pieces that are one object: union-find over agreeing pairs.
+    # Connected groups of pieces that are one object, joined by agreeing pairs.
     left = piece_ids[~dropped[piece_ids]]
     i, j = _box_pairs(boxes[left], boxes[left])
     a, b = left[i], left[j]
     pair = (a < b) & (labels[a] == labels[b])
     a, b = a[pair], b[pair]
     joined = _same_object(boxes, windows, a, b, min_iou)
-    parent = np.arange(n)
-
-    def root(k: int) -> int:
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
-    for x, y in zip(a[joined], b[joined], strict=True):
-        rx, ry = root(int(x)), root(int(y))
-        if rx != ry:
-            parent[max(rx, ry)] = min(rx, ry)
     merged = boxes.copy()
-    groups = np.array([root(int(k)) for k in left], dtype=np.int64)
+    groups = components(n, a[joined], b[joined])[left]
     _, which, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     for g in np.flatnonzero(sizes > 1):  # only groups of several pieces: few
         members = left[which == g]
