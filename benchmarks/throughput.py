@@ -113,8 +113,7 @@ def main() -> None:
     parser.add_argument(
         "--compare",
         action="store_true",
-        help="also model alone in fp32, with per-image post-processing, compiled, and in "
-        "ONNX Runtime (same chips; boxes compared)",
+        help="also model alone in fp32, compiled, and in ONNX Runtime (same chips; boxes compared)",
     )
     args = parser.parse_args()
 
@@ -236,20 +235,10 @@ def differences(a: list[dict], b: list[dict]) -> str:
 def compare(args, loaded, build, model_alone, default_out, tmp: Path, chip: int) -> list:
     """Model alone in other ways on the same chips: (name, seconds, boxes against the
     reference)."""
-    import types
-
-    from geodetect.model.build import VotingRetinaNet
 
     rows = []
     fp32_s, fp32_out = model_alone(build(precision="fp32"))
     rows.append(("fp32 (reference for ONNX)", fp32_s, differences(fp32_out, default_out)))
-    per_image = build()
-    per_image.net.postprocess_detections = types.MethodType(
-        VotingRetinaNet.postprocess_per_image, per_image.net
-    )
-    seconds, out = model_alone(per_image)
-    rows.append(("per-image post-processing", seconds, differences(out, default_out)))
-    del per_image.net.postprocess_detections
     net = loaded.model
     eager = net.backbone, net.head
     start = time.perf_counter()

@@ -21,15 +21,13 @@ from torchvision.models.detection.retinanet import (
 )
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import (
-    batched_nms,
-    box_iou,
     generalized_box_iou_loss,
     sigmoid_focal_loss,
 )
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import Conv2dNormActivation
 
-from geodetect.model.postprocess import batched_detections, second_boxes
+from geodetect.model.postprocess import batched_detections
 from geodetect.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -154,7 +152,7 @@ class VotingRetinaNet(RetinaNet):
     """torchvision's RetinaNet with box voting before its class-wise NMS, and
     post-processing batched over the chips (:mod:`geodetect.model.postprocess`).
 
-    Every candidate box (score above ``score_thresh``; each chip's best ``_MAX_VOTERS``)
+    Every candidate box (score above ``score_thresh``; each chip's best ``MAX_VOTERS``)
     is replaced by the score-weighted mean of the same-class candidates that overlap it
     by at least ``box_vote_iou``, itself included; NMS at ``nms_thresh`` then runs on the
     voted boxes with the original scores. Neighbouring anchors regress the same object
@@ -185,62 +183,13 @@ class VotingRetinaNet(RetinaNet):
             topk_candidates=self.topk_candidates,
             detections_per_img=self.detections_per_img,
             vote_iou=self.box_vote_iou,
-            max_voters=_MAX_VOTERS,
+            max_voters=MAX_VOTERS,
             second_iou=self.second_box_iou,
         )
 
-    def postprocess_per_image(self, head_outputs, anchors, image_shapes):
-        """The same detections the way torchvision computes them, chip by chip and level
-        by level (the reference the batched path is tested against)."""
-        vote = self.box_vote_iou
-        voting = vote is not None and vote < 1
-        nms_thresh, limit = self.nms_thresh, self.detections_per_img
-        # Voting: all candidates, score-sorted (NMS at IoU 1 suppresses nothing);
-        # otherwise all that NMS keeps. The per-chip limit comes after second boxes go.
-        self.nms_thresh = 1.0 if voting else nms_thresh
-        self.detections_per_img = _MAX_VOTERS if voting else 1 << 30
-        try:
-            candidates = super().postprocess_detections(head_outputs, anchors, image_shapes)
-        finally:
-            self.nms_thresh, self.detections_per_img = nms_thresh, limit
-        return [
-            _vote(
-                c,
-                nms_iou=nms_thresh,
-                vote_iou=vote if voting else None,
-                limit=limit,
-                second_iou=self.second_box_iou,
-            )
-            for c in candidates
-        ]
 
-
-_MAX_VOTERS = 1000
-
-
-def _vote(
-    candidates: dict,
-    *,
-    nms_iou: float,
-    vote_iou: float | None,
-    limit: int,
-    second_iou: float | None = None,
-) -> dict:
-    """Box voting (unless ``vote_iou`` is None), class-wise NMS and the removal of
-    second boxes (unless ``second_iou`` is None), on one chip's score-sorted candidates."""
-    boxes, scores, labels = candidates["boxes"], candidates["scores"], candidates["labels"]
-    if len(boxes) and vote_iou is not None:
-        voters = (box_iou(boxes, boxes) >= vote_iou) & (labels[:, None] == labels[None, :])
-        voters.fill_diagonal_(True)  # a box clipped to no area (IoU 0/0) still votes
-        weights = voters.to(boxes.dtype) * scores.to(boxes.dtype)[None, :]
-        # Autocast would run this product in bf16 and round coordinates to 1-2 px.
-        with torch.autocast(boxes.device.type, enabled=False):
-            boxes = (weights @ boxes) / weights.sum(dim=1, keepdim=True)
-    keep = batched_nms(boxes, scores, labels, nms_iou)
-    if second_iou is not None:
-        keep = keep[~second_boxes(boxes[keep], scores[keep], labels[keep], second_iou)]
-    keep = keep[:limit]
-    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+# Candidates per chip that vote (each chip's best), as torchvision's detections_per_img.
+MAX_VOTERS = 1000
 
 
 def imagenet_url(backbone: str) -> str:
