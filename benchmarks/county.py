@@ -40,9 +40,7 @@ import shapely
 import torch
 from affine import Affine
 
-from geodetect.detect import RunConfig, make_plan
-from geodetect.io.raster import describe_all, expand_inputs
-from geodetect.io.target import choose_target, target_grids
+from geodetect.detect import DetectOptions, prepare
 from geodetect.model import ModelSpec, build_retinanet, save_model
 
 ORIGIN = Affine(0.3, 0, 500000.0, 0, -0.3, 3300000.0)
@@ -89,11 +87,11 @@ def write_model(path: Path) -> Path:
     return save_model(build_retinanet(spec, pretrained="none"), spec, path)
 
 
-def plan_seconds(folder: Path, model_gsd: float) -> tuple[float, int, int]:
+def plan_seconds(folder: Path, model: Path, block: int = 16) -> tuple[float, int, int]:
+    """What ``detect`` prepares before reading a pixel (files described, target grid,
+    model loaded, blocks planned): seconds, chips and blocks."""
     start = time.perf_counter()
-    infos = describe_all(expand_inputs([folder]))
-    grids = target_grids(infos, choose_target(infos, model_gsd=model_gsd))
-    plan = make_plan(grids, RunConfig(chip_size=512, overlap=48, threshold=0.05))
+    plan = prepare([folder], model, DetectOptions(block_size=block)).plan
     return time.perf_counter() - start, plan.chips_total, len(plan.blocks)
 
 
@@ -177,11 +175,11 @@ def main() -> None:
         start = time.perf_counter()
         write_county(county, args.files, args.tile)
         print(f"wrote {args.files} files of {args.tile} px in {time.perf_counter() - start:.1f} s")
-        seconds, chips, blocks = plan_seconds(county, 0.3)
+        model = write_model(tmp / "bench.model")
+        seconds, chips, blocks = plan_seconds(county, model)
         print(f"planning: {seconds:.2f} s for {args.files} files ({chips} chips, {blocks} blocks)")
         if args.plan_only:
             return
-        model = write_model(tmp / "bench.model")
         # 4-chip blocks, so even a small county has blocks for every worker.
         base = ["detect", county, "--model", model, "-q", "--block-size", "4"]
         one, rss_one = peak_rss_of([*base, "--out", tmp / "default.gpkg"])
@@ -203,7 +201,7 @@ def main() -> None:
         journal = tmp / ".killed.gpkg.geodetect"
         proc = subprocess.Popen([*CLI, *map(str, base), "--out", str(out)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        _, _, blocks4 = plan_seconds_blocks(county, 4)
+        _, _, blocks4 = plan_seconds(county, model, 4)
         while len(list(journal.glob("*.parquet"))) < blocks4 // 2:
             if proc.poll() is not None:
                 sys.exit("the run ended before half its blocks were done")
@@ -223,13 +221,6 @@ def main() -> None:
             memory(tmp, model, [int(s) for s in args.sizes.split(",")])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def plan_seconds_blocks(folder: Path, block: int) -> tuple[float, int, int]:
-    infos = describe_all(expand_inputs([folder]))
-    grids = target_grids(infos, choose_target(infos, model_gsd=0.3))
-    plan = make_plan(grids, RunConfig(chip_size=512, overlap=48, threshold=0.05, block_chips=block))
-    return 0.0, plan.chips_total, len(plan.blocks)
 
 
 def memory(tmp: Path, model: Path, sizes: list[int]) -> None:

@@ -38,10 +38,8 @@ import rasterio
 import torch
 from affine import Affine
 
-from geodetect.detect import RunConfig, default_chip_size, default_overlap, detect, make_plan
-from geodetect.detect.runner import ChipReader, Detector, band_scaling, stack
-from geodetect.io.raster import describe_all, expand_inputs
-from geodetect.io.target import choose_target, target_grids
+from geodetect.detect import DetectOptions, detect, prepare
+from geodetect.detect.runner import ChipReader, Detector, stack
 from geodetect.model import (
     LoadedModel,
     ModelSpec,
@@ -120,7 +118,6 @@ def main() -> None:
     dev = resolve_device(args.device)
     loaded = load_model(args.model, device=dev) if args.model else untrained(args)
     spec = loaded.spec
-    batch_size = args.batch_size or (32 if dev.type == "cuda" else 8)
     with tempfile.TemporaryDirectory() as tmp:
         if args.images:
             inputs = [str(p) for p in args.images]
@@ -128,16 +125,16 @@ def main() -> None:
             scene = Path(tmp) / "scene.tif"
             write_scene(scene, args.size, spec.gsd or 0.3)
             inputs = [str(scene)]
-        infos = describe_all(expand_inputs(inputs))
-        grids = target_grids(infos, choose_target(infos, model_gsd=spec.gsd, gsd="model", crs=None))
-        chip = default_chip_size(spec)
-        config = RunConfig(
-            chip_size=chip,
-            overlap=default_overlap(spec, chip),
-            threshold=spec.score_threshold,
-            batch_size=batch_size,
+        options = DetectOptions(
+            batch_size=args.batch_size,
+            device=str(dev),
+            precision=args.precision,
+            workers=args.workers,
+            compile=args.compile,
         )
-        plan = make_plan(grids, config)
+        prepared = prepare(inputs, loaded, options)  # the plan detect() runs
+        plan, config, scaling = prepared.plan, prepared.config, prepared.scaling
+        chip, batch_size = config.chip_size, config.batch_size
         chips = [(b.grid, c) for b in plan.blocks for c in plan.chips(b)]
 
         # End-to-end with the defaults, written to a GeoPackage; first, so that its peak
@@ -146,16 +143,7 @@ def main() -> None:
         for _ in range(args.repeats):
             start = time.perf_counter()
             detect(
-                inputs,
-                loaded,
-                batch_size=args.batch_size,
-                device=str(dev),
-                precision=args.precision,
-                workers=args.workers,
-                progress=False,
-                out=Path(tmp) / "out.gpkg",
-                overwrite=True,
-                compile=args.compile,
+                inputs, loaded, options, progress=False, out=Path(tmp) / "out.gpkg", overwrite=True
             )
             e2e_s.append(time.perf_counter() - start)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -170,7 +158,6 @@ def main() -> None:
         full = [c for c in read if c.data is not None]
 
         # Model alone: the same chips from memory through the device side of a batch.
-        scaling = [band_scaling(g, spec) for g in plan.grids]
         batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
         tensors = [stack(b) for b in batches]
 

@@ -127,7 +127,7 @@ def test_alpha_band_is_mask_not_data(tmp_path, oracle):
 def test_flip_fusion_matches_single_pass_and_unflips_exactly(tmp_path, oracle):
     import torch
 
-    from geodetect.detect import DIHEDRAL, _unview_boxes, _view, predict_with_flips
+    from geodetect.detect.tta import DIHEDRAL, _unview_boxes, _view, predict_with_flips
 
     # Each of the eight views, run through the oracle and mapped back, gives the boxes
     # painted in the unviewed chip (asymmetric boxes, so swapped axes would show).
@@ -162,7 +162,7 @@ def test_flip_fusion_matches_single_pass_and_unflips_exactly(tmp_path, oracle):
 def test_fusion_keeps_chips_and_classes_apart_and_takes_every_box():
     import torch
 
-    from geodetect.detect import _fuse
+    from geodetect.detect.tta import _fuse
 
     box = [10.0, 10.0, 30.0, 30.0]
     near = [11.0, 10.0, 31.0, 30.0]

@@ -198,56 +198,49 @@ def command(
     Example:
       geodetect detect mosaic/*.tif --model pools.model --out pools.gpkg
     """
-    from geodetect.detect import DetectionReport, detect
+    from geodetect.detect import DetectionReport, DetectOptions, detect
     from geodetect.detect.journal import journal_dir
-    from geodetect.errors import OutputError
     from geodetect.io.export import check_output
     from geodetect.model import load_model, resolve_device
 
     check_output(out, overwrite=overwrite)
-    band_list = parse_bands(bands)
-    dev = resolve_device(device)
-    loaded = load_model(model_path, device=dev)
+    use_tta = tta if tta is not None else tta_views is not None
+    settings = DetectOptions(  # every option checked before anything is read
+        chip_size=chip_size,
+        overlap=overlap,
+        threshold=threshold,
+        nms_iou=nms_iou,
+        merge_metric=merge_metric,
+        tta_views=int(tta_views or 8) if use_tta else 0,
+        gsd=gsd,
+        crs=crs,
+        bands=parse_bands(bands),
+        batch_size=batch_size,
+        block_size=block_size,
+        device=device,
+        precision=precision,
+        workers=workers,
+        cluster=cluster,
+        allow_no_crs=allow_no_crs,
+        skip_bad_chips=skip_bad_chips,
+        compile=compile_,
+        runtime=runtime,
+    )
+    loaded = load_model(model_path, device=resolve_device(device))
     report = DetectionReport()
-    try:
-        detect(
-            list(images),
-            loaded,
-            chip_size=chip_size,
-            overlap=overlap,
-            threshold=threshold,
-            nms_iou=nms_iou,
-            merge_metric=merge_metric,
-            tta=tta if tta is not None else tta_views is not None,
-            tta_views=int(tta_views or 8),
-            gsd=gsd,
-            crs=crs,
-            bands=band_list,
-            batch_size=batch_size,
-            block_size=block_size,
-            device=device,
-            precision=precision,
-            workers=workers,
-            cluster=cluster,
-            journal=None if out == "-" else journal_dir(out),
-            journal_for=out,
-            restart=restart,
-            keep_journal=keep_journal,
-            allow_no_crs=allow_no_crs,
-            skip_bad_chips=skip_bad_chips,
-            progress=not quiet,
-            report=report,
-            out=out,
-            overwrite=overwrite,
-            compile=compile_,
-            runtime=runtime,
-        )
-    except OutputError as exc:
-        # A layer this format can never hold: the journal would only be left behind;
-        # otherwise (a full disk, an output that appeared) the rerun needs only the merge.
-        if report.journal is not None and not exc.transient and not keep_journal:
-            report.journal.remove()
-        raise
+    detect(
+        list(images),
+        loaded,
+        settings,
+        journal=None if out == "-" else journal_dir(out),
+        journal_for=out,
+        restart=restart,
+        keep_journal=keep_journal,
+        progress=not quiet,
+        report=report,
+        out=out,
+        overwrite=overwrite,
+    )
     if report.skipped_windows:
         log.warning("%d window(s) could not be read and were skipped:", len(report.skipped_windows))
         for message in report.skipped_windows:

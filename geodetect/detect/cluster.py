@@ -15,14 +15,19 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from geodetect.detect.options import ClusterSpec
 from geodetect.detect.plan import Plan, RunConfig
 from geodetect.detect.runner import BlockResult, ChipReader, Detector, run_block
 from geodetect.errors import GeodetectError, InputError, RunError
 from geodetect.geometry import Block
 from geodetect.io.raster import configure_gdal
 from geodetect.model import file_id
+from geodetect.model.device import available_cpus
+
+if TYPE_CHECKING:
+    from geodetect.detect.prepare import PreparedRun
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +127,41 @@ def _forget(run_id: str) -> None:
         _RUNS.pop(run_id, None)
 
 
+@dataclass(frozen=True)
+class OnDask:
+    """The executor that runs whole blocks on Dask workers (each loads the model once)."""
+
+    cluster: ClusterSpec
+
+    def run(
+        self, run: PreparedRun, blocks: Sequence[Block], counts: Sequence[int], sink: Any
+    ) -> None:
+        loaded = run.loaded
+        source = str(loaded.path) if loaded.path.is_file() else loaded
+        local = self.cluster.local_workers
+        # A LocalCluster's workers share this machine's cores.
+        threads = None if local is None else max(1, available_cpus() // local)
+        with connect(self.cluster) as client:
+            run_cluster(
+                client,
+                run.plan,
+                blocks,
+                run.config,
+                source,
+                run.scaling,
+                run.device.type,
+                torch_threads=threads,
+                on_block=sink.block,
+                on_chips=sink.chips,
+            )
+
+
 @contextlib.contextmanager
-def connect(cluster: Any) -> Iterator[Any]:
-    """A ``dask.distributed.Client`` for ``cluster``: ``"local:N"`` starts a LocalCluster
-    of N worker processes (one thread each) for the run; ``"tcp://HOST:PORT"`` (or any
-    scheduler address) connects to a running cluster; a Client is used as it is."""
+def connect(cluster: ClusterSpec | str | Any) -> Iterator[Any]:
+    """A ``dask.distributed.Client`` for ``cluster`` (a :class:`ClusterSpec` or what
+    :meth:`ClusterSpec.parse` takes): ``local:N`` starts a LocalCluster of N worker
+    processes (one thread each) for the run; a scheduler address (``tcp://HOST:PORT``)
+    connects to a running cluster; a Client is used as it is."""
     try:
         import dask
         from dask.distributed import Client, LocalCluster
@@ -134,21 +169,18 @@ def connect(cluster: Any) -> Iterator[Any]:
         raise InputError(
             "--cluster needs dask.distributed; install it with `pip install 'dask[distributed]'`"
         ) from None
-    if isinstance(cluster, Client):
-        yield cluster
+    spec = ClusterSpec.parse(cluster)
+    if spec.client is not None:
+        yield spec.client
         return
-    text = str(cluster)
-    if text.startswith("local:") or text == "local":
-        count = text.partition(":")[2] or "2"
-        if not count.isdigit() or int(count) < 1:
-            raise InputError(
-                f"--cluster {text}: give local:N with N worker processes, e.g. local:4"
-            )
+    text = str(spec)
+    if spec.local_workers is not None:
+        count = spec.local_workers
         # A block that kills its worker (memory) is retried once, not on every worker.
         with (
             dask.config.set({"distributed.scheduler.allowed-failures": 1}),
             LocalCluster(
-                n_workers=int(count),
+                n_workers=count,
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=":0",

@@ -1,4 +1,5 @@
-"""The journal: each finished block's owned detections, on disk beside the output.
+"""The journal: each finished block's owned detections, on disk beside the output; and
+the store's life over a run (:func:`run_store`), owned here for every caller.
 
 ``.NAME.geodetect/`` holds ``manifest.json`` (inputs, model, options: what the run is)
 and one Parquet part ``KEY.parquet`` per finished block. Every file is written to a
@@ -14,7 +15,9 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +31,81 @@ _PART = ".parquet"
 _INFO = "geodetect"
 _TEMP = ".tmp"  # suffix of a file being written; one left behind is from a killed run
 _KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class BlockStore(Protocol):
+    """Where a run keeps its finished blocks: a :class:`Journal` on disk, or a
+    :class:`MemoryStore`."""
+
+    resumed: int
+
+    def done(self) -> set[str]: ...
+
+    def commit(self, key: str, table: dict[str, np.ndarray], info: dict | None = None) -> None: ...
+
+    def read(self, key: str) -> dict[str, np.ndarray]: ...
+
+    def info(self, key: str) -> dict | None: ...
+
+    def remove(self) -> None: ...
+
+
+class MemoryStore:
+    """The blocks of a run that keeps nothing on disk (the notebook API's default)."""
+
+    resumed = 0
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, np.ndarray]] = {}
+
+    def done(self) -> set[str]:
+        return set(self.tables)
+
+    def commit(self, key: str, table: dict[str, np.ndarray], info: dict | None = None) -> None:
+        self.tables[key] = table
+
+    def read(self, key: str) -> dict[str, np.ndarray]:
+        return self.tables[key]
+
+    def info(self, key: str) -> dict | None:
+        return None
+
+    def remove(self) -> None:
+        self.tables.clear()
+
+
+@contextlib.contextmanager
+def run_store(
+    manifest: dict,
+    directory: str | os.PathLike | None = None,
+    *,
+    restart: bool = False,
+    owner: str | None = None,
+    keep: bool = False,
+) -> Iterator[BlockStore]:
+    """The store of one run, for its whole life: a :class:`Journal` in ``directory``
+    (None: in memory).
+
+    It is removed when the run fails before any block is finished (nothing worth
+    keeping), when it fails with an output that can never be written (a non-transient
+    :class:`OutputError`: no rerun could use it) unless ``keep``, and when the
+    run finishes without error unless ``keep``. Otherwise (interrupted, a worker died, the
+    disk filled) it stays, and the same command continues from it.
+    """
+    store: BlockStore = (
+        MemoryStore()
+        if directory is None
+        else Journal(Path(directory), manifest, restart=restart, owner=owner)
+    )
+    try:
+        yield store
+    except BaseException as exc:
+        useless = isinstance(exc, OutputError) and not exc.transient and not keep
+        if useless or not store.done():
+            store.remove()
+        raise
+    if not keep:
+        store.remove()
 
 
 def journal_dir(out: str | os.PathLike) -> Path:

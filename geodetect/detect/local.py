@@ -19,15 +19,26 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from geodetect.detect.merge import concat_tables, empty_table
 from geodetect.detect.plan import Plan
-from geodetect.detect.runner import BlockResult, ChipData, ChipReader, Detector, stack, tally
+from geodetect.detect.runner import (
+    BlockAssembly,
+    BlockResult,
+    ChipData,
+    ChipReader,
+    Detector,
+    batches,
+)
 from geodetect.errors import GeodetectError, RunError
 from geodetect.geometry import Block
+from geodetect.model.device import available_cpus
+
+if TYPE_CHECKING:
+    from geodetect.detect.prepare import PreparedRun
 
 _HAS_IN_ORDER = "in_order" in inspect.signature(DataLoader).parameters  # torch >= 2.6
 READER_TIMEOUT = 600  # seconds a reader process may take for one batch
@@ -69,8 +80,8 @@ class BlockBatches(Dataset):
         block = self.blocks[position]
         try:
             if self._cached is None or self._cached[0] != position:
-                self._cached = (position, self.plan.chips(block))
-            chips = self._cached[1][j * self.size : (j + 1) * self.size]
+                self._cached = (position, batches(self.plan, block, self.size))
+            chips = self._cached[1][j]
             return BatchItem(position, [self.reader.read(block.grid, c) for c in chips])
         except GeodetectError as exc:
             return BatchItem(position, [], exc)
@@ -98,6 +109,33 @@ def _exit_with(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(0)
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """The executor that runs the model in this process, fed by ``workers`` reader
+    processes (None: CPUs - 1, at most 8; 0: read here too)."""
+
+    workers: int | None = None
+
+    def run(
+        self, run: PreparedRun, blocks: Sequence[Block], counts: Sequence[int], sink: Any
+    ) -> None:
+        workers = self.workers
+        if workers is None:
+            workers = min(8, max(1, available_cpus() - 1))
+        reader = ChipReader(run.plan.grids, skip_bad_chips=run.config.skip_bad_chips)
+        detector = Detector.build(run.loaded, run.plan.grids, run.config, run.device, run.scaling)
+        run_local(
+            run.plan,
+            blocks,
+            counts,
+            reader,
+            detector,
+            workers=workers,
+            on_block=sink.block,
+            on_chips=sink.chips,
+        )
 
 
 def run_local(
@@ -133,26 +171,23 @@ def run_local(
         **({"in_order": False} if workers and _HAS_IN_ORDER else {}),
     )
     pin = detector.device.type == "cuda"
-    open_blocks: dict[int, tuple[BlockResult, list]] = {}
+    open_blocks: dict[int, BlockAssembly] = {}
     try:
         for item in loader:
             if item.error is not None:
                 raise item.error
-            block = blocks[item.position]
-            result, tables = open_blocks.setdefault(
-                item.position, (BlockResult(block.key, empty_table(), counts[item.position]), [])
-            )
-            tables.append(None)  # one entry per batch received, detections or not
-            tally(result, item.chips)
-            full = [c for c in item.chips if c.data is not None]
-            if full:
-                batch = stack(full)
-                tables[-1] = detector(full, batch.pin_memory() if pin else batch)
+            assembly = open_blocks.get(item.position)
+            if assembly is None:
+                assembly = open_blocks[item.position] = BlockAssembly(
+                    blocks[item.position].key,
+                    counts[item.position],
+                    dataset.batches[item.position],
+                )
+            assembly.add(item.chips, detector, pin=pin)
             on_chips(len(item.chips))
-            if len(tables) == dataset.batches[item.position]:  # the block's last batch in
-                result.table = concat_tables(t for t in tables if t is not None)
+            if assembly.complete:  # the block's last batch is in
                 del open_blocks[item.position]
-                on_block(result)
+                on_block(assembly.finish())
     except RuntimeError as exc:
         if "DataLoader timed out" in str(exc):
             raise RunError(

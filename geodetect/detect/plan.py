@@ -13,14 +13,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from geodetect.detect.options import DEFAULT_BLOCK_CHIPS
 from geodetect.detect.tta import View
 from geodetect.errors import InputError, RasterError
 from geodetect.geometry import Block, Chip, ChipGrid, chip_grid, plan_blocks
 from geodetect.io.raster import MosaicGrid
 from geodetect.model import ModelSpec
-
-# Chips per block side: 16 x 16 = 256 chips (about 67 Mpx at 512 px).
-DEFAULT_BLOCK_CHIPS = 16
 
 
 def default_chip_size(spec: ModelSpec) -> int:

@@ -279,6 +279,48 @@ def stack(chips: Sequence[ChipData]) -> torch.Tensor:
     return torch.from_numpy(np.stack([c.data for c in chips]))
 
 
+def batches(plan: Plan, block: Block, size: int) -> list[list[Chip]]:
+    """The block's chips (those over a file) cut into batches of ``size``, in order."""
+    chips = plan.chips(block)
+    return [chips[start : start + size] for start in range(0, len(chips), size)]
+
+
+class BlockAssembly:
+    """One block put together from its batches, in whatever order they arrive: the
+    one batch loop of every executor (in this process, with reader processes, on Dask).
+    """
+
+    def __init__(self, key: str, chips: int, batches: int) -> None:
+        self.result = BlockResult(key, empty_table(), chips)
+        self.expected = batches
+        self.received = 0
+        self.tables: list[dict[str, np.ndarray]] = []
+
+    def add(
+        self,
+        items: Sequence[ChipData],
+        detect: Callable[[Sequence[ChipData], torch.Tensor], dict[str, np.ndarray]],
+        *,
+        pin: bool = False,
+    ) -> None:
+        """Count one batch of read chips and detect over those with data (``detect``: a
+        :class:`Detector`, or anything called like one)."""
+        self.received += 1
+        tally(self.result, items)
+        full = [c for c in items if c.data is not None]
+        if full:
+            batch = stack(full)
+            self.tables.append(detect(full, batch.pin_memory() if pin else batch))
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.expected
+
+    def finish(self) -> BlockResult:
+        self.result.table = concat_tables(self.tables)
+        return self.result
+
+
 def run_block(
     plan: Plan,
     block: Block,
@@ -286,19 +328,12 @@ def run_block(
     detect: Callable[[Sequence[ChipData], torch.Tensor], dict[str, np.ndarray]],
     batch_size: int,
 ) -> BlockResult:
-    """Read and detect one block in this process, batch by batch (``detect``: a
-    :class:`Detector`, or anything called like one)."""
-    chips = plan.chips(block)
-    result = BlockResult(block.key, empty_table(), len(chips))
-    tables = []
-    for start in range(0, len(chips), batch_size):
-        items = [reader.read(block.grid, chip) for chip in chips[start : start + batch_size]]
-        tally(result, items)
-        full = [c for c in items if c.data is not None]
-        if full:
-            tables.append(detect(full, stack(full)))
-    result.table = concat_tables(tables)
-    return result
+    """Read and detect one block in this process, batch by batch."""
+    parts = batches(plan, block, batch_size)
+    assembly = BlockAssembly(block.key, sum(len(p) for p in parts), len(parts))
+    for part in parts:
+        assembly.add([reader.read(block.grid, chip) for chip in part], detect)
+    return assembly.finish()
 
 
 def tally(result: BlockResult, items: Sequence[ChipData]) -> None:
