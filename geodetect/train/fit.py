@@ -43,37 +43,19 @@ from geodetect.train.score import AREA_MAX_WINDOWS, evaluate_chips, predict
 log = logging.getLogger(__name__)
 
 DEFAULT_LR = 2e-3
-
-
 DEFAULT_EPOCHS = 60
-
-
 WEIGHT_DECAY = 1e-4
-
-
 PCT_START = 0.15
-
-
 EVAL_FROM = 0.5  # validate only once this much of the schedule is done (and at the end)
-
-
 EVAL_SHARE_INV = 9  # ... and after training for at least 9 times the last validation's time
-
-
 # Hard-example mining: when (share of the schedule; none by default), how many (per chip
 # with objects), and the share of a time budget each scan may take. On real 0.2 m
 # orthophotos, mining at 30 % and 60 % of an 8-minute CPU budget traded recall for
 # precision (at threshold 0.6: P 0.87 / R 0.77 against 0.77 / 0.84) and cost 12 % of the
 # steps; AP50 was lower (0.74 against 0.80), so it is opt-in (``--hard-examples``).
 MINE_AT: tuple[float, ...] = ()
-
-
 MINE_AT_OPTED_IN = (0.3, 0.6)
-
-
 HARD_RATIO = 0.25
-
-
 MINE_SHARE = 0.02
 
 

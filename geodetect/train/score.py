@@ -27,25 +27,15 @@ log = logging.getLogger(__name__)
 
 # Share of a time budget kept for choosing the score threshold over the validation area.
 AREA_SHARE = 0.05
-
-
 AREA_THRESHOLD_RANGE = (0.2, 0.8)
-
-
 # F1 given up for recall: one standard error of the best F1, kept within these bounds
 # (a validation area of 20 objects would otherwise allow 0.1).
 AREA_F1_SLACK = (0.02, 0.05)
-
-
 # ... and never more than this below the F1-best threshold: on a small validation area the
 # F1 curve is flat far down (28 objects of two São Paulo sheets: within 0.05 of the best
 # down to 0.35, where unseen sheets got precision 0.35-0.47), while 69 objects lean 0.05-0.1.
 AREA_MAX_LEAN = 0.1
-
-
 AREA_MIN_OBJECTS = 20  # fewer objects in the scored windows: keep the chips' threshold
-
-
 AREA_MAX_WINDOWS = 2000  # windows scanned at most (without a time budget)
 
 
