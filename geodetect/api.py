@@ -37,7 +37,7 @@ from geodetect.train import (
     lr_find,
     prepare_training_data,
 )
-from geodetect.train.fit import DEFAULT_EPOCHS, DEFAULT_LR
+from geodetect.train.fit import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_STEPS
 from geodetect.train.run import new_model
 from geodetect.train.score import AREA_MAX_WINDOWS, AREA_SHARE
 from geodetect.train.spec import (
@@ -282,7 +282,9 @@ class RetinaNet:
         labels, seed and steps give the same model as the command line.
 
         Args:
-            epochs: planned epochs (default 60, as ``geodetect train``).
+            epochs: planned epochs. Given none of ``epochs``, ``steps`` and
+                ``max_minutes``: :data:`~geodetect.train.fit.DEFAULT_STEPS` steps, as
+                ``geodetect train``.
             lr: peak learning rate (default: :meth:`lr_find`'s suggestion when it ran,
                 else ``geodetect train``'s 2e-3).
             steps: planned steps instead of ``epochs`` (the same model on any machine).
@@ -295,8 +297,11 @@ class RetinaNet:
         data = self._need_data()
         if lr is None:
             lr = self.lr_finder.suggested if self.lr_finder else DEFAULT_LR
-        if epochs is None and steps is None and max_minutes is not None:
-            epochs = 10_000  # the budget decides, as on the command line
+        if epochs is None and steps is None:
+            if max_minutes is not None:
+                epochs = 10_000  # the budget decides, as on the command line
+            else:
+                steps = DEFAULT_STEPS  # as on the command line
         deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
         seed = data.seed if seed is None else seed
         torch.manual_seed(seed)

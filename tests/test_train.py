@@ -234,6 +234,17 @@ def test_max_minutes_budget_is_respected(labelled_scene, tmp_path):
     assert (tmp_path / "m.model").is_file()
 
 
+def test_no_budget_trains_the_default_steps(labelled_scene, monkeypatch):
+    """Given no epochs, steps or minutes, a run takes DEFAULT_STEPS steps: the same model
+    on any machine (the value is measured in benchmarks/README.md; a small one here)."""
+    import geodetect.train.run as run
+
+    tif, labels, _ = labelled_scene
+    monkeypatch.setattr(run, "DEFAULT_STEPS", 3)
+    result = train(LabelSource.of([tif], labels), None, **TINY)
+    assert (result.steps, result.stop_reason) == (3, "steps")
+
+
 def run_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "geodetect", *map(str, args)],

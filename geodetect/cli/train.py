@@ -71,7 +71,9 @@ from geodetect.cli import options
     "--epochs",
     type=click.IntRange(min=1),
     default=None,
-    help="Planned epochs (default 60; with --max-minutes alone the budget decides).",
+    help="Planned epochs (with --max-minutes alone the budget decides). Given none of "
+    "--epochs, --steps and --max-minutes, training takes 8000 steps: about 30 minutes on "
+    "a 2-core CPU, a few on a GPU.",
 )
 @click.option(
     "--steps",

@@ -33,6 +33,7 @@ from geodetect.train.data import (
 from geodetect.train.fit import (
     DEFAULT_EPOCHS,
     DEFAULT_LR,
+    DEFAULT_STEPS,
     MINE_AT,
     MINE_AT_OPTED_IN,
     FitResult,
@@ -41,13 +42,13 @@ from geodetect.train.fit import (
 )
 from geodetect.train.score import AREA_MAX_LEAN, AREA_MAX_WINDOWS, AREA_MIN_OBJECTS, AREA_SHARE
 from geodetect.train.spec import (
-    _check_resumable,
-    _log_sizes,
+    check_resumable,
     copy_matching_weights,
     default_batch_size,
     default_chip_size,
     default_workers,
     finish_spec,
+    log_sizes,
     spec_for,
 )
 from geodetect.train.start import StartRecipe, check_start, start_recipe
@@ -149,6 +150,9 @@ def train(
             resuming).
         box_loss: RetinaNet box loss (default: the spec's).
         epochs: planned epochs; with ``max_minutes`` alone the budget sets the length.
+            Given none of ``epochs``, ``steps`` and ``max_minutes``, the run takes
+            :data:`~geodetect.train.fit.DEFAULT_STEPS` steps (about 30 minutes on a
+            2-core CPU).
         steps: planned optimizer steps (instead of ``epochs``): the same seeded run
             gives the same model on any machine, however slow or busy; with
             ``max_minutes`` too, whichever comes first ends it.
@@ -211,9 +215,9 @@ def train(
         size = base.spec.chip_size
     else:
         size = chip_size or default_chip_size(labelled.typical_object_px)
-    _log_sizes(labelled, size, chosen=chip_size is None and base is None)
+    log_sizes(labelled, size, chosen=chip_size is None and base is None)
     if base is not None:
-        _check_resumable(base.spec, labelled.classes, labelled.num_bands, resume)
+        check_resumable(base.spec, labelled.classes, labelled.num_bands, resume)
     data = prepare_training_data(
         labelled,
         chip_size=size,
@@ -258,6 +262,8 @@ def train(
     lr = lr or DEFAULT_LR
     if steps is not None and epochs is not None:
         raise InputError("give --steps or --epochs, not both")
+    if steps is None and epochs is None and deadline is None:
+        steps = DEFAULT_STEPS
     if epochs is None:
         epochs = 10_000 if deadline is not None else DEFAULT_EPOCHS
     val_area = data.val_area(max_windows=AREA_MAX_WINDOWS)

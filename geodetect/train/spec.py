@@ -164,7 +164,7 @@ def record_object_sizes(spec: ModelSpec, labelled) -> None:
     spec.typical_object_px = max(labelled.typical_object_px, spec.typical_object_px or 0.0)
 
 
-def _log_sizes(labelled, chip_size: int, *, chosen: bool) -> None:
+def log_sizes(labelled, chip_size: int, *, chosen: bool) -> None:
     sides = labelled.object_sides_px()
     if not len(sides):
         return
@@ -182,7 +182,7 @@ def _log_sizes(labelled, chip_size: int, *, chosen: bool) -> None:
     )
 
 
-def _check_resumable(spec: ModelSpec, classes: list[str], bands: int, resume) -> None:
+def check_resumable(spec: ModelSpec, classes: list[str], bands: int, resume) -> None:
     if list(spec.classes) != list(classes):
         raise LabelError(
             f"{resume}: the model knows classes {', '.join(spec.classes)} but the labels have "
