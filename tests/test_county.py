@@ -212,6 +212,9 @@ def test_stopped_run_resumes_and_gives_the_uninterrupted_layer(tmp_path, uninter
         [*GEODETECT, *map(str, args), "--out", str(out), "-q"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # Ctrl-C as in a terminal, even where the suite runs in the background (a shell
+        # starts background jobs with SIGINT ignored, and children inherit that).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while len(list(journal.glob("*.parquet"))) < (3 if sig == signal.SIGKILL else 1):
