@@ -29,11 +29,10 @@ from pyproj import CRS
 from geodetect.errors import LabelError, OutputError
 from geodetect.geometry import overlap_ratio
 from geodetect.geometry.match import greedy_match
+from geodetect.io.crs import crs_label, parse_crs
 from geodetect.io.units import map_scale
 from geodetect.io.vectors import (
-    crs_label,
     layer_name,
-    parse_crs,
     read_layer,
     repair_geometries,
     to_crs_checked,

@@ -10,13 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geodetect.geometry import (
+    Grid,
     axis_offsets,
     chip_grid,
+    lattice_offset,
     nms_polygons,
     owned_mask,
     pixel_boxes_to_map,
     pixel_boxes_to_map_coords,
 )
+from geodetect.geometry.grid import covering_window
 
 
 @st.composite
@@ -74,11 +77,49 @@ def test_chip_transform_is_scene_transform_times_offset():
     assert chip.col_off + 128 == 500 and chip.row_off + 128 == 300
 
 
+def test_a_window_of_a_grid_is_a_grid_on_the_same_lattice():
+    grid = Grid(400, 600, Affine(0.3, 0, 500000.0, 0, -0.3, 4000000.0), crs="EPSG:32617")
+    window = grid.window(100, 250, 64, 32)
+    assert (window.height, window.width, window.crs) == (64, 32, "EPSG:32617")
+    assert window.transform @ (0, 0) == pytest.approx(grid.transform @ (250, 100))
+    assert window.offset_on(grid.transform) == (100, 250)
+    assert grid.bounds == pytest.approx((500000.0, 4000000.0 - 120.0, 500180.0, 4000000.0))
+    # chips are windows of the grid they cut, CRS included
+    chips = grid.chips(128, 32)
+    last = chips[len(chips) - 1]
+    assert (
+        chips.grid is grid
+        and last.transform == grid.window(last.row_off, last.col_off, 128, 128).transform
+    )
+
+
+def test_lattice_offset_needs_the_same_pixels_and_a_whole_shift():
+    lattice = Affine(0.5, 0, 1000, 0, -0.5, 2000)
+    assert lattice_offset(lattice, lattice @ Affine.translation(-3, 7)) == pytest.approx((7, -3))
+    assert lattice_offset(lattice, lattice @ Affine.translation(0.5, 0)) is None
+    assert lattice_offset(lattice, Affine(0.25, 0, 1000, 0, -0.25, 2000)) is None
+    assert lattice_offset(lattice, lattice @ Affine.rotation(10)) is None
+    # within the tolerance of floating point: on the lattice
+    assert Grid(5, 5, lattice @ Affine.translation(2 + 1e-9, 0)).offset_on(lattice) == (0, 2)
+
+
+def test_covering_window_holds_the_points_in_whole_pixels():
+    lattice = Affine(2.0, 0, 0, 0, -2.0, 0)
+    window = covering_window(lattice, np.array([3.0, 10.0]), np.array([-1.0, -6.0]))
+    assert (window.height, window.width) == (3, 4)  # rows 0..3, cols 1..5 of 2 m pixels
+    assert window.offset_on(lattice) == (0, 1)
+    # a point exactly on a pixel edge does not add a pixel
+    edge = covering_window(lattice, np.array([2.0, 6.0]), np.array([-2.0, -4.0]))
+    assert (edge.height, edge.width, edge.offset_on(lattice)) == (1, 2, (1, 1))
+
+
 def test_invalid_grid_arguments():
     with pytest.raises(ValueError):
         axis_offsets(100, 64, 64)
     with pytest.raises(ValueError):
         chip_grid(height=0, width=10, chip_size=64, overlap=0)
+    with pytest.raises(ValueError):
+        Grid(-1, 10)
 
 
 def test_pixel_boxes_become_exact_map_boxes_without_half_pixel_shift():

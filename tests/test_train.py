@@ -13,6 +13,7 @@ import shapely
 import torch
 
 from geodetect.errors import LabelError, OutputError
+from geodetect.geometry import Grid
 from geodetect.io.labels import GridLabels, LabelSource
 from geodetect.model import load_model
 from geodetect.train import (
@@ -78,7 +79,7 @@ def _fake_grid(height, width):
 
     from geodetect.io.raster import MosaicGrid
 
-    return MosaicGrid(None, Affine.identity(), width, height, [], bands=[1, 2, 3])
+    return MosaicGrid(Grid(height, width, Affine.identity()), (), bands=(1, 2, 3))
 
 
 def test_split_map_parts():

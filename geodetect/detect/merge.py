@@ -23,8 +23,9 @@ from geodetect.detect.plan import Plan
 from geodetect.geometry import Block, merge_pieces, nms_polygons, pixel_boxes_to_map
 from geodetect.geometry.boxes import pixel_boxes_to_map_coords
 from geodetect.geometry.merge import components
+from geodetect.io.crs import to_pyproj
 from geodetect.io.export import area_m2
-from geodetect.io.raster import MosaicGrid, to_pyproj
+from geodetect.io.raster import MosaicGrid
 from geodetect.model import ModelSpec
 
 log = logging.getLogger(__name__)

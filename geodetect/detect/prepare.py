@@ -103,7 +103,7 @@ def prepare(
         # networks give slightly different boxes: never mixed.
         "compute": _compute(device, config),
         "grids": [
-            [g.crs.to_wkt() if g.crs else None, list(g.transform)[:6], g.bands] for g in grids
+            [g.crs.to_wkt() if g.crs else None, list(g.transform)[:6], list(g.bands)] for g in grids
         ],
     }
     log.debug(
@@ -229,7 +229,7 @@ def _usable(grids: list[MosaicGrid], spec: ModelSpec, bands) -> list[MosaicGrid]
     usable = []
     for grid in grids:
         try:
-            _check_bands(grid, spec, bands)
+            grid = _with_bands(grid, spec, bands)
         except RasterError:
             if grid_has_data(grid):
                 raise
@@ -239,7 +239,8 @@ def _usable(grids: list[MosaicGrid], spec: ModelSpec, bands) -> list[MosaicGrid]
     return usable
 
 
-def _check_bands(grid: MosaicGrid, spec: ModelSpec, bands: Sequence[int] | None) -> None:
+def _with_bands(grid: MosaicGrid, spec: ModelSpec, bands: Sequence[int] | None) -> MosaicGrid:
+    """The grid reading ``bands`` (default: its data bands), checked against the model."""
     first = grid.members[0].info
     if bands is not None:
         bad = [b for b in bands if not 1 <= b <= first.count]
@@ -248,7 +249,7 @@ def _check_bands(grid: MosaicGrid, spec: ModelSpec, bands: Sequence[int] | None)
                 f"{first.path}: has {first.count} band(s); --bands {bad} "
                 f"does not exist (choose from 1..{first.count})"
             )
-        grid.bands = list(bands)
+        grid = grid.with_bands(bands)
     if grid.count != spec.num_bands:
         names = ", ".join(spec.band_names)
         if bands is not None:
@@ -261,6 +262,7 @@ def _check_bands(grid: MosaicGrid, spec: ModelSpec, bands: Sequence[int] | None)
             f"{spec.num_bands} ({names}); choose bands with --bands, e.g. --bands "
             + ",".join(str(i) for i in range(1, spec.num_bands + 1))
         )
+    return grid
 
 
 def _all_grids(inputs: Any) -> bool:

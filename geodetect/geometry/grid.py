@@ -1,16 +1,113 @@
-"""The chip grid: where overlapping, full-size chips fall on a scene, and which chip owns what.
+"""Pixel grids: the one value for "shape + transform + CRS", the lattice rules, where
+overlapping full-size chips fall on a grid, and which chip owns what.
 
 Conventions: offsets and sizes are integer pixels; rows are ``y``, columns are ``x``;
-shapes are always passed as named ``height``/``width`` (never a bare tuple).
+shapes are always passed as named ``height``/``width`` (never a bare tuple). A grid's
+CRS is whatever the raster layer gave (geodetect's raster CRS type, see
+:mod:`geodetect.io.crs`); this module only carries it and compares it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from affine import Affine
+
+# Pixels: a transform closer than this to a lattice point is on the lattice.
+ALIGN_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Grid:
+    """``height`` x ``width`` pixels placed on the map by ``transform`` in ``crs``.
+
+    Frozen and cheap: a file, a mosaic of files, a chip and a block are all grids, and a
+    window of a grid is a grid (:meth:`window`).
+    """
+
+    height: int
+    width: int
+    transform: Affine = Affine.identity()
+    crs: Any = None
+
+    def __post_init__(self) -> None:
+        if self.height < 0 or self.width < 0:
+            raise ValueError(f"a grid cannot have a negative size, got {self.height}x{self.width}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def pixel_size(self) -> float:
+        """Pixel size in CRS units (the longer side for non-square or rotated pixels)."""
+        t = self.transform
+        return max(math.hypot(t.a, t.d), math.hypot(t.b, t.e))
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(minx, miny, maxx, maxy)`` of the grid's corners in CRS units."""
+        xs, ys = self.transform @ (
+            np.array([0, self.width, 0, self.width], dtype=np.float64),
+            np.array([0, 0, self.height, self.height], dtype=np.float64),
+        )
+        return (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+
+    def window(self, row_off: int, col_off: int, height: int, width: int) -> Grid:
+        """The grid of a window of this one (it may reach outside: a chip over an edge)."""
+        return Grid(height, width, self.transform @ Affine.translation(col_off, row_off), self.crs)
+
+    def offset_on(self, lattice: Affine) -> tuple[int, int] | None:
+        """``(row_off, col_off)`` of this grid's first pixel on ``lattice``, or None when
+        its pixels are not the lattice's (another size or rotation, or a shift of a
+        fraction of a pixel). The CRS is not compared: see :meth:`same_crs`."""
+        found = lattice_offset(lattice, self.transform)
+        return None if found is None else (round(found[0]), round(found[1]))
+
+    def same_crs(self, other: Grid) -> bool:
+        return self.crs == other.crs
+
+    def chips(self, chip_size: int, overlap: int) -> ChipGrid:
+        """This grid cut into overlapping full-size chips (see :func:`axis_offsets`)."""
+        axis_offsets(max(self.height, 1), chip_size, overlap)  # validates arguments early
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"scene must have a positive size, got {self.height}x{self.width}")
+        return ChipGrid(self, chip_size, overlap)
+
+
+def lattice_offset(lattice: Affine, transform: Affine) -> tuple[float, float] | None:
+    """Where ``transform``'s first pixel lies on ``lattice``: ``(row, col)`` in lattice
+    pixels when both have the same pixel size and rotation and the offset is whole (within
+    :data:`ALIGN_TOL`), else None."""
+    if not all(
+        math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+        for x, y in zip(lattice[:2] + lattice[3:5], transform[:2] + transform[3:5], strict=True)
+    ):
+        return None
+    col, row = ~lattice @ (transform.c, transform.f)
+    if abs(col - round(col)) < ALIGN_TOL and abs(row - round(row)) < ALIGN_TOL:
+        return row, col
+    return None
+
+
+def covering_window(lattice: Affine, xs: np.ndarray, ys: np.ndarray, crs: Any = None) -> Grid:
+    """The smallest window of ``lattice`` (rotated or not), in whole pixels, that holds
+    the points ``xs, ys`` (map units); at least one pixel each way. Points within 1e-6
+    pixel of a pixel edge do not grow the window by a pixel."""
+    cols, rows = ~lattice @ (np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64))
+    c0, r0 = math.floor(cols.min() + 1e-6), math.floor(rows.min() + 1e-6)
+    c1, r1 = math.ceil(cols.max() - 1e-6), math.ceil(rows.max() - 1e-6)
+    return Grid(max(1, r1 - r0), max(1, c1 - c0), lattice @ Affine.translation(c0, r0), crs)
+
+
+def offset_range(length: int, size: int) -> tuple[int, int]:
+    """The offsets at which a window of ``size`` stays inside an axis of ``length`` (or
+    covers it, when the axis is shorter)."""
+    return min(0, length - size), max(0, length - size)
 
 
 def axis_offsets(length: int, chip: int, overlap: int) -> np.ndarray:
@@ -73,13 +170,23 @@ class Chip:
 
 @dataclass(frozen=True)
 class ChipGrid:
-    """Overlapping full-size chips over a ``height`` × ``width`` scene grid."""
+    """Overlapping full-size chips over a grid; each chip is a window of it."""
 
-    height: int
-    width: int
+    grid: Grid
     chip_size: int
     overlap: int
-    transform: Affine = Affine.identity()
+
+    @property
+    def height(self) -> int:
+        return self.grid.height
+
+    @property
+    def width(self) -> int:
+        return self.grid.width
+
+    @property
+    def transform(self) -> Affine:
+        return self.grid.transform
 
     @cached_property
     def row_offsets(self) -> np.ndarray:
@@ -117,13 +224,14 @@ class ChipGrid:
             float(col_edges[c + 1] - col_off),
             float(row_edges[r + 1] - row_off),
         )
+        window = self.grid.window(row_off, col_off, self.chip_size, self.chip_size)
         return Chip(
             index=index,
             row_off=row_off,
             col_off=col_off,
-            height=self.chip_size,
-            width=self.chip_size,
-            transform=self.transform @ Affine.translation(col_off, row_off),
+            height=window.height,
+            width=window.width,
+            transform=window.transform,
             core=core,
         )
 
@@ -131,11 +239,8 @@ class ChipGrid:
 def chip_grid(
     *, height: int, width: int, chip_size: int, overlap: int, transform: Affine | None = None
 ) -> ChipGrid:
-    """Build the chip grid of a scene (see :func:`axis_offsets` for the placement rule)."""
-    axis_offsets(max(height, 1), chip_size, overlap)  # validates arguments early
-    if height <= 0 or width <= 0:
-        raise ValueError(f"scene must have a positive size, got {height}x{width}")
-    return ChipGrid(height, width, chip_size, overlap, transform or Affine.identity())
+    """The chip grid of a ``height`` x ``width`` scene (see :meth:`Grid.chips`)."""
+    return Grid(height, width, transform or Affine.identity()).chips(chip_size, overlap)
 
 
 def owned_mask(boxes: np.ndarray, core: tuple[float, float, float, float]) -> np.ndarray:

@@ -823,14 +823,7 @@ def _yolo_object(
 def chip_grid_of(image: str | os.PathLike[str]) -> MosaicGrid:
     """A one-file mosaic grid over a chip image (georeferenced or not)."""
     info = scene_info(image, allow_no_crs=True)
-    return MosaicGrid(
-        info.crs,
-        info.transform,
-        info.width,
-        info.height,
-        [Member(info, 0, 0)],
-        bands=list(info.data_bands),
-    )
+    return MosaicGrid(info.grid, (Member(info, 0, 0),), bands=tuple(info.data_bands))
 
 
 def chips_on_grids(chips: Sequence[ChipLabels], classes: Sequence[str]) -> list[GridLabels]:

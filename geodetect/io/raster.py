@@ -16,7 +16,8 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,13 @@ from rasterio.warp import transform
 from rasterio.windows import Window
 
 from geodetect.errors import InputError, RasterError, RunError
+from geodetect.geometry.grid import Grid, covering_window
+from geodetect.io.crs import raster_crs
 from geodetect.io.units import gsd_metres, local_utm
 
 log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
-_ALIGN_TOL = 1e-6  # pixels: files closer than this to the shared lattice are "aligned"
 # What GDAL raises through rasterio: its own errors, and CPLE_* errors that rasterio passes
 # on unwrapped from some calls (a warp over unusable ground control points, for one).
 _GDAL_ERRORS = (RasterioError, CPLE_BaseError)
@@ -137,10 +139,14 @@ class SceneInfo:
         return [b for b in range(1, self.count + 1) if b != self.alpha_band]
 
     @property
+    def grid(self) -> Grid:
+        """The file's own pixels on the map."""
+        return Grid(self.height, self.width, self.transform, self.crs)
+
+    @property
     def gsd(self) -> float:
-        """Pixel size along x in CRS units (the longer side for non-square pixels)."""
-        t = self.transform
-        return max(math.hypot(t.a, t.d), math.hypot(t.b, t.e))
+        """Pixel size in CRS units (the longer side for non-square pixels)."""
+        return self.grid.pixel_size
 
 
 def _mask_kind(ds: rasterio.DatasetReader) -> str:
@@ -292,29 +298,47 @@ class Member:
     col_off: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class MosaicGrid:
-    """A virtual raster over aligned files: one pixel lattice, one CRS, one band layout."""
+    """A virtual raster over aligned files: one grid (pixel lattice, size, CRS), one band
+    layout. Frozen: another band choice is another value (:meth:`with_bands`)."""
 
-    crs: CRS | None
-    transform: Affine
-    width: int
-    height: int
-    members: list[Member]
-    bands: list[int] = field(default_factory=list)  # 1-based, in model order
-    _index: FileIndex | None = field(default=None, init=False, repr=False, compare=False)
+    grid: Grid
+    members: tuple[Member, ...]
+    bands: tuple[int, ...] = ()  # 1-based, in model order
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", tuple(self.members))
+        object.__setattr__(self, "bands", tuple(self.bands))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_index"] = None  # rebuilt on first use in the process that unpickles it
+        state.pop("index", None)  # rebuilt on first use in the process that unpickles it
         return state
 
     @property
+    def crs(self) -> CRS | None:
+        return self.grid.crs
+
+    @property
+    def transform(self) -> Affine:
+        return self.grid.transform
+
+    @property
+    def width(self) -> int:
+        return self.grid.width
+
+    @property
+    def height(self) -> int:
+        return self.grid.height
+
+    def with_bands(self, bands: Sequence[int]) -> MosaicGrid:
+        return replace(self, bands=tuple(bands))
+
+    @cached_property
     def index(self) -> FileIndex:
         """The files' footprints in grid pixels, searchable in O(log n)."""
-        if self._index is None or self._index.size != len(self.members):
-            self._index = FileIndex(self.members)
-        return self._index
+        return FileIndex(self.members)
 
     @property
     def count(self) -> int:
@@ -411,18 +435,6 @@ class FileIndex:
         return np.where(best == np.iinfo(np.int64).max, -1, best)
 
 
-def _same_lattice(a: Affine, b: Affine) -> tuple[bool, float, float]:
-    """Whether ``b``'s pixels sit on ``a``'s lattice; returns (ok, col_off, row_off)."""
-    if not all(
-        math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
-        for x, y in zip(a[:2] + a[3:5], b[:2] + b[3:5], strict=True)
-    ):
-        return False, 0.0, 0.0
-    col, row = ~a @ (b.c, b.f)
-    ok = abs(col - round(col)) < _ALIGN_TOL and abs(row - round(row)) < _ALIGN_TOL
-    return ok, col, row
-
-
 def build_mosaics(infos: Sequence[SceneInfo]) -> list[MosaicGrid]:
     """Group scenes into mosaic grids: same CRS, pixel size, rotation, lattice, data
     bands and dtype (an alpha band that only some files carry does not split a mosaic).
@@ -437,9 +449,9 @@ def build_mosaics(infos: Sequence[SceneInfo]) -> list[MosaicGrid]:
             ref = group[0][0]
             if info.crs != ref.crs or info.data_bands != ref.data_bands or info.dtype != ref.dtype:
                 continue
-            ok, col, row = _same_lattice(ref.transform, info.transform)
-            if ok:
-                group.append((info, round(row), round(col)))
+            offset = info.grid.offset_on(ref.transform)
+            if offset is not None:
+                group.append((info, *offset))
                 break
         else:
             groups.append([(info, 0, 0)])
@@ -451,10 +463,8 @@ def build_mosaics(infos: Sequence[SceneInfo]) -> list[MosaicGrid]:
         members = [Member(i, r - min_row, c - min_col) for i, r, c in group]
         height = max(m.row_off + m.info.height for m in members)
         width = max(m.col_off + m.info.width for m in members)
-        transform = ref.transform @ Affine.translation(min_col, min_row)
-        grids.append(
-            MosaicGrid(ref.crs, transform, width, height, members, bands=list(ref.data_bands))
-        )
+        grid = ref.grid.window(min_row, min_col, height, width)
+        grids.append(MosaicGrid(grid, tuple(members), bands=tuple(ref.data_bands)))
     return grids
 
 
@@ -491,17 +501,13 @@ def resample_scene(info: SceneInfo, lattice: Affine, crs: CRS | None = None) -> 
         if reproject:
             xs, ys = (np.asarray(v) for v in transform(info.crs, crs, xs, ys))
         bounds = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
-        # The smallest window of the lattice (rotated or not) holding the outline.
-        cols, rows = ~lattice @ (xs, ys)
-        # Snap to whole lattice pixels; the tolerance keeps exact edges from growing a pixel.
-        c0, r0 = math.floor(cols.min() + 1e-6), math.floor(rows.min() + 1e-6)
-        c1, r1 = math.ceil(cols.max() - 1e-6), math.ceil(rows.max() - 1e-6)
-        window_transform = lattice @ Affine.translation(c0, r0)
-        warp_grid = (tuple(window_transform)[:6], max(1, c1 - c0), max(1, r1 - r0))
+        window = covering_window(lattice, xs, ys)
+        warp_grid = (tuple(window.transform)[:6], window.width, window.height)
         # Shrinking (target pixels coarser than the file's): average, else bilinear. The
         # file's pixel in target units: its outline's extent over its pixels.
         source_size = info.gsd
         if reproject:
+            cols, rows = ~lattice @ (xs, ys)
             span = max(np.ptp(cols), np.ptp(rows)) * math.hypot(lattice.a, lattice.d)
             source_size = span / max(info.width, info.height)
         target_size = math.hypot(lattice.a, lattice.d)
@@ -539,10 +545,7 @@ def resample_grid(grid: MosaicGrid, pixel_size: float, crs: CRS | None = None) -
     else:
         lattice = Affine(pixel_size, 0.0, 0.0, 0.0, -pixel_size, 0.0)
     infos = [resample_scene(m.info, lattice, crs) for m in grid.members]
-    out = build_mosaics(infos)
-    for g in out:
-        g.bands = list(grid.bands)
-    return out
+    return [g.with_bands(grid.bands) for g in build_mosaics(infos)]
 
 
 def grid_gsd_metres(grid: MosaicGrid) -> float | None:
@@ -597,7 +600,7 @@ def resample_to_gsd(
             continue
         if utm is not None:
             log.info("%s: in degrees, read in %s at %.3g m", name, utm.name, gsd)
-            out.extend(resample_grid(grid, gsd, crs=CRS.from_user_input(utm)))
+            out.extend(resample_grid(grid, gsd, crs=raster_crs(utm)))
             continue
         log.info("%s: %.3g m pixels, read at %.3g m", name, size_m, gsd)
         out.extend(resample_grid(grid, gsd * grid.gsd / size_m))
@@ -776,24 +779,6 @@ def grid_band_stats(
     mean = sums / n
     std = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
     return mean, np.where(std > 0, std, 1.0)
-
-
-def to_pyproj(crs: CRS | None):
-    """A pyproj CRS that keeps the raster's authority code (EPSG or ESRI) when it has an
-    exact one, so the written layer names the same CRS as its source."""
-    if crs is None:
-        return None
-    from pyproj import CRS as ProjCRS
-
-    authority = crs.to_authority(confidence_threshold=100)
-    if authority:
-        try:
-            candidate = ProjCRS.from_authority(*authority)
-            if candidate.equals(ProjCRS.from_wkt(crs.to_wkt()), ignore_axis_order=True):
-                return candidate
-        except Exception:  # noqa: BLE001 - fall back to the WKT itself
-            pass
-    return ProjCRS.from_wkt(crs.to_wkt())
 
 
 def read_overview(

@@ -19,15 +19,14 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 
 from geodetect.errors import InputError
+from geodetect.io.crs import crs_label, raster_crs
 from geodetect.io.raster import (
     MosaicGrid,
     SceneInfo,
-    _same_lattice,
     build_mosaics,
     resample_scene,
 )
 from geodetect.io.units import gsd_metres, local_utm
-from geodetect.io.vectors import crs_label
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +70,12 @@ def choose_target(
     ``gsd="native"`` keeps every file group on its own lattice (no warps; groups in
     other CRSs are merged in map coordinates)."""
     ref = infos[0]
-    target_crs = _parse_crs(crs) if crs is not None else ref.crs
+    target_crs = raster_crs(crs, what="--crs") if crs is not None else ref.crs
     said: list[str] = []
     if crs is None and gsd != "native" and target_crs is not None and target_crs.is_geographic:
-        utm = local_utm(target_crs, _bounds(ref))
+        utm = local_utm(target_crs, ref.grid.bounds)
         if utm is not None:
-            target_crs = CRS.from_user_input(utm)
+            target_crs = raster_crs(utm)
             said.append(
                 f"{ref.path.name} is in degrees ({crs_label(ref.crs)}); detecting in "
                 f"{utm.name}{_epsg(utm)} for square metre pixels, and the layer is in it "
@@ -93,7 +92,7 @@ def choose_target(
         ref_size = ref.gsd
         ref_m = _size_m(ref)
     else:
-        bounds = transform_bounds(ref.crs, target_crs, *_bounds(ref), densify_pts=21)
+        bounds = transform_bounds(ref.crs, target_crs, *ref.grid.bounds, densify_pts=21)
         ref_size = min((bounds[2] - bounds[0]) / ref.width, (bounds[3] - bounds[1]) / ref.height)
         located = Affine(ref_size, 0.0, bounds[0], 0.0, -ref_size, bounds[3])
         ref_m = gsd_metres(target_crs, located, ref.width, ref.height)
@@ -139,7 +138,7 @@ def target_grids(infos: Sequence[SceneInfo], choice: TargetChoice) -> list[Mosai
     on_grid: list[SceneInfo] = []
     warped = 0
     for info in infos:
-        if info.crs == choice.crs and _same_lattice(choice.lattice, info.transform)[0]:
+        if info.crs == choice.crs and info.grid.offset_on(choice.lattice) is not None:
             on_grid.append(info)
         else:
             on_grid.append(resample_scene(info, choice.lattice, choice.crs))
@@ -157,23 +156,6 @@ def target_grids(infos: Sequence[SceneInfo], choice: TargetChoice) -> list[Mosai
     return grids
 
 
-def _bounds(info: SceneInfo) -> tuple[float, float, float, float]:
-    corners = [info.transform @ (x, y) for x in (0, info.width) for y in (0, info.height)]
-    xs, ys = zip(*corners, strict=True)
-    return min(xs), min(ys), max(xs), max(ys)
-
-
 def _epsg(crs) -> str:
     code = crs.to_epsg()
     return f", EPSG:{code}" if code else ""
-
-
-def _parse_crs(text: str | CRS) -> CRS:
-    if isinstance(text, CRS):
-        return text
-    try:
-        return CRS.from_user_input(text)
-    except Exception:  # noqa: BLE001 - rasterio raises several kinds
-        raise InputError(
-            f"--crs {text}: not a CRS rasterio knows; give e.g. EPSG:32617 or a WKT/PROJ string"
-        ) from None

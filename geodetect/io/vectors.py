@@ -18,10 +18,9 @@ import geopandas as gpd
 import numpy as np
 import pyogrio
 import shapely
-from pyproj import CRS
-from pyproj.exceptions import CRSError
 
 from geodetect.errors import InputError, LabelError
+from geodetect.io.crs import crs_label, parse_crs
 
 log = logging.getLogger(__name__)
 
@@ -300,23 +299,3 @@ def to_crs_checked(gdf: gpd.GeoDataFrame, crs: Any, *, assume_crs: Any = None) -
         )
     log.debug("%s: reprojected from %s to %s", name, crs_label(source_crs), crs_label(target))
     return out
-
-
-def parse_crs(crs: Any) -> CRS:
-    """A :class:`pyproj.CRS` from anything it accepts; InputError for what it does not."""
-    try:
-        return CRS.from_user_input(crs)
-    except CRSError:
-        raise InputError(
-            f"{crs!r}: not a CRS pyproj knows; give one like EPSG:32633 or a WKT string"
-        ) from None
-
-
-def crs_label(crs: Any) -> str:
-    """Short text for a CRS in messages: ``EPSG:32633`` when it has a code, else its name."""
-    try:
-        parsed = CRS.from_user_input(crs)
-    except CRSError:
-        return str(crs)
-    authority = parsed.to_authority()
-    return ":".join(authority) if authority else parsed.name

@@ -17,7 +17,6 @@ import rasterio
 from affine import Affine
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
-from pyproj.exceptions import CRSError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
@@ -25,6 +24,7 @@ from shapely import affinity
 from shapely.geometry.polygon import orient
 
 from geodetect.errors import InputError, OutputError
+from geodetect.io.crs import parse_crs, raster_crs
 from geodetect.synth.render import Renderer, Textures
 from geodetect.synth.scene import Suburb
 
@@ -73,13 +73,7 @@ class SynthScene:
 
 def _check_crs(crs: str) -> tuple[ProjCRS, float]:
     """The CRS and its metres per unit; InputError unless it is a projected CRS."""
-    try:
-        proj = ProjCRS.from_user_input(crs)
-    except CRSError as exc:
-        raise InputError(
-            f"CRS {crs!r} is not a coordinate reference system PROJ knows "
-            f"({exc}); give an EPSG code such as EPSG:32617."
-        ) from None
+    proj = parse_crs(crs, what="--crs")
     if not proj.is_projected:
         raise InputError(
             f"CRS {crs!r} is not projected (its units are not linear); give a "
@@ -322,10 +316,8 @@ def synth_scene(
             f"cannot create {out_dir} ({exc.strerror}); choose a writable folder."
         ) from None
 
-    rio_crs = CRS.from_user_input(proj.to_wkt())
+    rio_crs = raster_crs(proj)
     crs_name = proj.to_string() if proj.to_epsg() is None else f"EPSG:{proj.to_epsg()}"
-    if proj.to_epsg() is not None:
-        rio_crs = CRS.from_epsg(proj.to_epsg())
     step = gsd / unit_m
     if origin is not None:
         x0, y0 = (float(v) for v in origin)

@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from geodetect.errors import LabelError, RasterError
+from geodetect.geometry.grid import offset_range
 from geodetect.io.labels import (
     GridLabels,
     LabelSource,
@@ -229,11 +230,6 @@ def _overlaps(a, b) -> bool:
 # --- placing windows -----------------------------------------------------------------
 
 
-def _offset_range(length: int, size: int) -> tuple[int, int]:
-    """Window offsets that keep a window inside an axis (or cover it, when shorter)."""
-    return min(0, length - size), max(0, length - size)
-
-
 def _place_object(
     rng: np.random.Generator,
     box: np.ndarray,
@@ -243,8 +239,8 @@ def _place_object(
     size: int,
 ) -> tuple[int, int] | None:
     """A random window (row_off, col_off) that holds ``box`` whole and lies in ``part``."""
-    lo_c, hi_c = _offset_range(grid.width, size)
-    lo_r, hi_r = _offset_range(grid.height, size)
+    lo_c, hi_c = offset_range(grid.width, size)
+    lo_r, hi_r = offset_range(grid.height, size)
     x1, y1, x2, y2 = box
     c_lo, c_hi = max(lo_c, math.ceil(x2) - size), min(hi_c, math.floor(x1))
     r_lo, r_hi = max(lo_r, math.ceil(y2) - size), min(hi_r, math.floor(y1))
@@ -272,8 +268,8 @@ def _place_negative(
     rng: np.random.Generator, gl: GridLabels, split: SplitMap, part: int, size: int
 ) -> tuple[int, int] | None:
     """A random window in ``part`` that no labelled object touches."""
-    lo_c, hi_c = _offset_range(gl.grid.width, size)
-    lo_r, hi_r = _offset_range(gl.grid.height, size)
+    lo_c, hi_c = offset_range(gl.grid.width, size)
+    lo_r, hi_r = offset_range(gl.grid.height, size)
     for _ in range(_PLACE_TRIES):
         row = int(rng.integers(lo_r, hi_r + 1))
         col = int(rng.integers(lo_c, hi_c + 1))

@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from geodetect.errors import GeodetectError
+from geodetect.geometry.grid import offset_range
 from geodetect.model import (
     autocast_dtype,
 )
@@ -34,7 +35,6 @@ from geodetect.train.data import (
     ChipItem,
     ChipSet,
     TrainingData,
-    _offset_range,
     area_windows,
     chip_loader,
 )
@@ -270,8 +270,8 @@ def mine_hard_examples(
     hard = []
     for _, gi, x, y in sorted(alarms, reverse=True):
         grid, split = data.labelled.grids[gi].grid, data.splits[gi]
-        col = int(np.clip(round(x - chip / 2), *_offset_range(grid.width, chip)))
-        row = int(np.clip(round(y - chip / 2), *_offset_range(grid.height, chip)))
+        col = int(np.clip(round(x - chip / 2), *offset_range(grid.width, chip)))
+        row = int(np.clip(round(y - chip / 2), *offset_range(grid.height, chip)))
         if split.part_of(row, col, chip) == TRAIN:
             hard.append(ChipItem(gi, HARD, row, col, chip))
         if len(hard) == count:
