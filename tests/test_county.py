@@ -174,6 +174,9 @@ def test_cli_on_a_dask_local_cluster_gives_the_in_process_layer(tmp_path, tiny_m
     here, dask = gpd.read_file(tmp_path / "here.gpkg"), gpd.read_file(out)
     assert len(here) > 10  # an untrained net at threshold 0 finds plenty
     _identical(here, dask)
+    # and the same coverage: every file of the mosaic, whole
+    here, dask = (gpd.read_file(p, layer="coverage") for p in (tmp_path / "here.gpkg", out))
+    assert len(here) == len(list(folder.glob("*.tif"))) and here.equals(dask)
 
 
 def _run(*args, **kw) -> subprocess.CompletedProcess:
@@ -196,7 +199,7 @@ def uninterrupted(tmp_path_factory, tiny_model):
     whole = _run(*args, "--out", root / "whole.gpkg")
     assert whole.returncode == 0, whole.stderr
     total = int(re.search(r"from (\d+) chip", whole.stderr).group(1))
-    return args, gpd.read_file(root / "whole.gpkg"), total
+    return args, gpd.read_file(root / "whole.gpkg", layer="detections"), total
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
@@ -249,7 +252,10 @@ def test_stopped_run_resumes_and_gives_the_uninterrupted_layer(tmp_path, uninter
     assert int(read.group(1)) < total  # the rerun read fewer chips
     assert int(read.group(1)) + int(read.group(2)) == total
     assert not journal.exists()  # removed once the layer is written
-    _identical(whole, gpd.read_file(out))
+    _identical(whole, gpd.read_file(out, layer="detections"))
+    # the blocks read before the stop still count as looked at: the whole scene
+    (covered,) = gpd.read_file(out, layer="coverage").geometry
+    assert covered.area == pytest.approx(900 * 900 * 0.3 * 0.3)
 
 
 def test_other_run_in_the_journal_is_refused_unless_restart(tmp_path, tiny_model, mosaic):

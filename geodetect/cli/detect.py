@@ -203,7 +203,7 @@ def command(
     from geodetect.io.export import check_output
     from geodetect.model import load_model, resolve_device
 
-    check_output(out, overwrite=overwrite)
+    check_output(out, overwrite=overwrite, side_layers=["coverage"])
     use_tta = tta if tta is not None else tta_views is not None
     settings = DetectOptions(  # every option checked before anything is read
         chip_size=chip_size,
@@ -255,3 +255,13 @@ def command(
         resumed,
         target,
     )
+    if report.coverage is not None and out != "-":
+        from geodetect.io.export import coverage_path
+
+        where = coverage_path(out) or f"{out} (layer 'coverage')"
+        log.info(
+            "coverage: %.3f km2 of valid imagery from %d file(s) -> %s",
+            report.coverage["area_m2"].sum() / 1e6,
+            len(report.coverage),
+            where,
+        )

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from geodetect.errors import InputError, OutputError
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: each block keeps the cells it covered
 _MANIFEST = "manifest.json"
 _PART = ".parquet"
 _INFO = "geodetect"
@@ -57,21 +57,24 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[str, np.ndarray]] = {}
+        self.infos: dict[str, dict | None] = {}
 
     def done(self) -> set[str]:
         return set(self.tables)
 
     def commit(self, key: str, table: dict[str, np.ndarray], info: dict | None = None) -> None:
         self.tables[key] = table
+        self.infos[key] = info
 
     def read(self, key: str) -> dict[str, np.ndarray]:
         return self.tables[key]
 
     def info(self, key: str) -> dict | None:
-        return None
+        return self.infos.get(key)
 
     def remove(self) -> None:
         self.tables.clear()
+        self.infos.clear()
 
 
 @contextlib.contextmanager

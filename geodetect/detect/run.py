@@ -17,6 +17,7 @@ import geopandas as gpd
 import pandas as pd
 from tqdm.auto import tqdm
 
+from geodetect.detect.coverage import COVERAGE_LAYER, coverage_layer
 from geodetect.detect.journal import BlockStore, run_store
 from geodetect.detect.merge import merged_batches, to_layer
 from geodetect.detect.options import VIEW_COUNTS, DetectOptions
@@ -42,6 +43,9 @@ class DetectionReport:
     blocks_resumed: int = 0
     skipped_windows: list[str] = field(default_factory=list)
     objects: int = 0  # features in the layer
+    # The ground read with valid imagery, one feature per source file (written as the
+    # output's coverage layer); None until published.
+    coverage: gpd.GeoDataFrame | None = None
 
 
 class Executor(Protocol):
@@ -119,7 +123,12 @@ def detect(
         out: write the layer to this file (format by extension, see
             :func:`geodetect.io.export.write_batches`) as the merge settles it, instead
             of returning it: the layer is never whole in memory. ``overwrite`` replaces
-            an existing file.
+            an existing file. The run's coverage (the ground read with valid imagery, one
+            feature per source file) goes with it: a ``coverage`` layer in a GeoPackage,
+            a ``<name>.coverage<ext>`` file beside other formats (see
+            :func:`geodetect.io.export.coverage_path`).
+        report: a :class:`DetectionReport` to fill (chips read, skipped windows, and
+            ``coverage``: the coverage layer, also when the layer is returned).
 
     Returns:
         GeoDataFrame of Polygons in the target CRS with columns ``class``, ``score``,
@@ -203,10 +212,12 @@ def publish(
         second_iou=run.config.second_box_iou,
     )
     layers = (_counted(to_layer(m, run.spec, run.loaded.model_id), report) for m in merged)
+    coverage = coverage_layer(run.plan, store.info, run.target.crs)
+    report.coverage = coverage
     if out is not None:
         from geodetect.io.export import write_batches
 
-        write_batches(layers, out, overwrite=overwrite)
+        write_batches(layers, out, overwrite=overwrite, extra={COVERAGE_LAYER: coverage})
         return None
     parts = list(layers)
     return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=parts[0].crs)
@@ -243,6 +254,7 @@ class _Sink:
             "chips_read": result.chips_read,
             "chips_empty": result.chips_empty,
             "skipped": result.skipped,
+            "coverage": result.coverage.tolist(),
         }
         self.store.commit(result.key, result.table, info)
         report = self.report

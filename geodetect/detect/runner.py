@@ -27,6 +27,7 @@ from geodetect.detect.plan import Plan, RunConfig
 from geodetect.detect.tta import predict_with_flips
 from geodetect.errors import RasterError
 from geodetect.geometry import Block, Chip, cut_mask, owned_mask
+from geodetect.geometry.coverage import CELL, chip_cells, empty_runs, merge_runs, to_runs
 from geodetect.io.raster import GridReader, MosaicGrid, default_max_open, grid_band_stats
 from geodetect.model import LoadedModel, ModelSpec, autocast_dtype
 
@@ -43,6 +44,8 @@ class ChipData:
     chip: Chip
     data: np.ndarray | None
     error: str | None = None
+    # The cells of the chip's core that held data (runs, see geometry.coverage).
+    coverage: np.ndarray = field(default_factory=empty_runs)
 
 
 class ChipReader:
@@ -67,7 +70,15 @@ class ChipReader:
             return ChipData(grid, chip, None)
         if data.dtype not in (np.uint8, np.float32):
             data = data.astype(np.float32)
-        return ChipData(grid, chip, data)
+        return ChipData(grid, chip, data, coverage=self.coverage(grid, chip, valid))
+
+    def coverage(self, grid: int, chip: Chip, valid: np.ndarray) -> np.ndarray:
+        """The chip's covered cells as runs, each with the file under the cell's centre."""
+        grid_ = self.readers[grid].grid
+        rows, cols, covered = chip_cells(valid, chip, CELL, grid_.height, grid_.width)
+        rows, cols = rows[covered], cols[covered]
+        files = grid_.index.first_at((cols + 0.5) * CELL, (rows + 0.5) * CELL)
+        return to_runs(rows, cols, np.maximum(files, 0))
 
     def close(self) -> None:
         for reader in self.readers:
@@ -273,6 +284,7 @@ class BlockResult:
     chips_read: int = 0
     chips_empty: int = 0
     skipped: list[str] = field(default_factory=list)
+    coverage: np.ndarray = field(default_factory=empty_runs)  # runs of covered cells
 
 
 def stack(chips: Sequence[ChipData]) -> torch.Tensor:
@@ -295,6 +307,7 @@ class BlockAssembly:
         self.expected = batches
         self.received = 0
         self.tables: list[dict[str, np.ndarray]] = []
+        self.coverage: list[np.ndarray] = []
 
     def add(
         self,
@@ -307,6 +320,7 @@ class BlockAssembly:
         :class:`Detector`, or anything called like one)."""
         self.received += 1
         tally(self.result, items)
+        self.coverage.extend(c.coverage for c in items)
         full = [c for c in items if c.data is not None]
         if full:
             batch = stack(full)
@@ -318,6 +332,7 @@ class BlockAssembly:
 
     def finish(self) -> BlockResult:
         self.result.table = concat_tables(self.tables)
+        self.result.coverage = merge_runs(self.coverage)
         return self.result
 
 

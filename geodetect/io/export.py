@@ -51,14 +51,38 @@ def output_format(out: str | os.PathLike) -> str:
     return FORMATS[suffix]
 
 
-def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> None:
-    """Fail early, before any work, if ``out`` cannot be written."""
+def side_path(out: str | os.PathLike, layer: str) -> Path | None:
+    """Where a side layer (e.g. ``coverage``) of the output ``out`` goes: inside it for a
+    GeoPackage (None), else a file beside it, ``<name>.<layer><ext>`` in the same format."""
+    path = Path(out)
+    if output_format(out) == "GPKG":
+        return None
+    return path.with_name(f"{path.stem}.{layer}{path.suffix}")
+
+
+def coverage_path(out: str | os.PathLike) -> Path | None:
+    """Where ``geodetect detect --out OUT`` writes its coverage (see :func:`side_path`)."""
+    return side_path(out, "coverage")
+
+
+def check_output(
+    out: str | os.PathLike, *, overwrite: bool = False, side_layers: Iterable[str] = ()
+) -> None:
+    """Fail early, before any work, if ``out`` (and the files of its ``side_layers``
+    beside it, for formats with one layer per file) cannot be written."""
     output_format(out)
     if str(out) == "-":
         return
     path = Path(out)
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
+    for name in side_layers:
+        side = side_path(out, name)
+        if side is not None and side.exists() and not overwrite:
+            raise OutputError(
+                f"{side}: already exists (the {name} layer of {path.name}); pass "
+                "--overwrite to replace it"
+            )
     folder = path.parent if str(path.parent) else Path(".")
     # The nearest ancestor that exists: a file there blocks every folder below it, so
     # "create it first" would be advice that cannot be followed.
@@ -113,14 +137,38 @@ def write_layer(
     *,
     overwrite: bool = False,
     layer: str = "detections",
+    multi: bool = False,
 ) -> Path | None:
     """Write ``gdf`` to ``out`` in the format its extension names.
 
     The file appears atomically: data goes to a hidden temp file in the same folder,
     which is renamed over ``out`` only once complete. ``out == "-"`` writes RFC 7946
-    GeoJSON to stdout. Returns the written path (None for stdout).
+    GeoJSON to stdout. Returns the written path (None for stdout). ``multi``: the
+    geometries are MultiPolygons (polygons are written as one-part MultiPolygons).
     """
-    return write_batches([gdf], out, overwrite=overwrite, layer=layer)
+    if multi:
+        gdf = _with_multi(gdf)
+    kind = "MultiPolygon" if multi else "Polygon"
+    return write_batches([gdf], out, overwrite=overwrite, layer=layer, geometry_type=kind)
+
+
+def _with_multi(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """``gdf`` with its Polygons as one-part MultiPolygons."""
+    geometries = np.array(gdf.geometry.values, dtype=object)
+    single = shapely.get_type_id(geometries) == int(shapely.GeometryType.POLYGON)
+    geometries[single] = [shapely.MultiPolygon([g]) for g in geometries[single]]
+    return gdf.set_geometry(gpd.GeoSeries(geometries, index=gdf.index, crs=gdf.crs))
+
+
+def _write_side_layer(gdf: gpd.GeoDataFrame, path: Path, name: str) -> None:
+    """Add layer ``name`` (MultiPolygons) to the GeoPackage at ``path``."""
+    pyogrio.write_dataframe(
+        _with_multi(gdf),
+        path,
+        layer=name,
+        driver="GPKG",
+        geometry_type="MultiPolygon",
+    )
 
 
 def write_batches(
@@ -129,29 +177,36 @@ def write_batches(
     *,
     overwrite: bool = False,
     layer: str = "detections",
+    extra: dict[str, gpd.GeoDataFrame] | None = None,
+    geometry_type: str = "Polygon",
 ) -> Path | None:
     """Write a layer that arrives in pieces (GeoDataFrames with the same columns and
     CRS; at least one, possibly empty) without holding it whole: the pieces stream
     through Arrow into OGR, or into a Parquet writer, in one temp file renamed over
     ``out`` once complete, as :func:`write_layer` does. ``out == "-"`` gathers them for
     stdout. Returns the written path (None for stdout).
+
+    ``extra`` side layers (name -> small GeoDataFrame, e.g. the coverage) go into the
+    same GeoPackage, or each into a file beside ``out`` (:func:`side_path`), written
+    before ``out`` is renamed into place; they are not written to stdout.
     """
     driver = output_format(out)
     batches = iter(batches)
     first = next(batches)
+    extra = extra or {}
     if str(out) == "-":
         gdf = gpd.GeoDataFrame(pd.concat([first, *batches], ignore_index=True), crs=first.crs)
         text = _rfc7946(gdf, out).to_json(drop_id=True, to_wgs84=False)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
         return None
-    check_output(out, overwrite=overwrite)
+    check_output(out, overwrite=overwrite, side_layers=extra)
     path = Path(out)
     crs = first.crs
     if driver == "GeoJSON":
         _rfc7946(first.iloc[:0], out)  # no CRS: refused before anything is written
         crs = CRS.from_epsg(4326)
-    schema = _arrow_schema(first, parquet=driver == "parquet")
+    schema = _arrow_schema(first, parquet=driver == "parquet", geometry_type=geometry_type)
     tables = (
         _to_arrow(_rfc7946(b, out) if driver == "GeoJSON" else b, schema)
         for b in itertools.chain([first], batches)
@@ -170,10 +225,15 @@ def write_batches(
                 driver=driver,
                 layer=None if driver == "GeoJSON" else layer,
                 geometry_name="geometry",
-                geometry_type="Polygon",
+                geometry_type=geometry_type,
                 crs=crs.to_wkt() if crs is not None else None,
                 layer_options=options or None,
             )
+        for name, side in extra.items():
+            if driver == "GPKG":
+                _write_side_layer(side, tmp, name)
+            else:
+                write_layer(side, side_path(out, name), overwrite=True, multi=True)
         for src, dst in _renames(tmp, path, driver):
             os.replace(src, dst)
     except BaseException as exc:
@@ -184,7 +244,7 @@ def write_batches(
     return path
 
 
-def _arrow_schema(gdf: gpd.GeoDataFrame, *, parquet: bool) -> pa.Schema:
+def _arrow_schema(gdf: gpd.GeoDataFrame, *, parquet: bool, geometry_type: str) -> pa.Schema:
     """The Arrow schema of a layer: its attribute columns (text as strings) and WKB
     geometry, marked for OGR, or described by GeoParquet metadata."""
     fields = []
@@ -204,7 +264,7 @@ def _arrow_schema(gdf: gpd.GeoDataFrame, *, parquet: bool) -> pa.Schema:
         "columns": {
             "geometry": {
                 "encoding": "WKB",
-                "geometry_types": ["Polygon"],
+                "geometry_types": [geometry_type],
                 "crs": crs.to_json_dict() if crs is not None else None,
             }
         },

@@ -25,6 +25,9 @@ from geodetect.io.crs import crs_label, parse_crs
 log = logging.getLogger(__name__)
 
 PARQUET_SUFFIXES = {".parquet", ".geoparquet"}
+# Layers geodetect writes beside the main one in a GeoPackage; a file holding one main
+# layer and these is read as its main layer.
+SIDE_LAYERS = ("coverage",)
 _FORMATS_HINT = "use a GeoPackage, GeoJSON, Shapefile, FlatGeobuf or GeoParquet file"
 _POLYGON = int(shapely.GeometryType.POLYGON)
 _MULTIPOLYGON = int(shapely.GeometryType.MULTIPOLYGON)
@@ -120,9 +123,12 @@ def _read_ogr(source: str, layer: str | int | None, bbox: Bounds | None) -> gpd.
     names = [str(name) for name, _ in layers]
     spatial = [str(name) for name, geom_type in layers if geom_type is not None]
 
+    main = [name for name in spatial if name not in SIDE_LAYERS]
     if layer is None:
         if len(spatial) == 1:
             chosen: str = spatial[0]
+        elif len(main) == 1:  # geodetect's output: the detections beside their coverage
+            chosen = main[0]
         elif not spatial:
             found = f" (only tables: {', '.join(names)})" if names else ""
             raise LabelError(
