@@ -30,6 +30,7 @@ _COMMANDS = {
     "demo": "geodetect.cli.demo",
     "weights": "geodetect.cli.weights",
     "export-onnx": "geodetect.cli.export_onnx",
+    "parcels": "geodetect.cli.parcels",
 }
 
 

@@ -1,0 +1,83 @@
+"""A detection layer as the county commands read it: the detections and the ground the
+run looked at (its coverage), which ``geodetect detect`` writes beside them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import pyogrio
+
+from geodetect.errors import InputError, LabelError
+from geodetect.io.export import area_m2, coverage_path
+from geodetect.io.vectors import read_layer, to_crs_checked
+
+
+@dataclass(frozen=True)
+class DetectionLayer:
+    """Detections (``class``, ``score``, ``area_m2`` where present) and the coverage
+    (None when the file has none), both in the detections' CRS."""
+
+    path: str
+    detections: gpd.GeoDataFrame
+    coverage: gpd.GeoDataFrame | None
+
+    @property
+    def covered(self):
+        """The looked-at ground as one geometry (None without coverage)."""
+        if self.coverage is None:
+            return None
+        return self.coverage.geometry.union_all()
+
+
+def read_detections(
+    path: str | os.PathLike,
+    *,
+    coverage: str | os.PathLike | None = None,
+    layer: str | None = None,
+) -> DetectionLayer:
+    """Read a layer ``geodetect detect`` wrote, with its coverage: the GeoPackage's
+    ``coverage`` layer, the ``<name>.coverage<ext>`` file beside other formats, or the
+    file ``coverage`` names.
+
+    Raises:
+        InputError / LabelError: the file cannot be read or has no CRS.
+    """
+    source = os.fspath(path)
+    detections = read_layer(source, layer=layer)
+    if "area_m2" not in detections.columns:
+        detections["area_m2"] = area_m2(detections.geometry.values, detections.crs)
+    if "score" not in detections.columns:
+        raise LabelError(
+            f"{source}: has no 'score' field; give a layer written by 'geodetect detect'"
+        )
+    found = _coverage_of(source) if coverage is None else read_layer(coverage)
+    if found is not None:
+        found = to_crs_checked(found, detections.crs)
+    return DetectionLayer(source, detections, found)
+
+
+def _coverage_of(source: str) -> gpd.GeoDataFrame | None:
+    path = Path(source)
+    if not path.is_file():
+        return None
+    try:
+        side = coverage_path(path)
+    except Exception:  # noqa: BLE001 - an extension geodetect does not write: no sidecar
+        return None
+    if side is None:
+        names = [str(name) for name, _ in pyogrio.list_layers(path)]
+        return read_layer(path, layer="coverage") if "coverage" in names else None
+    return read_layer(side) if side.is_file() else None
+
+
+def require_coverage(layer: DetectionLayer) -> None:
+    """InputError unless the layer came with its coverage."""
+    if layer.coverage is None:
+        raise InputError(
+            f"{layer.path}: has no coverage (the ground the run looked at), so parcels "
+            "without a pool cannot be told from parcels nobody looked at; rerun "
+            "'geodetect detect' with this version (it writes it), or pass --coverage FILE"
+        )
