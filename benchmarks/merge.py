@@ -87,7 +87,7 @@ def _journal(folder: Path, size: int, per_chip: int) -> tuple[Path, Path]:
 def _merge(mode: str, tif: str, journal_dir: str, out: str) -> None:
     """Run in a child process: merge the journal one way and write ``out``."""
     from geodetect.detect.journal import Journal
-    from geodetect.detect.merge import merge_tables, merged_batches, to_layer
+    from geodetect.detect.merge import Provenance, merge_tables, merged_batches, to_layer
     from geodetect.detect.plan import RunConfig, make_plan
     from geodetect.io.export import write_batches, write_layer
     from geodetect.io.raster import open_mosaics
@@ -100,11 +100,11 @@ def _merge(mode: str, tif: str, journal_dir: str, out: str) -> None:
     start = time.perf_counter()
     if mode == "streamed":
         batches = merged_batches(plan, journal.read, crs=grid.crs, nms_iou=0.5, metric="iou")
-        write_batches((to_layer(b, spec, "m") for b in batches), out)
+        write_batches((to_layer(b, spec, Provenance("m", 0.5)) for b in batches), out)
     else:
         tables = (journal.read(b.key) for b in plan.blocks)
         merged = merge_tables(tables, plan.grids, crs=grid.crs, nms_iou=0.5, metric="iou")
-        write_layer(to_layer(merged, spec, "m"), out)
+        write_layer(to_layer(merged, spec, Provenance("m", 0.5)), out)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "peak_mib": peak}))

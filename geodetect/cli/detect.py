@@ -155,6 +155,13 @@ def parse_bands(text: str | None) -> list[int] | None:
     is_flag=True,
     help="Carry on past unreadable windows of damaged files and list them at the end.",
 )
+@click.option(
+    "--date",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="The imagery's acquisition date, written on every feature (default: each file's "
+    "own, where its metadata states one, e.g. ACQUISITION_DATE).",
+)
 @options.overwrite
 @options.verbosity
 def command(
@@ -183,6 +190,7 @@ def command(
     keep_journal,
     allow_no_crs,
     skip_bad_chips,
+    date,
     overwrite,
     verbose,
     quiet,
@@ -193,6 +201,12 @@ def command(
     size; files in other CRSs or resolutions through a warp), so an object on a file
     seam is reported once, whole. Finished blocks are journalled beside OUT: if the run
     stops, the same command continues where it stopped.
+
+    Each feature records where it came from: class, score, area_m2, source (file
+    name), model_id, date (acquisition date: --date, or the file's metadata), gsd_m
+    (the pixel size it was read at) and threshold. The ground read with valid imagery
+    is written beside the layer: a 'coverage' layer of a GeoPackage, or
+    NAME.coverage.EXT beside other formats.
 
     \b
     Example:
@@ -225,6 +239,7 @@ def command(
         skip_bad_chips=skip_bad_chips,
         compile=compile_,
         runtime=runtime,
+        date=date,
     )
     loaded = load_model(model_path, device=resolve_device(device))
     report = DetectionReport()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import geopandas as gpd
 import numpy as np
@@ -395,17 +395,34 @@ def merge_tables(
     return gdf.iloc[keep].reset_index(drop=True)
 
 
-def to_layer(gdf: gpd.GeoDataFrame, spec: ModelSpec, model_id: str) -> gpd.GeoDataFrame:
+@dataclass(frozen=True)
+class Provenance:
+    """Where each feature came from, beyond its source file: the acquisition date and
+    the GSD (metres) the file was read at, by file name, and the model's id and score
+    threshold."""
+
+    model_id: str
+    threshold: float
+    dates: dict[str, str | None] = field(default_factory=dict)
+    gsds: dict[str, float | None] = field(default_factory=dict)
+
+
+def to_layer(gdf: gpd.GeoDataFrame, spec: ModelSpec, origin: Provenance) -> gpd.GeoDataFrame:
     """Attach the published attribute columns to merged detections."""
     classes = np.asarray(spec.classes, dtype=object)
     labels = gdf["label"].to_numpy(dtype=np.int64) if len(gdf) else np.empty(0, np.int64)
+    sources = gdf["source"].astype(str).to_numpy()
+    gsd = [origin.gsds.get(s) for s in sources]
     return gpd.GeoDataFrame(
         {
             "class": classes[labels] if len(labels) else np.empty(0, dtype=object),
             "score": gdf["score"].to_numpy(dtype=np.float64).round(4),
             "area_m2": area_m2(gdf.geometry.values, gdf.crs).round(3),
-            "source": gdf["source"].astype(str).to_numpy(),
-            "model_id": np.full(len(gdf), model_id, dtype=object),
+            "source": sources,
+            "model_id": np.full(len(gdf), origin.model_id, dtype=object),
+            "date": np.array([origin.dates.get(s) for s in sources], dtype=object),
+            "gsd_m": np.array([np.nan if g is None else round(g, 4) for g in gsd], dtype=float),
+            "threshold": np.full(len(gdf), round(origin.threshold, 4), dtype=np.float64),
         },
         geometry=gdf.geometry.values,
         crs=gdf.crs,

@@ -15,6 +15,7 @@ from typing import Any
 
 from geodetect.errors import InputError
 from geodetect.geometry import MERGE_METRICS
+from geodetect.io.raster import parse_date
 
 #: Chips per block side: 16 x 16 = 256 chips (about 67 Mpx at 512 px).
 DEFAULT_BLOCK_CHIPS = 16
@@ -91,6 +92,9 @@ class DetectOptions:
     skip_bad_chips: bool = False
     compile: bool = False
     runtime: str = "auto"
+    # The acquisition date (YYYY-MM-DD) written on every feature, over what the files'
+    # metadata says; it changes no detection.
+    date: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place while checking
@@ -131,6 +135,13 @@ class DetectOptions:
         if self.runtime not in RUNTIMES:
             raise InputError(f"--runtime {self.runtime}: choose auto, torch or onnxruntime")
         set_(self, "cluster", ClusterSpec.parse(self.cluster))
+        if self.date is not None:
+            text = str(self.date)
+            if parse_date(text) != text:
+                raise InputError(
+                    f"--date {self.date}: give the date as YYYY-MM-DD, e.g. 2024-06-01"
+                )
+            set_(self, "date", text)
 
 
 def _parse_gsd(gsd: Any) -> str | float:

@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 
 from geodetect.detect.coverage import COVERAGE_LAYER, coverage_layer
 from geodetect.detect.journal import BlockStore, run_store
-from geodetect.detect.merge import merged_batches, to_layer
+from geodetect.detect.merge import Provenance, merged_batches, to_layer
 from geodetect.detect.options import VIEW_COUNTS, DetectOptions
 from geodetect.detect.prepare import PreparedRun, prepare
 from geodetect.detect.runner import BlockResult
 from geodetect.errors import InputError
 from geodetect.geometry import Block
-from geodetect.io.raster import MosaicGrid
+from geodetect.io.raster import MosaicGrid, grid_gsd_metres
 from geodetect.model import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,8 @@ def publish(
         metric=run.config.merge_metric,
         second_iou=run.config.second_box_iou,
     )
-    layers = (_counted(to_layer(m, run.spec, run.loaded.model_id), report) for m in merged)
+    origin = provenance(run)
+    layers = (_counted(to_layer(m, run.spec, origin), report) for m in merged)
     coverage = coverage_layer(run.plan, store.info, run.target.crs)
     report.coverage = coverage
     if out is not None:
@@ -221,6 +222,18 @@ def publish(
         return None
     parts = list(layers)
     return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=parts[0].crs)
+
+
+def provenance(run: PreparedRun) -> Provenance:
+    """What each feature records of where it came from (see :class:`Provenance`)."""
+    dates, gsds = {}, {}
+    for grid in run.plan.grids:
+        gsd = grid_gsd_metres(grid)
+        for member in grid.members:
+            name = member.info.path.name
+            dates.setdefault(name, run.options.date or member.info.date)
+            gsds.setdefault(name, gsd)
+    return Provenance(run.loaded.model_id, run.config.threshold, dates, gsds)
 
 
 def _counted(layer: gpd.GeoDataFrame, report: DetectionReport) -> gpd.GeoDataFrame:

@@ -8,11 +8,13 @@ object that crosses a file boundary is read whole. Nothing reads a whole file at
 
 from __future__ import annotations
 
+import datetime
 import errno
 import glob
 import logging
 import math
 import os
+import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -132,6 +134,8 @@ class SceneInfo:
     warp_to_crs: str | None = None
     # Resampling of the warp onto ``warp_grid`` ("average" when shrinking, else bilinear).
     warp_resampling: str = "bilinear"
+    # The acquisition date (ISO YYYY-MM-DD) the file's metadata states, if any.
+    date: str | None = None
 
     @property
     def data_bands(self) -> list[int]:
@@ -147,6 +151,52 @@ class SceneInfo:
     def gsd(self) -> float:
         """Pixel size in CRS units (the longer side for non-square pixels)."""
         return self.grid.pixel_size
+
+
+# Metadata items that state when imagery was taken (default domain; case ignored), and
+# the IMD domain's of satellite products. TIFFTAG_DATETIME is not one: it says when the
+# file was made.
+_DATE_TAGS = (
+    "ACQUISITION_DATE",
+    "ACQUISITIONDATE",
+    "ACQUISITION_DATETIME",
+    "ACQUISITIONDATETIME",
+    "DATE_ACQUIRED",
+    "ACQUIRED",
+    "CAPTURE_DATE",
+    "IMAGE_DATE",
+    "FLIGHT_DATE",
+)
+_IMD_DATE_TAGS = ("IMAGE_1.FIRSTLINETIME", "MAP_PROJECTED_PRODUCT.EARLIESTACQTIME")
+_ISO_DATE = re.compile(r"(\d{4})[-:/]?(\d{2})[-:/]?(\d{2})")
+
+
+def acquisition_date(ds) -> str | None:
+    """The date the imagery was taken, as ``YYYY-MM-DD``, where its metadata says so."""
+    found = []
+    for domain, keys in ((None, _DATE_TAGS), ("IMD", _IMD_DATE_TAGS)):
+        try:
+            tags = {k.upper(): v for k, v in ds.tags(ns=domain).items()}
+        except Exception:  # noqa: BLE001 - a domain the driver does not have
+            continue
+        found.extend(tags[k] for k in keys if k in tags)
+    for value in found:
+        date = parse_date(str(value).strip().strip('"'))
+        if date is not None:
+            return date
+    return None
+
+
+def parse_date(text: str) -> str | None:
+    """``YYYY-MM-DD`` from a date or date-time at the start of ``text`` (``2023-06-01``,
+    ``2023:06:01 10:00:00``, ``20230601``), or None when it is not a real date."""
+    match = _ISO_DATE.match(text)
+    if match is None:
+        return None
+    try:
+        return datetime.date(*(int(g) for g in match.groups())).isoformat()
+    except ValueError:
+        return None
 
 
 def _mask_kind(ds: rasterio.DatasetReader) -> str:
@@ -195,7 +245,10 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
 
 
 def _describe(path: Path, ds, warp_crs: tuple[str, str] | None = None, **warp) -> SceneInfo:
-    """SceneInfo from an open dataset (or the warped view of one)."""
+    """SceneInfo from an open dataset (or the warped view of one: give ``date``, since
+    a warped view does not carry the file's metadata)."""
+    if "date" not in warp:
+        warp["date"] = acquisition_date(ds)
     alpha = next((i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None)
     return SceneInfo(
         path,
@@ -231,7 +284,9 @@ def _gcp_scene_info(path: Path, ds: rasterio.DatasetReader, gcp_crs: CRS, crs: C
             "GCPs or give it a geotransform"
         )
     with WarpedVRT(ds, src_crs=gcp_crs, crs=crs, resampling=Resampling.bilinear) as vrt:
-        info = _describe(path, vrt, warp_crs=(gcp_crs.to_wkt(), crs.to_wkt()))
+        info = _describe(
+            path, vrt, warp_crs=(gcp_crs.to_wkt(), crs.to_wkt()), date=acquisition_date(ds)
+        )
     log.info(
         "%s: georeferenced by %d ground control points; read through a warp", path.name, len(gcps)
     )
@@ -526,6 +581,7 @@ def resample_scene(info: SceneInfo, lattice: Affine, crs: CRS | None = None) -> 
                 source_bounds=tuple(bounds),
                 warp_to_crs=to_crs,
                 warp_resampling=resampling,
+                date=info.date,
             )
     except _GDAL_ERRORS as exc:
         raise RasterError(
