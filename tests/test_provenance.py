@@ -3,6 +3,7 @@ threshold; the date comes from the file's metadata or from --date."""
 
 from __future__ import annotations
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,3 +72,13 @@ def test_a_file_read_through_a_warp_keeps_its_date_and_says_the_gsd_read(tmp_pat
 def test_a_date_that_is_not_iso_is_refused_before_anything_is_read(tmp_path, oracle, bad):
     with pytest.raises(InputError, match=f"--date {bad}: give the date as YYYY-MM-DD"):
         detect([tmp_path / "missing.tif"], oracle, progress=False, date=bad)
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson", ".shp", ".parquet"])
+def test_a_layer_with_dated_and_undated_files_is_written_with_nulls(tmp_path, oracle, suffix):
+    paths = _two_flights(tmp_path)
+    out = tmp_path / f"pools{suffix}"
+    detect(paths, oracle, chip_size=64, overlap=32, progress=False, out=out)
+    back = gpd.read_parquet(out) if suffix == ".parquet" else gpd.read_file(out)
+    dates = dict(zip(back["source"], back["date"], strict=True))
+    assert str(dates["dated.tif"]).startswith("2021-05-03") and pd.isna(dates["plain.tif"])

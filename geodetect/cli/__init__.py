@@ -31,6 +31,7 @@ _COMMANDS = {
     "weights": "geodetect.cli.weights",
     "export-onnx": "geodetect.cli.export_onnx",
     "parcels": "geodetect.cli.parcels",
+    "change": "geodetect.cli.change",
 }
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
+import pandas as pd
 import pyogrio
 
 from geodetect.errors import InputError, LabelError
@@ -49,6 +50,9 @@ def read_detections(
     detections = read_layer(source, layer=layer)
     if "area_m2" not in detections.columns:
         detections["area_m2"] = area_m2(detections.geometry.values, detections.crs)
+    if "date" in detections.columns:  # GeoJSON readers turn ISO dates into datetimes
+        dates = pd.to_datetime(detections["date"], errors="coerce")
+        detections["date"] = dates.dt.strftime("%Y-%m-%d").where(dates.notna(), None)
     if "score" not in detections.columns:
         raise LabelError(
             f"{source}: has no 'score' field; give a layer written by 'geodetect detect'"

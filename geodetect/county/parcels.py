@@ -249,6 +249,26 @@ def _owners(pools: np.ndarray, parcels: np.ndarray) -> np.ndarray:
     return owner
 
 
+def parcel_of(
+    layer: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame, id_field: str | None = None
+) -> np.ndarray:
+    """For each feature of ``layer``, the parcel holding the larger part of it: its
+    ``id_field`` value, or its row number; None outside every parcel."""
+    if id_field is not None and id_field not in parcels.columns:
+        fields = ", ".join(c for c in parcels.columns if c != parcels.geometry.name)
+        raise LabelError(
+            f"{layer_name(parcels, 'parcels')}: has no field {id_field!r} (--id-field); "
+            f"its fields: {fields}"
+        )
+    kept, _ = repair_geometries(parcels)
+    shapes = to_crs_checked(kept, layer.crs).geometry.to_numpy()
+    owner = _owners(layer.geometry.to_numpy(), shapes)
+    ids = kept[id_field].to_numpy() if id_field else np.arange(len(kept))
+    out = np.full(len(layer), None, dtype=object)
+    out[owner >= 0] = [_plain(v) for v in ids[owner[owner >= 0]]]
+    return out
+
+
 def _covered_share(parcels: np.ndarray, covered) -> np.ndarray:
     """Share of each parcel's area inside ``covered``."""
     share = np.zeros(len(parcels))

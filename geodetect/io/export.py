@@ -281,7 +281,10 @@ def _to_arrow(gdf: gpd.GeoDataFrame, schema: pa.Schema) -> pa.RecordBatch:
         else gdf[f.name].to_numpy()
         for f in schema
     ]
-    arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)]
+    # from_pandas: a missing text value (None or NaN, as pandas keeps it) is a null.
+    arrays = [
+        pa.array(c, type=f.type, from_pandas=True) for c, f in zip(columns, schema, strict=True)
+    ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
