@@ -102,7 +102,7 @@ def command(
         parcels=None if parcels_path is None else read_layer(parcels_path),
         id_field=id_field,
     )
-    write_layer(result.layer, out, overwrite=overwrite, layer="change")
+    write_layer(result.layer, out, overwrite=overwrite, layer="change", style="change")
     if as_json:
         click.echo(json.dumps(result.summary, indent=2))
     else:

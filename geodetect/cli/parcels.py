@@ -114,7 +114,9 @@ def command(
         min_area=min_area,
         classes=list(classes) or None,
     )
-    write_layer(result.parcels, out, overwrite=overwrite, layer="parcels", multi=True)
+    write_layer(
+        result.parcels, out, overwrite=overwrite, layer="parcels", multi=True, style="parcels"
+    )
     summary = result.summary
     if as_json:
         click.echo(json.dumps(summary, indent=2))

@@ -218,7 +218,13 @@ def publish(
     if out is not None:
         from geodetect.io.export import write_batches
 
-        write_batches(layers, out, overwrite=overwrite, extra={COVERAGE_LAYER: coverage})
+        write_batches(
+            layers,
+            out,
+            overwrite=overwrite,
+            extra={COVERAGE_LAYER: coverage},
+            style="detections",
+        )
         return None
     parts = list(layers)
     return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=parts[0].crs)

@@ -22,6 +22,7 @@ import shapely
 from pyproj import CRS, Geod
 
 from geodetect.errors import OutputError
+from geodetect.io.styles import STYLES, qml_path, write_gpkg_style
 from geodetect.io.units import map_scale
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def write_layer(
     overwrite: bool = False,
     layer: str = "detections",
     multi: bool = False,
+    style: str | None = None,
 ) -> Path | None:
     """Write ``gdf`` to ``out`` in the format its extension names.
 
@@ -149,7 +151,25 @@ def write_layer(
     if multi:
         gdf = _with_multi(gdf)
     kind = "MultiPolygon" if multi else "Polygon"
-    return write_batches([gdf], out, overwrite=overwrite, layer=layer, geometry_type=kind)
+    return write_batches(
+        [gdf], out, overwrite=overwrite, layer=layer, geometry_type=kind, style=style
+    )
+
+
+def _write_qml(path: Path, qml: str, *, overwrite: bool) -> None:
+    """The style beside ``path``, where QGIS loads it with the file; a .qml already
+    there (the user's own) is kept unless ``overwrite``."""
+    target = qml_path(path)
+    if target.exists() and not overwrite:
+        log.info("%s: kept as it is (pass --overwrite to replace it with geodetect's)", target)
+        return
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(qml, encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        log.warning("%s: the style could not be written (%s)", target, exc.strerror or exc)
 
 
 def _with_multi(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
@@ -179,6 +199,7 @@ def write_batches(
     layer: str = "detections",
     extra: dict[str, gpd.GeoDataFrame] | None = None,
     geometry_type: str = "Polygon",
+    style: str | None = None,
 ) -> Path | None:
     """Write a layer that arrives in pieces (GeoDataFrames with the same columns and
     CRS; at least one, possibly empty) without holding it whole: the pieces stream
@@ -189,6 +210,10 @@ def write_batches(
     ``extra`` side layers (name -> small GeoDataFrame, e.g. the coverage) go into the
     same GeoPackage, or each into a file beside ``out`` (:func:`side_path`), written
     before ``out`` is renamed into place; they are not written to stdout.
+
+    ``style`` names a QGIS style of :mod:`geodetect.io.styles` (side layers take the one
+    named like them, where there is one): stored in the GeoPackage, or written as
+    ``<name>.qml`` beside other files (an existing one kept unless ``overwrite``).
     """
     driver = output_format(out)
     batches = iter(batches)
@@ -233,9 +258,18 @@ def write_batches(
             if driver == "GPKG":
                 _write_side_layer(side, tmp, name)
             else:
-                write_layer(side, side_path(out, name), overwrite=True, multi=True)
+                side_style = name if name in STYLES else None
+                write_layer(
+                    side, side_path(out, name), overwrite=True, multi=True, style=side_style
+                )
+        if driver == "GPKG":
+            for name, kind in ((layer, style), *((n, n) for n in extra)):
+                if kind in STYLES:
+                    write_gpkg_style(tmp, name, STYLES[kind]())
         for src, dst in _renames(tmp, path, driver):
             os.replace(src, dst)
+        if style is not None and driver != "GPKG":
+            _write_qml(path, STYLES[style](), overwrite=overwrite)
     except BaseException as exc:
         _cleanup(tmp, driver)
         if isinstance(exc, _WRITE_ERRORS):
