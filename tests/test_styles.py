@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pytest
 import shapely
 
@@ -93,3 +94,28 @@ def test_a_users_own_qml_is_kept_unless_overwrite(tmp_path):
     assert (tmp_path / "c.qml").read_text() == "mine"
     write_layer(layer, tmp_path / "c.geojson", style="change", overwrite=True)
     assert "categorizedSymbol" in (tmp_path / "c.qml").read_text()
+
+
+def test_a_review_opens_styled_in_qgis(tmp_path):
+    from geodetect.county import DetectionLayer
+    from geodetect.county.review import draw_review, write_review
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 1000, (60, 2)) + (500000, 3300000)
+    detections = gpd.GeoDataFrame(
+        {"class": "pool", "score": rng.random(60), "area_m2": 36.0},
+        geometry=shapely.box(xy[:, 0], xy[:, 1], xy[:, 0] + 6, xy[:, 1] + 6),
+        crs="EPSG:32617",
+    )
+    coverage = gpd.GeoDataFrame(
+        geometry=[shapely.box(500000, 3300000, 501006, 3301006)], crs="EPSG:32617"
+    )
+    review = draw_review(DetectionLayer("p", detections, coverage), n=20, squares=3, seed=1)
+    path = write_review(review, tmp_path / "review.gpkg")
+    found = _qgis_renderers(*(f"{path}|layername={n}" for n in ("review", "squares", "missed")))
+    kinds = [(kind, attr, len(colours)) for valid, kind, attr, colours in found.values()]
+    assert kinds == [
+        ("categorizedSymbol", "stratum", 4),
+        ("singleSymbol", None, 1),
+        ("singleSymbol", None, 1),
+    ]

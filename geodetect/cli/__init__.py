@@ -32,6 +32,8 @@ _COMMANDS = {
     "export-onnx": "geodetect.cli.export_onnx",
     "parcels": "geodetect.cli.parcels",
     "change": "geodetect.cli.change",
+    "sample": "geodetect.cli.review:sample",
+    "estimate": "geodetect.cli.review:estimate",
 }
 
 
@@ -41,13 +43,14 @@ class _LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in _COMMANDS:
+            module_name, _, attribute = _COMMANDS[name].partition(":")
             try:
-                module = importlib.import_module(_COMMANDS[name])
+                module = importlib.import_module(module_name)
             except ModuleNotFoundError as exc:
-                if exc.name == _COMMANDS[name]:
+                if exc.name == module_name:
                     return None  # command not shipped in this build
                 raise
-            return module.command
+            return getattr(module, attribute or "command")
         return super().get_command(ctx, name)
 
 

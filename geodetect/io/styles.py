@@ -3,7 +3,7 @@
 A style is QGIS's own QML. In a GeoPackage it goes into the ``layer_styles`` table as the
 layer's default style (QGIS applies it when the layer is added); beside any other file
 it is ``<name>.qml``, which QGIS loads with the file. Styles exist for the detections
-(by score), the coverage, parcel statuses and change statuses.
+(by score), the coverage, parcel statuses, change statuses and the layers of a review.
 """
 
 from __future__ import annotations
@@ -67,14 +67,14 @@ def _qml(renderer: str) -> str:
     )
 
 
-def _categorized(field: str, classes: dict) -> str:
+def _categorized(field: str, classes: dict, *, fill_alpha: int = 110, width: float = 0.5) -> str:
     categories, symbols = [], []
     for i, (value, (rgb, label)) in enumerate(classes.items()):
         categories.append(
             f'<category render="true" symbol="{i}" value={quoteattr(value)} '
             f"label={quoteattr(label)}/>"
         )
-        symbols.append(_fill(str(i), rgb, fill_alpha=110))
+        symbols.append(_fill(str(i), rgb, fill_alpha=fill_alpha, width=width))
     return _qml(
         f'<renderer-v2 type="categorizedSymbol" attr={quoteattr(field)} symbollevels="0" '
         'enableorderby="0" forceraster="0">'
@@ -118,11 +118,43 @@ def change_qml() -> str:
     return _categorized("status", _CHANGE)
 
 
+def review_qml() -> str:
+    """Detections to review, by score stratum (0: the lowest scores)."""
+    strata = {
+        "0": ((255, 255, 51), "stratum 0 (lowest scores)"),
+        "1": ((255, 170, 0), "stratum 1"),
+        "2": ((255, 60, 0), "stratum 2"),
+        "3": ((200, 0, 80), "stratum 3 (highest scores)"),
+    }
+    return _categorized("stratum", strata, fill_alpha=0, width=0.8)
+
+
+def squares_qml() -> str:
+    """Search squares: a bold dashed outline."""
+    return _qml(
+        '<renderer-v2 type="singleSymbol" symbollevels="0" enableorderby="0" forceraster="0">'
+        f"<symbols>{_fill('0', (255, 0, 255), fill_alpha=0, width=0.8, dash=True)}</symbols>"
+        "</renderer-v2>"
+    )
+
+
+def missed_qml() -> str:
+    """Pools the reviewer drew as missed."""
+    return _qml(
+        '<renderer-v2 type="singleSymbol" symbollevels="0" enableorderby="0" forceraster="0">'
+        f"<symbols>{_fill('0', (0, 200, 255), fill_alpha=90, width=0.6)}</symbols>"
+        "</renderer-v2>"
+    )
+
+
 STYLES = {
     "detections": detections_qml,
     "coverage": coverage_qml,
     "parcels": parcels_qml,
     "change": change_qml,
+    "review": review_qml,
+    "squares": squares_qml,
+    "missed": missed_qml,
 }
 
 
