@@ -100,7 +100,9 @@ def test_detect_writes_what_it_read_as_a_coverage_layer(tmp_path, model_file, ho
     out = tmp_path / "pools.gpkg"
     run = run_cli("detect", *paths, "--model", model_file, "--out", out, "-q")
     assert run.returncode == 0, run.stderr
-    assert [name for name, _ in pyogrio.list_layers(out)] == ["detections", "coverage"]
+    layers = {str(name): kind for name, kind in pyogrio.list_layers(out)}
+    # the two layers, and the table of their QGIS styles
+    assert layers == {"detections": "Polygon", "coverage": "MultiPolygon", "layer_styles": None}
     coverage = gpd.read_file(out, layer="coverage").set_index("source")
     assert coverage.crs.to_epsg() == 32617
     pixel = 0.3 * 0.3
