@@ -136,20 +136,19 @@ def command(
     parcels.gpkg: the parcels with a yes/no roll (HAS_POOL) holding planted errors, and
     a 'truth' layer with each parcel's true pools and expected status.
     """
+    scene_args = {
+        "seed": seed,
+        "size": parse_size(size_text),
+        "gsd": gsd,
+        "tiles": tiles,
+        "crs": crs,
+        "compress": compress,
+        "overwrite": overwrite,
+    }
     if county:
         from geodetect.synth.county import synth_county
 
-        made = synth_county(
-            out_dir,
-            seed=seed,
-            size=parse_size(size_text),
-            gsd=gsd,
-            tiles=tiles,
-            crs=crs,
-            compress=compress,
-            shift=parse_shift(shift_text),
-            overwrite=overwrite,
-        )
+        made = synth_county(out_dir, shift=parse_shift(shift_text), **scene_args)
         click.echo(
             f"{out_dir}: old/ {made.old.n_pools} pools, new/ {made.new.n_pools} pools "
             f"({len(made.added)} added, {len(made.removed)} removed, {len(made.shrunk)} "
@@ -158,17 +157,7 @@ def command(
         return
     from geodetect.synth import synth_scene  # keeps `geodetect --help` fast
 
-    scene = synth_scene(
-        out_dir,
-        seed=seed,
-        size=parse_size(size_text),
-        gsd=gsd,
-        tiles=tiles,
-        crs=crs,
-        compress=compress,
-        origin=parse_origin(origin_text),
-        overwrite=overwrite,
-    )
+    scene = synth_scene(out_dir, origin=parse_origin(origin_text), **scene_args)
     images = (
         str(scene.image_paths[0])
         if len(scene.image_paths) == 1
