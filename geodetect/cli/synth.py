@@ -92,6 +92,20 @@ def parse_origin(text: str | None) -> tuple[float, float] | None:
     show_default=True,
     help="GeoTIFF compression (jpeg: YCbCr, quality 90).",
 )
+@click.option(
+    "--county",
+    is_flag=True,
+    help="Write a synthetic county with known answers instead: two flights (old/, new/) "
+    "whose pools changed, parcels.gpkg with a roll holding planted errors, county.json.",
+)
+@click.option(
+    "--shift",
+    "shift_text",
+    default="1.5,-0.7",
+    show_default=True,
+    metavar="DX,DY",
+    help="With --county: how far off (metres) the new flight's georeferencing is.",
+)
 @options.overwrite
 @options.verbosity
 def command(
@@ -103,6 +117,8 @@ def command(
     crs: str,
     origin_text: str | None,
     compress: str,
+    county: bool,
+    shift_text: str,
     overwrite: bool,
     verbose: int,
     quiet: bool,
@@ -113,20 +129,35 @@ def command(
     state (clean, green, covered), plus things detectors mistake for pools (blue tarps
     and roofs, blue cars, ponds, dark shadows, trampolines). truth.gpkg holds the pool
     outlines (layer "pools") and those look-alikes (layer "distractors").
+
+    With --county: the same suburb flown twice (old/ and new/, each a scene as above;
+    pool_id numbers the pools alike in both), with pools added, removed and shrunk
+    between the flights and the new flight's georeferencing off by --shift; and
+    parcels.gpkg: the parcels with a yes/no roll (HAS_POOL) holding planted errors, and
+    a 'truth' layer with each parcel's true pools and expected status.
     """
+    scene_args = {
+        "seed": seed,
+        "size": parse_size(size_text),
+        "gsd": gsd,
+        "tiles": tiles,
+        "crs": crs,
+        "compress": compress,
+        "overwrite": overwrite,
+    }
+    if county:
+        from geodetect.synth.county import synth_county
+
+        made = synth_county(out_dir, shift=parse_shift(shift_text), **scene_args)
+        click.echo(
+            f"{out_dir}: old/ {made.old.n_pools} pools, new/ {made.new.n_pools} pools "
+            f"({len(made.added)} added, {len(made.removed)} removed, {len(made.shrunk)} "
+            f"shrunk, shifted {made.shift[0]:+g},{made.shift[1]:+g} m), {made.parcels_path}"
+        )
+        return
     from geodetect.synth import synth_scene  # keeps `geodetect --help` fast
 
-    scene = synth_scene(
-        out_dir,
-        seed=seed,
-        size=parse_size(size_text),
-        gsd=gsd,
-        tiles=tiles,
-        crs=crs,
-        compress=compress,
-        origin=parse_origin(origin_text),
-        overwrite=overwrite,
-    )
+    scene = synth_scene(out_dir, origin=parse_origin(origin_text), **scene_args)
     images = (
         str(scene.image_paths[0])
         if len(scene.image_paths) == 1
@@ -137,3 +168,11 @@ def command(
         f"{scene.n_distractors} distractors ({scene.width}x{scene.height} px, "
         f"{scene.gsd:g} m, {scene.crs})"
     )
+
+
+def parse_shift(text: str) -> tuple[float, float]:
+    try:
+        dx, dy = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give DX,DY in metres, e.g. 1.5,-0.7") from None
+    return dx, dy

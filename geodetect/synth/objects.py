@@ -188,15 +188,38 @@ class _Pool:
     outline: Polygon  # scene pixels
     condition: str
     shape: str
+    index: int = 0  # the pool's number in the layout, the same in every vintage
+
+
+@dataclass(frozen=True)
+class Vintage:
+    """One flight over a suburb whose pools change between flights: the layout (seed)
+    is the same, but the pools numbered in ``absent`` are not there (their yards are
+    lawn and deck) and those in ``shrunk`` are :data:`SHRINK` times their size."""
+
+    absent: frozenset[int] = frozenset()
+    shrunk: frozenset[int] = frozenset()
+
+
+SHRINK = 0.7  # a resized pool's side, relative (half its area)
 
 
 class Drawing:
     """What to draw, pass by pass, in scene pixels, and the truth gathered on the way:
     pools, the trees that may hide them and the things a detector may take for a pool."""
 
-    def __init__(self, rng: np.random.Generator, width: int, height: int, gsd: float) -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        width: int,
+        height: int,
+        gsd: float,
+        vintage: Vintage | None = None,
+    ) -> None:
         self.rng = rng
         self.gsd = gsd
+        self.vintage = vintage or Vintage()
+        self.placed: list[Polygon] = []  # every pool of the layout, drawn or absent
         azimuth = math.radians(rng.uniform(-60, 60))  # shadows fall roughly north
         self.shadow_dir = np.array([math.sin(azimuth), -math.cos(azimuth)])
         self.sun = (-self.shadow_dir[0], -self.shadow_dir[1])
@@ -335,6 +358,16 @@ class Drawing:
         outline_px = apply_frame(outline, frame)
         if not self.scene_px.contains(outline_px):
             return deck  # cut by the scene edge: keep the yard free but draw no pool
+        index = len(self.placed)
+        self.placed.append(outline_px)
+        full = outline  # the tree at its edge stands where it stands in every vintage
+        if index in self.vintage.shrunk:
+            outline = affinity.scale(outline, SHRINK, SHRINK, origin=(cx, cy))
+            outline_px = apply_frame(outline, frame)
+        absent = index in self.vintage.absent
+        if absent:  # draw it into passes nobody renders: the random draws stay the same
+            kept = self.ground, self.shadows, self.roofs
+            self.ground, self.shadows, self.roofs = PassBuilder(), PassBuilder(), PassBuilder()
         condition = str(rng.choice(CONDITIONS, p=[0.7, 0.15, 0.15]))
         px = 1.0 / self.gsd
         ux, uy = _direction(frame, math.cos(math.radians(angle)), math.sin(math.radians(angle)))
@@ -405,10 +438,13 @@ class Drawing:
             )
         if not above_ground and rng.random() < 0.25:
             self.screen(frame, deck, angle, (cx, cy))
-        self.pools.append(_Pool(outline_px, condition, shape))
+        if absent:
+            self.ground, self.shadows, self.roofs = kept
+        else:
+            self.pools.append(_Pool(outline_px, condition, shape, index))
         if rng.random() < 0.3:  # a tree at the pool edge, shading part of it
             edge = shapely.get_coordinates(
-                outline.exterior.interpolate(rng.random(), normalized=True)
+                full.exterior.interpolate(rng.random(), normalized=True)
             )[0]
             out = edge - np.array([cx, cy])
             out /= np.linalg.norm(out) or 1.0
@@ -490,13 +526,12 @@ class Drawing:
         canopies[:] = [t.canopy for t in self.trees]
         keep = np.ones(len(canopies), dtype=bool)
         index = shapely.STRtree(canopies)
-        for pool in self.pools:
-            hits = index.query(pool.outline, predicate="intersects")
+        # Every pool of the layout, drawn or not, so each vintage keeps the same trees.
+        for outline in self.placed:
+            hits = index.query(outline, predicate="intersects")
             # Drop the trees covering most of the pool first until enough of it shows.
-            hits = hits[
-                np.argsort(-shapely.area(shapely.intersection(canopies[hits], pool.outline)))
-            ]
-            while _hidden(pool.outline, canopies[hits[keep[hits]]]) > MAX_OCCLUSION - 0.02:
+            hits = hits[np.argsort(-shapely.area(shapely.intersection(canopies[hits], outline)))]
+            while _hidden(outline, canopies[hits[keep[hits]]]) > MAX_OCCLUSION - 0.02:
                 keep[hits[keep[hits]][0]] = False
         survivors = canopies[keep]
         index = shapely.STRtree(survivors)

@@ -21,6 +21,7 @@ from geodetect.synth.objects import (
     Z_TRAMPOLINE,
     Z_WALK,
     Drawing,
+    Vintage,
     apply_frame,
     blob,
 )
@@ -30,7 +31,14 @@ class Suburb:
     """Lays a suburb out in metres (street grid, blocks, parcels, yards, parks, stores)
     and has `Drawing` draw what goes where."""
 
-    def __init__(self, rng: np.random.Generator, width: int, height: int, gsd: float) -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        width: int,
+        height: int,
+        gsd: float,
+        vintage: Vintage | None = None,
+    ) -> None:
         self.rng = rng
         self.gsd = gsd
         self.width, self.height = width, height
@@ -41,7 +49,10 @@ class Suburb:
             @ Affine.rotation(angle)
             @ Affine.scale(1 / gsd)
         )
-        self.draw = Drawing(rng, width, height, gsd)  # the sun's azimuth and shadow length
+        # The sun's azimuth and shadow length; which pools this flight shows.
+        self.draw = Drawing(rng, width, height, gsd, vintage)
+        # Residential parcels (scene pixels) and the numbers of the pools in each.
+        self.parcels: list[tuple[Polygon, list[int]]] = []
         self.scene_px = self.draw.scene_px
         self.scene_street = prep(apply_frame(self.scene_px, ~self.street_to_px).buffer(25.0))
         self.lawn = np.array([rng.uniform(90, 106), rng.uniform(104, 120), rng.uniform(64, 78)])
@@ -170,6 +181,8 @@ class Suburb:
     # ---- a residential parcel (local metres: x along the street, y from the front)
     def parcel(self, frame: Affine, width: float, depth: float, to_road: float) -> None:
         rng = self.rng
+        pools: list[int] = []
+        self.parcels.append((apply_frame(box(0, 0, width, depth), frame), pools))
         lawn = self.lawn * rng.uniform(0.94, 1.06, size=3)
         if rng.random() < 0.12:  # parched lawn
             lawn = lawn * 0.65 + np.array([150, 142, 105]) * 0.35
@@ -224,7 +237,9 @@ class Suburb:
                 texture=(0.04, 0.0, 0.04, 0.0),
             )
         if rng.random() < self.pool_rate:
+            before = len(self.draw.placed)
             deck = self.draw.pool(frame, yard)
+            pools.extend(range(before, len(self.draw.placed)))
             if deck is not None:
                 taken.append(deck)
         self.yard_things(frame, yard, taken)

@@ -25,6 +25,7 @@ from shapely.geometry.polygon import orient
 
 from geodetect.errors import InputError, OutputError
 from geodetect.io.crs import parse_crs, raster_crs
+from geodetect.synth.objects import Vintage
 from geodetect.synth.render import Renderer, Textures
 from geodetect.synth.scene import Suburb
 
@@ -234,6 +235,7 @@ def _write_truth(
     pool_frame = gpd.GeoDataFrame(
         {
             "class": ["pool"] * len(pools),
+            "pool_id": [p.index for p, _ in pools],
             "condition": [p.condition for p, _ in pools],
             "occluded": [round(float(f), 3) for _, f in pools],
             "shape": [p.shape for p, _ in pools],
@@ -253,6 +255,13 @@ def _write_truth(
     )
 
 
+def layout(seed: int, width: int, height: int, gsd: float, vintage=None) -> Suburb:
+    """The suburb of ``seed`` laid out (not rendered)."""
+    suburb = Suburb(np.random.default_rng([int(seed), 1]), width, height, float(gsd), vintage)
+    suburb.build()
+    return suburb
+
+
 def synth_scene(
     out_dir: str | os.PathLike,
     *,
@@ -264,6 +273,7 @@ def synth_scene(
     compress: str = "deflate",
     origin: tuple[float, float] | None = None,
     overwrite: bool = False,
+    vintage: Vintage | None = None,
 ) -> SynthScene:
     """Write a synthetic suburban orthomosaic and its pool ground truth to a folder.
 
@@ -288,6 +298,9 @@ def synth_scene(
         origin: ``(x0, y0)`` upper-left corner in CRS units; by default a spot near
             Cape Coral, Florida (or the CRS's area of use) that differs per seed.
         overwrite: replace a scene already in ``out_dir``.
+        vintage: which of the layout's pools this flight shows, and which shrunk (see
+            :class:`~geodetect.synth.objects.Vintage`); ``pool_id`` in the truth numbers
+            the pools the same way in every vintage.
 
     Returns:
         A `SynthScene` describing the files written.
@@ -325,8 +338,7 @@ def synth_scene(
         x0, y0 = (_snap(v, step) for v in _default_origin(proj, int(seed), unit_m))
     transform = Affine(step, 0.0, x0, 0.0, -step, y0)
 
-    suburb = Suburb(np.random.default_rng([int(seed), 1]), width, height, float(gsd))
-    suburb.build()
+    suburb = layout(seed, width, height, gsd, vintage)
     passes, pools = suburb.draw.finish()
     laid_out = time.perf_counter()
     renderer = Renderer(passes, Textures(int(seed), float(gsd)))
