@@ -25,8 +25,8 @@ def _perfect(scene) -> DetectionLayer:
     """The flight's truth as a detection layer, its footprint as the coverage."""
     truth = gpd.read_file(scene.truth_path)
     truth["score"] = 1.0
-    x0, y1 = scene.transform * (0, 0)
-    x1, y0 = scene.transform * (scene.width, scene.height)
+    x0, y1 = scene.transform @ (0, 0)
+    x1, y0 = scene.transform @ (scene.width, scene.height)
     coverage = gpd.GeoDataFrame(geometry=[shapely.box(x0, y0, x1, y1)], crs=truth.crs)
     return DetectionLayer(str(scene.truth_path), truth, coverage)
 
