@@ -20,7 +20,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from geodetect.county.layers import DetectionLayer, require_coverage
+from geodetect.county.layers import DetectionLayer, require_coverage, share_inside, work_crs
 from geodetect.county.parcels import parcel_of
 from geodetect.errors import InputError
 from geodetect.geometry.match import greedy_match
@@ -84,7 +84,7 @@ def compare_flights(
         raise InputError(f"--max-shift {max_shift}: give a distance in metres above 0")
     if not 0 < resize < 1:
         raise InputError(f"--resize {resize}: give a share of the area between 0 and 1")
-    work = _work_crs(new.detections, old.detections)
+    work = work_crs(new.detections, old.detections)
     a = _pools(old.detections, classes, work)
     b = _pools(new.detections, classes, work)
     old_cover = old.coverage.to_crs(work).geometry.union_all()
@@ -95,9 +95,9 @@ def compare_flights(
     pair_old, pair_new = _match(moved, b, max_shift)
 
     n_old, n_new = len(a), len(b)
-    status_old = np.where(_share_inside(moved, new_cover) >= 0.5, "removed", "not_covered")
+    status_old = np.where(share_inside(moved, new_cover) >= 0.5, "removed", "not_covered")
     back = shapely.transform(b.geometry.to_numpy(), lambda xy: xy - np.array(shift))
-    status_new = np.where(_share_inside(back, old_cover) >= 0.5, "new", "not_covered")
+    status_new = np.where(share_inside(back, old_cover) >= 0.5, "new", "not_covered")
     rows = []
     matched_old = np.zeros(n_old, dtype=bool)
     matched_new = np.zeros(n_new, dtype=bool)
@@ -130,16 +130,6 @@ def compare_flights(
 
 def _counts(status) -> dict[str, int]:
     return {s: int((status == s).sum()) for s in STATUSES}
-
-
-def _work_crs(*layers: gpd.GeoDataFrame):
-    for layer in layers:
-        if layer.crs.is_projected:
-            return layer.crs
-    for layer in layers:
-        if len(layer):
-            return layer.estimate_utm_crs()
-    return layers[0].crs
 
 
 def _pools(detections: gpd.GeoDataFrame, classes, work) -> gpd.GeoDataFrame:
@@ -213,14 +203,6 @@ def _match(moved: np.ndarray, b: gpd.GeoDataFrame, max_shift: float):
     match = greedy_match(j, i, iou, rank=rank, n_ref=len(moved), thresholds=[MATCH_IOU])[0]
     pair_new = np.flatnonzero(match >= 0)
     return match[pair_new], pair_new
-
-
-def _share_inside(geoms: np.ndarray, cover) -> np.ndarray:
-    if cover is None or cover.is_empty or not len(geoms):
-        return np.zeros(len(geoms))
-    area = shapely.area(geoms)
-    inside = shapely.area(shapely.intersection(geoms, cover))
-    return np.where(area > 0, inside / np.where(area > 0, area, 1.0), 0.0)
 
 
 def _change_layer(rows, a, b, crs) -> gpd.GeoDataFrame:

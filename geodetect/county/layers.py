@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 import pyogrio
+import shapely
 
 from geodetect.errors import InputError, LabelError
 from geodetect.io.export import area_m2, coverage_path
-from geodetect.io.vectors import read_layer, to_crs_checked
+from geodetect.io.vectors import layer_name, read_layer, to_crs_checked
 
 
 @dataclass(frozen=True)
@@ -24,13 +26,6 @@ class DetectionLayer:
     path: str
     detections: gpd.GeoDataFrame
     coverage: gpd.GeoDataFrame | None
-
-    @property
-    def covered(self):
-        """The looked-at ground as one geometry (None without coverage)."""
-        if self.coverage is None:
-            return None
-        return self.coverage.geometry.union_all()
 
 
 def read_detections(
@@ -75,6 +70,43 @@ def _coverage_of(source: str) -> gpd.GeoDataFrame | None:
         names = [str(name) for name, _ in pyogrio.list_layers(path)]
         return read_layer(path, layer="coverage") if "coverage" in names else None
     return read_layer(side) if side.is_file() else None
+
+
+def work_crs(*layers: gpd.GeoDataFrame):
+    """A CRS in metres for areas and overlaps: the first projected one of ``layers``,
+    else the UTM zone of the first that has features."""
+    for layer in layers:
+        if layer.crs.is_projected:
+            return layer.crs
+    for layer in layers:
+        if len(layer):
+            return layer.estimate_utm_crs()
+    return layers[0].crs
+
+
+def share_inside(geoms: np.ndarray, cover) -> np.ndarray:
+    """Share of each geometry's area inside ``cover`` (0 where it has no area)."""
+    share = np.zeros(len(geoms))
+    if cover is None or cover.is_empty or not len(geoms):
+        return share
+    shapely.prepare(cover)
+    inside = shapely.contains_properly(cover, geoms)
+    share[inside] = 1.0
+    partly = ~inside & shapely.intersects(cover, geoms)
+    if partly.any():
+        area = shapely.area(geoms[partly])
+        cut = shapely.area(shapely.intersection(geoms[partly], cover))
+        share[partly] = np.where(area > 0, cut / np.where(area > 0, area, 1.0), 0.0)
+    return share
+
+
+def require_field(frame: gpd.GeoDataFrame, name: str | None, option: str) -> None:
+    """LabelError naming the layer's fields unless ``name`` (when given) is one."""
+    if name is not None and name not in frame.columns:
+        fields = ", ".join(c for c in frame.columns if c != frame.geometry.name)
+        raise LabelError(
+            f"{layer_name(frame, 'layer')}: has no field {name!r} ({option}); its fields: {fields}"
+        )
 
 
 def require_coverage(layer: DetectionLayer) -> None:

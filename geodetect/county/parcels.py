@@ -19,7 +19,13 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from geodetect.county.layers import DetectionLayer, require_coverage
+from geodetect.county.layers import (
+    DetectionLayer,
+    require_coverage,
+    require_field,
+    share_inside,
+    work_crs,
+)
 from geodetect.errors import InputError, LabelError
 from geodetect.io.vectors import layer_name, repair_geometries, to_crs_checked
 
@@ -125,10 +131,8 @@ def join_parcels(
     """
     require_coverage(layer)
     source = layer_name(parcels, "parcels")
-    for name, what in ((id_field, "--id-field"), (roll_field, "--roll-field")):
-        if name is not None and name not in parcels.columns:
-            fields = ", ".join(c for c in parcels.columns if c != parcels.geometry.name)
-            raise LabelError(f"{source}: has no field {name!r} ({what}); its fields: {fields}")
+    require_field(parcels, id_field, "--id-field")
+    require_field(parcels, roll_field, "--roll-field")
     if not math.isfinite(min_area) or min_area < 0:
         raise InputError(f"--min-area {min_area}: give a non-negative area in square metres")
     kept, report = repair_geometries(parcels)
@@ -138,14 +142,14 @@ def join_parcels(
     if roll_field is not None:
         roll, is_count = parse_roll(kept[roll_field], source=source, field_name=roll_field)
 
-    work_crs = _work_crs(layer.detections)
+    work = work_crs(layer.detections)
     pools = layer.detections
     if classes is not None:
         pools = pools[pools["class"].isin(list(classes))] if "class" in pools else pools
     small = pools["area_m2"].to_numpy(dtype=np.float64) < min_area
-    pools = to_crs_checked(pools[~small], work_crs)
-    shapes = to_crs_checked(kept, work_crs).geometry.to_numpy()
-    covered = layer.coverage.to_crs(work_crs).geometry.union_all()
+    pools = to_crs_checked(pools[~small], work)
+    shapes = to_crs_checked(kept, work).geometry.to_numpy()
+    covered = layer.coverage.to_crs(work).geometry.union_all()
 
     owner = _owners(pools.geometry.to_numpy(), shapes)
     inside = owner >= 0
@@ -154,7 +158,7 @@ def join_parcels(
     water = np.bincount(owner[inside], weights=pools["area_m2"].to_numpy()[inside], minlength=n)
     best = np.full(n, np.nan)
     np.fmax.at(best, owner[inside], pools["score"].to_numpy(dtype=np.float64)[inside])
-    share = _covered_share(shapes, covered)
+    share = share_inside(shapes, covered)
     looked = share >= min_covered
 
     if roll is None:
@@ -220,17 +224,6 @@ def _clear_names(parcels: gpd.GeoDataFrame, source: str) -> gpd.GeoDataFrame:
     return parcels.rename(columns=renames)
 
 
-def _work_crs(detections: gpd.GeoDataFrame):
-    """A CRS in metres for areas and overlaps: the layer's, or its UTM zone."""
-    if detections.crs.is_projected:
-        return detections.crs
-    if len(detections):
-        return detections.estimate_utm_crs()
-    raise InputError(
-        f"{layer_name(detections)}: an empty layer in degrees; pass a layer in a projected CRS"
-    )
-
-
 def _owners(pools: np.ndarray, parcels: np.ndarray) -> np.ndarray:
     """For each pool, the parcel holding the larger part of it (-1: none)."""
     owner = np.full(len(pools), -1, dtype=np.int64)
@@ -254,12 +247,7 @@ def parcel_of(
 ) -> np.ndarray:
     """For each feature of ``layer``, the parcel holding the larger part of it: its
     ``id_field`` value, or its row number; None outside every parcel."""
-    if id_field is not None and id_field not in parcels.columns:
-        fields = ", ".join(c for c in parcels.columns if c != parcels.geometry.name)
-        raise LabelError(
-            f"{layer_name(parcels, 'parcels')}: has no field {id_field!r} (--id-field); "
-            f"its fields: {fields}"
-        )
+    require_field(parcels, id_field, "--id-field")
     kept, _ = repair_geometries(parcels)
     shapes = to_crs_checked(kept, layer.crs).geometry.to_numpy()
     owner = _owners(layer.geometry.to_numpy(), shapes)
@@ -267,22 +255,6 @@ def parcel_of(
     out = np.full(len(layer), None, dtype=object)
     out[owner >= 0] = [_plain(v) for v in ids[owner[owner >= 0]]]
     return out
-
-
-def _covered_share(parcels: np.ndarray, covered) -> np.ndarray:
-    """Share of each parcel's area inside ``covered``."""
-    share = np.zeros(len(parcels))
-    if covered is None or covered.is_empty or not len(parcels):
-        return share
-    shapely.prepare(covered)
-    inside = shapely.contains_properly(covered, parcels)
-    share[inside] = 1.0
-    partly = ~inside & shapely.intersects(covered, parcels)
-    if partly.any():
-        area = shapely.area(parcels[partly])
-        cut = shapely.area(shapely.intersection(parcels[partly], covered))
-        share[partly] = np.where(area > 0, cut / np.where(area > 0, area, 1.0), 0.0)
-    return share
 
 
 def _plain(value):

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from geodetect.county.layers import DetectionLayer, require_coverage
+from geodetect.county.layers import DetectionLayer, require_coverage, work_crs
 from geodetect.errors import InputError
 
 STRATA = 4
@@ -84,7 +84,7 @@ def draw_review(
     if not (math.isfinite(square_size) and square_size > 0):
         raise InputError(f"--square-size {square_size}: give a side in metres above 0")
     rng = np.random.default_rng(seed)
-    work = _work_crs(layer.detections)
+    work = work_crs(layer.detections)
     detections = layer.detections.to_crs(work).reset_index(drop=True)
     ground = layer.coverage.to_crs(work).geometry.union_all()
     if aoi is not None:
@@ -123,12 +123,6 @@ def draw_review(
     missed = gpd.GeoDataFrame({"note": pd.Series([], dtype=str)}, geometry=[], crs=work)
     crs = layer.detections.crs
     return Review(items.to_crs(crs), squares_layer.to_crs(crs), missed.to_crs(crs), table)
-
-
-def _work_crs(detections: gpd.GeoDataFrame):
-    if detections.crs.is_projected or not len(detections):
-        return detections.crs
-    return detections.estimate_utm_crs()
 
 
 def _strata(scores: np.ndarray, n: int, rng) -> tuple[np.ndarray, pd.DataFrame]:
