@@ -117,6 +117,7 @@ def prepare_data(
     val_fraction: float = 0.2,
     class_field: str | None = None,
     gsd: float | None = None,
+    review: str | os.PathLike | None = None,
     seed: int = 0,
 ) -> DetectionData:
     """Cut labelled imagery into training and validation chips (split by area).
@@ -135,6 +136,8 @@ def prepare_data(
         val_fraction: share of the area held out for validation.
         class_field: attribute holding the class (default ``class`` if present).
         gsd: training pixel size in metres (default: as ``geodetect train``).
+        review: a review filled in QGIS (``geodetect sample``) over ``path``, with or
+            without ``labels``, as ``geodetect train --review`` takes it.
         seed: seed of the chip sampling (and, passed on, of training).
 
     With the defaults, the data, and what :class:`RetinaNet` trains from it, are those
@@ -144,7 +147,7 @@ def prepare_data(
         >>> data = prepare_data("ortho/*.tif", labels="pools.gpkg", chip_size=256)  # doctest: +SKIP
         >>> data.show_batch()                                                       # doctest: +SKIP
     """
-    source = LabelSource.guess(path, labels, class_field=class_field)
+    source = LabelSource.guess(path, labels, class_field=class_field, review=review)
     labelled = load_labelled(source, gsd=gsd)
     if chip_size is None:
         chip_size = default_chip_size(labelled.typical_object_px)

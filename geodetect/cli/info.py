@@ -92,6 +92,18 @@ def _model_rows(spec, model_id: str) -> list[tuple[str, str]]:
     return rows
 
 
+def _review_text(counts: dict[str, Any]) -> str:
+    """What a model learnt from a review, in one line."""
+    reasons = counts.get("reasons") or {}
+    why = ", ".join(f"{k} {v}" for k, v in reasons.items())
+    return (
+        f"{counts.get('confirmed', 0)} confirmed detections and {counts.get('missed', 0)} "
+        f"drawn missed pools as objects; {counts.get('rejected', 0)} rejected as hard "
+        f"negatives{f' ({why})' if why else ''}; {counts.get('squares', 0)} done search "
+        f"squares as complete ground; {counts.get('unjudged', 0)} unjudged left out"
+    )
+
+
 def _training_rows(training: dict[str, Any], threshold: float) -> list[tuple[str, str]]:
     """(label, text) lines for the training record: counts, not lists.
 
@@ -107,9 +119,17 @@ def _training_rows(training: dict[str, Any], threshold: float) -> list[tuple[str
         images = source.pop("images", None)
         if isinstance(images, list):
             rows.append(("images", _first_of(images)))
-        for key, label in (("labels", "labels"), ("voc", "VOC dataset"), ("coco", "COCO file")):
+        for key, label in (
+            ("labels", "labels"),
+            ("voc", "VOC dataset"),
+            ("coco", "COCO file"),
+            ("review", "review"),
+        ):
             if key in source:
                 rows.append((label, _text(source.pop(key))))
+        counts = source.pop("review_counts", None)
+        if isinstance(counts, dict):
+            rows.append(("learnt from review", _review_text(counts)))
         rows += [(f"source {key}", _text(value)) for key, value in source.items()]
     elif source is not None:
         rows.append(("source", _text(source)))

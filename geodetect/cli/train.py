@@ -16,6 +16,16 @@ from geodetect.cli import options
     default=None,
     help="Label layer (polygons, boxes, or points with a size), any vector format and CRS.",
 )
+@click.option(
+    "--review",
+    type=click.Path(),
+    default=None,
+    help="A review filled in QGIS ('geodetect sample') over IMAGE..., with or without "
+    "--labels: detections judged pool and the pools drawn in search squares are learnt as "
+    "objects, rejected ones as hard negatives (their reasons counted in `geodetect info`); "
+    "only the judged boxes and the done squares count as known ground (elsewhere nothing "
+    "is learnt as background). With --labels, files holding labels stay wholly known.",
+)
 @click.option("--layer", default=None, help="Layer of a multi-layer label file.")
 @click.option(
     "--voc",
@@ -152,6 +162,7 @@ from geodetect.cli import options
 def command(
     images,
     labels,
+    review,
     layer,
     voc,
     coco,
@@ -191,8 +202,9 @@ def command(
     aside to measure AP50 each epoch, and the best model is written.
 
     \b
-    Example:
+    Examples:
       geodetect train ortho.tif --labels pools.gpkg --out pools.model --max-minutes 10
+      geodetect train county/*.tif --review review.gpkg --resume pools.model --out v2.model
     """
     from geodetect.io.labels import LabelSource
     from geodetect.train import train
@@ -206,6 +218,7 @@ def command(
         layer=layer,
         class_field=class_field,
         point_size=point_size,
+        review=review,
     )
     result = train(
         source,

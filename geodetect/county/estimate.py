@@ -32,13 +32,10 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from geodetect.county.review import REASONS, STRATA
+from geodetect.county.review import REASONS, STRATA, parse_verdicts, squares_done
 from geodetect.errors import InputError
 
 Z95 = 1.959964
-_POOL = {"pool", "p", "yes", "y", "true", "1"}
-_NOT_POOL = {"not_pool", "not pool", "notpool", "no", "n", "false", "0"}
-_DONE = {"yes", "y", "true", "1", "done", "x"}
 
 
 @dataclass(frozen=True)
@@ -64,27 +61,6 @@ class Estimate:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
 
-def parse_verdicts(items: pd.DataFrame, *, source: str) -> np.ndarray:
-    """1 for pool, 0 for not a pool, -1 where nothing is filled in.
-
-    Raises:
-        InputError: a verdict that is neither (the first few named).
-    """
-    text = items["verdict"].astype(object).where(items["verdict"].notna(), "")
-    text = text.astype(str).str.strip().str.lower()
-    out = np.full(len(text), -1, dtype=np.int64)
-    out[text.isin(_POOL).to_numpy()] = 1
-    out[text.isin(_NOT_POOL).to_numpy()] = 0
-    bad = (out < 0) & (text != "").to_numpy()
-    if bad.any():
-        shown = ", ".join(repr(v) for v in pd.unique(text[bad])[:3])
-        raise InputError(
-            f"{source}: {int(bad.sum())} verdict(s) are neither pool nor not_pool ({shown}); "
-            "fill the verdict field with pool or not_pool"
-        )
-    return out
-
-
 def estimate(
     items: gpd.GeoDataFrame,
     squares: gpd.GeoDataFrame,
@@ -106,8 +82,7 @@ def estimate(
         InputError: the review is unfinished (and not ``partial``) or too small.
     """
     verdict = parse_verdicts(items, source=source)
-    done = squares["done"].astype(object).where(squares["done"].notna(), "")
-    done = done.astype(str).str.strip().str.lower().isin(_DONE).to_numpy()
+    done = squares_done(squares)
     open_items, open_squares = int((verdict < 0).sum()), int((~done).sum())
     if (open_items or open_squares) and not partial:
         raise InputError(

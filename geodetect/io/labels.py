@@ -9,6 +9,7 @@ the envelope, in pixel space, of its polygon reprojected to the grid's CRS.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -62,22 +63,38 @@ class LabelSource:
 
     ``layer``, ``class_field`` and ``point_size`` say how to read a label layer (see
     :func:`read_labels`).
+
+    ``review``: a review filled in QGIS (``geodetect sample``) over the same ``images``,
+    with or without a label layer (``path`` None): its confirmed detections and drawn
+    pools are objects, its rejections hard negatives, and only where it looked counts
+    as known (see :func:`geodetect.county.review.review_labels`).
     """
 
     kind: str
-    path: Path
+    path: Path | None
     images: tuple[str, ...] = ()
     layer: str | int | None = None
     class_field: str | None = None
     point_size: float | None = None
+    review: Path | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in LABEL_KINDS:
             raise InputError(
                 f"unknown label source {self.kind!r}; choose one of {', '.join(LABEL_KINDS)}"
             )
+        if self.kind != "layer" and self.review is not None:
+            raise InputError(
+                "--review goes with IMAGE... (the rasters the reviewed layer was detected "
+                "on), not with --voc, --coco or --yolo"
+            )
+        if self.kind == "layer" and self.path is None and self.review is None:
+            raise InputError("give --labels or --review with the IMAGEs to train on")
         if self.kind == "layer" and not self.images:
-            raise InputError("--labels needs at least one IMAGE to train on")
+            raise InputError(
+                f"{'--labels' if self.path is not None else '--review'} needs at least one "
+                "IMAGE to train on"
+            )
         if self.kind != "layer" and self.images:
             raise InputError(
                 "IMAGE arguments cannot be combined with --voc, --coco or --yolo; "
@@ -96,9 +113,11 @@ class LabelSource:
         layer: str | int | None = None,
         class_field: str | None = None,
         point_size: float | None = None,
+        review: str | os.PathLike[str] | None = None,
     ) -> LabelSource:
         """The source ``geodetect train``'s options name: ``IMAGE... --labels FILE``,
-        ``--voc DIR``, ``--coco JSON`` or ``--yolo DIR``, exactly one of them.
+        ``--voc DIR``, ``--coco JSON`` or ``--yolo DIR``, exactly one of them; or
+        ``IMAGE... --review REVIEW`` with or without ``--labels``.
 
         Raises:
             InputError: no source, several, or images beside a chip dataset.
@@ -108,19 +127,22 @@ class LabelSource:
             for k, p in (("layer", labels), ("voc", voc), ("coco", coco), ("yolo", yolo))
             if p is not None
         ]
+        if not given and review is not None:
+            given = [("layer", None)]
         if len(given) != 1:
             raise InputError(
-                "give training labels in one way: IMAGE... with --labels, or --voc DIR, "
-                "or --coco JSON, or --yolo DIR"
+                "give training labels in one way: IMAGE... with --labels (and/or --review), "
+                "or --voc DIR, or --coco JSON, or --yolo DIR"
             )
         kind, path = given[0]
         return cls(
             kind,
-            Path(path),
+            None if path is None else Path(path),
             tuple(os.fspath(p) for p in images or ()),
             layer=layer,
             class_field=class_field,
             point_size=point_size,
+            review=None if review is None else Path(review),
         )
 
     @classmethod
@@ -130,20 +152,29 @@ class LabelSource:
         labels: str | os.PathLike[str] | None = None,
         *,
         class_field: str | None = None,
+        review: str | os.PathLike[str] | None = None,
     ) -> LabelSource:
         """The notebook API's way: rasters (files, globs or folders) with a ``labels``
-        layer, or, without ``labels``, one folder that is a YOLO dataset or a VOC export
-        (``images/`` + ``labels/``)."""
+        layer and/or a ``review``, or, with neither, one folder that is a YOLO dataset or
+        a VOC export (``images/`` + ``labels/``)."""
         paths = [path] if isinstance(path, str | os.PathLike) else list(path)
-        if labels is None and len(paths) == 1 and is_yolo_folder(paths[0]):
+        alone = labels is None and review is None and len(paths) == 1
+        if alone and is_yolo_folder(paths[0]):
             return cls.of(yolo=paths[0])
-        if labels is None and len(paths) == 1 and (Path(paths[0]) / "labels").is_dir():
+        if alone and (Path(paths[0]) / "labels").is_dir():
             return cls.of(voc=paths[0])
-        return cls.of(paths, labels, class_field=class_field)
+        return cls.of(paths, labels, class_field=class_field, review=review)
 
     def describe(self) -> dict[str, str]:
         """The source as a model file's training record names it."""
-        return {"labels" if self.kind == "layer" else self.kind: str(self.path)}
+        out = (
+            {}
+            if self.path is None
+            else {"labels" if self.kind == "layer" else self.kind: str(self.path)}
+        )
+        if self.review is not None:
+            out["review"] = str(self.review)
+        return out
 
 
 @dataclass(frozen=True)
@@ -155,11 +186,18 @@ class GridLabels:
         boxes: float64 [N, 4], ``xyxy`` pixel-edge coordinates of ``grid`` (a box may
             reach past the grid's edge when its object does).
         classes: int64 [N], indices into the sorted class list of the label set.
+        rejected: float64 [R, 4], boxes a reviewer judged not to be objects (hard
+            negatives; never targets).
+        known: float64 [K, 4], the only boxes where the labels are known to be
+            complete (a review's judged objects and search squares); None: the whole
+            grid is (a label layer's grids).
     """
 
     grid: MosaicGrid
     boxes: np.ndarray
     classes: np.ndarray
+    rejected: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 4)))
+    known: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -325,6 +363,19 @@ def map_to_pixel_boxes(geoms: np.ndarray, transform: Affine) -> np.ndarray:
     return boxes
 
 
+def boxes_on_grid(layer: gpd.GeoDataFrame, grid: MosaicGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel boxes (float64 [N, 4]) of a layer's geometries on ``grid`` (reprojected to
+    its CRS), and which of them overlap the grid with positive area (bool [N])."""
+    local = to_crs_checked(layer, grid.crs)
+    boxes = map_to_pixel_boxes(np.asarray(local.geometry.to_numpy(), dtype=object), grid.transform)
+    on_grid = (
+        np.isfinite(boxes).all(axis=1)
+        & (np.minimum(boxes[:, 2], grid.width) - np.maximum(boxes[:, 0], 0) > 0)
+        & (np.minimum(boxes[:, 3], grid.height) - np.maximum(boxes[:, 1], 0) > 0)
+    )
+    return boxes, on_grid
+
+
 def labels_on_grids(
     labels: gpd.GeoDataFrame,
     grids: Sequence[MosaicGrid],
@@ -352,15 +403,7 @@ def labels_on_grids(
                 f"{grid.paths[0]}: raster has no CRS, so map labels cannot be "
                 "placed on it; assign one to the raster"
             )
-        local = to_crs_checked(labels, grid.crs)
-        boxes = map_to_pixel_boxes(
-            np.asarray(local.geometry.to_numpy(), dtype=object), grid.transform
-        )
-        on_grid = (
-            np.isfinite(boxes).all(axis=1)
-            & (np.minimum(boxes[:, 2], grid.width) - np.maximum(boxes[:, 0], 0) > 0)
-            & (np.minimum(boxes[:, 3], grid.height) - np.maximum(boxes[:, 1], 0) > 0)
-        )
+        boxes, on_grid = boxes_on_grid(labels, grid)
         placed |= on_grid
         out.append(GridLabels(grid, boxes[on_grid], class_ids[on_grid]))
     outside = int((~placed).sum())

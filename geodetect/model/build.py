@@ -21,6 +21,9 @@ from torchvision.models.detection.retinanet import (
 )
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import (
+    boxes as box_ops,
+)
+from torchvision.ops import (
     generalized_box_iou_loss,
     sigmoid_focal_loss,
 )
@@ -171,6 +174,26 @@ class VotingRetinaNet(RetinaNet):
         self.box_vote_iou = box_vote_iou
         self.second_box_iou = second_box_iou
 
+    def compute_loss(self, targets, head_outputs, anchors):
+        """torchvision's matching of anchors to targets, then: an anchor whose centre lies
+        in no box of a target's ``known`` (FloatTensor[K, 4], where the labels are
+        complete) and that matches no object is ignored, as anchors between the IoU
+        thresholds are. Without ``known`` the whole chip is known."""
+        matched_idxs = []
+        for image_anchors, target in zip(anchors, targets, strict=True):
+            if target["boxes"].numel() == 0:
+                matched = torch.full(
+                    (image_anchors.size(0),), -1, dtype=torch.int64, device=image_anchors.device
+                )
+            else:
+                matched = self.proposal_matcher(box_ops.box_iou(target["boxes"], image_anchors))
+            known = target.get("known")
+            if known is not None:
+                unknown = ~centres_inside(image_anchors, known) & (matched < 0)
+                matched = torch.where(unknown, self.proposal_matcher.BETWEEN_THRESHOLDS, matched)
+            matched_idxs.append(matched)
+        return self.head.compute_loss(targets, head_outputs, anchors, matched_idxs)
+
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
         return batched_detections(
             head_outputs["cls_logits"],
@@ -186,6 +209,17 @@ class VotingRetinaNet(RetinaNet):
             max_voters=MAX_VOTERS,
             second_iou=self.second_box_iou,
         )
+
+
+def centres_inside(boxes: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Whether each box's centre (``xyxy`` [N, 4]) lies in at least one of ``regions``
+    (``xyxy`` [K, 4]); all False when there are none."""
+    if not len(regions) or not len(boxes):
+        return torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    centres = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2
+    regions = regions.to(centres.dtype)[None]
+    inside = (centres >= regions[..., :2]) & (centres <= regions[..., 2:])
+    return inside.all(dim=2).any(dim=1)
 
 
 # Candidates per chip that vote (each chip's best), as torchvision's detections_per_img.

@@ -31,16 +31,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from geodetect.county.review import ReviewLabels, review_labels
 from geodetect.errors import LabelError, RasterError
 from geodetect.geometry.grid import offset_range
 from geodetect.io.labels import (
     GridLabels,
     LabelSource,
+    boxes_on_grid,
     chip_class_names,
     chips_on_grids,
     class_names,
     labels_on_grids,
     largest_side,
+    map_to_pixel_boxes,
     read_coco,
     read_labels,
     read_voc_folder,
@@ -59,7 +62,9 @@ from geodetect.train.augment import NO_AUGMENTATION, Augmentation, resize
 log = logging.getLogger(__name__)
 
 TRAIN, VAL, EXCLUDED = 0, 1, 2
-NEGATIVE, HARD = -1, -2  # ChipItem.anchor of a random negative and of a mined hard example
+# ChipItem.anchor of a random negative, of a mined hard example and of a reviewer's
+# rejection (``GridLabels.rejected[ChipItem.box]``).
+NEGATIVE, HARD, REJECTED = -1, -2, -3
 # Percentile of object sizes that sets chip sizes and overlaps (see typical_object_px).
 TYPICAL_PERCENTILE = 95
 # Training rasters whose pixels differ from the training GSD by more than this share
@@ -267,12 +272,24 @@ def window_for(box: np.ndarray, size: int) -> int:
 def _place_negative(
     rng: np.random.Generator, gl: GridLabels, split: SplitMap, part: int, size: int
 ) -> tuple[int, int] | None:
-    """A random window in ``part`` that no labelled object touches."""
+    """A random window in ``part`` that no labelled object touches; on a grid known only
+    in places (``gl.known``), one centred in a known box (drawn by area)."""
     lo_c, hi_c = offset_range(gl.grid.width, size)
     lo_r, hi_r = offset_range(gl.grid.height, size)
+    weights = None
+    if gl.known is not None:
+        if not len(gl.known):
+            return None
+        weights = np.prod(gl.known[:, 2:] - gl.known[:, :2], axis=1)
+        weights = weights / weights.sum()
     for _ in range(_PLACE_TRIES):
-        row = int(rng.integers(lo_r, hi_r + 1))
-        col = int(rng.integers(lo_c, hi_c + 1))
+        if weights is None:
+            row = int(rng.integers(lo_r, hi_r + 1))
+            col = int(rng.integers(lo_c, hi_c + 1))
+        else:
+            x1, y1, x2, y2 = gl.known[rng.choice(len(weights), p=weights)]
+            col = int(np.clip(round(rng.uniform(x1, x2) - size / 2), lo_c, hi_c))
+            row = int(np.clip(round(rng.uniform(y1, y2) - size / 2), lo_r, hi_r))
         if split.part_of(row, col, size) != part:
             continue
         b = gl.boxes
@@ -314,13 +331,16 @@ class ChipItem:
     """One item of a chip set: its grid, its anchor object (``NEGATIVE``: a random
     object-free window; ``HARD``: a mined window around a false alarm, always read where
     it was found) and a window found at planning time (used as is for validation and
-    hard examples, as a fallback in training)."""
+    hard examples, as a fallback in training). ``REJECTED`` items place a reviewer's
+    rejection (``box``: its index in ``GridLabels.rejected``) as positives place their
+    object."""
 
     grid_index: int
     anchor: int
     row_off: int
     col_off: int
     size: int
+    box: int = -1
 
 
 class ChipSet(Dataset):
@@ -381,9 +401,18 @@ class ChipSet(Dataset):
                 place = _place_object(rng, gl.boxes[oi], gl.grid, split, self.part, size)
                 if place is not None:
                     positives.append(ChipItem(gi, oi, *place, size))
+        rejected = []
+        for gi, (gl, split) in enumerate(zip(self.labelled, self.splits, strict=True)):
+            for ri, box in enumerate(gl.rejected):
+                size = window_for(box, self.chip_size)
+                place = _place_object(rng, box, gl.grid, split, self.part, size)
+                if place is not None:
+                    rejected.append(ChipItem(gi, REJECTED, *place, size, box=ri))
         areas = np.array(
             [
                 s.area(self.part, gl.grid.height, gl.grid.width)
+                if gl.known is None
+                else _known_area(gl, s, self.part)
                 for gl, s in zip(self.labelled, self.splits, strict=True)
             ]
         )
@@ -396,7 +425,7 @@ class ChipSet(Dataset):
                 )
                 if place is not None:
                     negatives.append(ChipItem(gi, NEGATIVE, *place, self.chip_size))
-        items = positives + negatives
+        items = positives + rejected + negatives
         if max_items is not None and len(items) > max_items:
             keep = np.sort(rng.choice(len(items), size=max_items, replace=False))
             items = [items[i] for i in keep]
@@ -440,9 +469,10 @@ class ChipSet(Dataset):
         if scale:
             size = round(self.chip_size / rng.uniform(1 - scale, 1 + scale))
         gl, split = self.labelled[item.grid_index], self.splits[item.grid_index]
-        if item.anchor >= 0:
-            size = window_for(gl.boxes[item.anchor], size)
-            place = _place_object(rng, gl.boxes[item.anchor], gl.grid, split, self.part, size)
+        if item.anchor >= 0 or item.anchor == REJECTED:
+            box = gl.boxes[item.anchor] if item.anchor >= 0 else gl.rejected[item.box]
+            size = window_for(box, size)
+            place = _place_object(rng, box, gl.grid, split, self.part, size)
         else:
             place = _place_negative(rng, gl, split, self.part, size)
         if place is None:
@@ -474,20 +504,51 @@ class ChipSet(Dataset):
             data, valid = self.read_raw(gi, row, col, size)
             if not negative or rng is None or valid.mean() >= self.min_valid or attempt == 4:
                 break
-        boxes, labels = chip_targets(
-            self.labelled[gi], row, col, size, min_visible=self.min_visible
-        )
+        gl = self.labelled[gi]
+        boxes, labels = chip_targets(gl, row, col, size, min_visible=self.min_visible)
         image = torch.from_numpy(
             (data.astype(np.float32) - self.band_mean[:, None, None]) / self.band_std[:, None, None]
         )
         box_t = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        n_boxes = len(box_t)
+        if gl.known is not None:  # moved with the objects, split off after
+            known = torch.as_tensor(known_in_window(gl, row, col, size), dtype=torch.float32)
+            box_t = torch.cat([box_t, known.reshape(-1, 4)])
         image, box_t = resize(image, box_t, self.chip_size)
         if rng is not None:
             generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
             image, box_t = self.augmentation(image, box_t, generator)
+        box_t, known_t = box_t[:n_boxes], box_t[n_boxes:]
         labels_t = torch.as_tensor(labels, dtype=torch.int64)
         big_enough = ((box_t[:, 2] - box_t[:, 0]) >= 1) & ((box_t[:, 3] - box_t[:, 1]) >= 1)
-        return image, {"boxes": box_t[big_enough], "labels": labels_t[big_enough]}
+        target = {"boxes": box_t[big_enough], "labels": labels_t[big_enough]}
+        if gl.known is not None:
+            target["known"] = known_t
+        return image, target
+
+
+def known_in_window(gl: GridLabels, row_off: int, col_off: int, size: int) -> np.ndarray:
+    """The grid's known boxes that reach into a window, in its pixels, clipped to it
+    (float64 [K, 4]); the whole window when the grid is all known."""
+    if gl.known is None:
+        return np.array([[0.0, 0.0, size, size]])
+    boxes = (gl.known - np.array([col_off, row_off, col_off, row_off], dtype=np.float64)).clip(
+        0, size
+    )
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[keep].reshape(-1, 4)
+
+
+def _known_area(gl: GridLabels, split: SplitMap, part: int) -> float:
+    """Pixels of a grid's known boxes whose centres lie in ``part`` (overlaps counted
+    twice: a weight, not a measure)."""
+    if gl.known is None or not len(gl.known):
+        return 0.0
+    total = 0.0
+    for x1, y1, x2, y2 in gl.known:
+        if split.part_of(int((y1 + y2) / 2), int((x1 + x2) / 2), 1) == part:
+            total += (x2 - x1) * (y2 - y1)
+    return total
 
 
 def area_windows(
@@ -501,13 +562,17 @@ def area_windows(
 ) -> list[ChipItem]:
     """Non-overlapping ``size``-pixel windows that tile a part's area (each wholly inside
     the part and its grid), objects or not: a sample of the scene as detection sees it,
-    background included (at most ``max_windows``, spread at random)."""
+    background included (at most ``max_windows``, spread at random). On grids known
+    only in places, windows that reach no known box are left out."""
     items = []
     for gi, (gl, split) in enumerate(zip(labelled, splits, strict=True)):
         for row in range(0, gl.grid.height - size + 1, size):
             for col in range(0, gl.grid.width - size + 1, size):
-                if split.part_of(row, col, size) == part:
-                    items.append(ChipItem(gi, NEGATIVE, row, col, size))
+                if split.part_of(row, col, size) != part:
+                    continue
+                if gl.known is not None and not len(known_in_window(gl, row, col, size)):
+                    continue
+                items.append(ChipItem(gi, NEGATIVE, row, col, size))
     if max_windows is not None and len(items) > max_windows:
         rng = np.random.default_rng([seed, 5])
         keep = np.sort(rng.choice(len(items), size=max_windows, replace=False))
@@ -653,18 +718,37 @@ def load_labelled(source: LabelSource, *, gsd: float | None = None) -> LabelledD
         RasterError: rasters that differ in band count or data type.
     """
     if source.kind == "layer":
-        gdf = read_labels(
-            source.path,
-            layer=source.layer,
-            class_field=source.class_field,
-            point_size=source.point_size,
+        gdf = None
+        if source.path is not None:
+            gdf = read_labels(
+                source.path,
+                layer=source.layer,
+                class_field=source.class_field,
+                point_size=source.point_size,
+            )
+        review = None if source.review is None else review_labels(source.review)
+        classes = sorted(
+            set(class_names(gdf) if gdf is not None else ())
+            | set(review.positives["class"].astype(str) if review is not None else ())
         )
-        classes = class_names(gdf)
+        if not classes:
+            raise LabelError(
+                f"{source.review}: no detection is judged pool and no missed pool is drawn; "
+                "a detector needs objects to learn from"
+            )
 
         def on(grids: list[MosaicGrid], *, again: bool = False) -> LabelledData:
-            boxes = labels_on_grids(gdf, grids, classes, warn_outside=not again)
-            paths = [str(p) for g in grids for p in g.paths]
-            return LabelledData(boxes, classes, source={**source.describe(), "images": paths})
+            if gdf is not None:
+                boxes = labels_on_grids(gdf, grids, classes, warn_outside=not again)
+            else:
+                boxes = [
+                    GridLabels(g, np.zeros((0, 4)), np.zeros(0, dtype=np.int64)) for g in grids
+                ]
+            described = {**source.describe(), "images": [str(p) for g in grids for p in g.paths]}
+            if review is not None:
+                boxes = with_review(boxes, review, classes, labelled_files=gdf is not None)
+                described["review_counts"] = review.counts
+            return LabelledData(boxes, classes, source=described)
 
         opened = open_mosaics(list(source.images))
         labelled = on(to_training_gsd(opened, gsd=gsd))
@@ -685,6 +769,89 @@ def load_labelled(source: LabelSource, *, gsd: float | None = None) -> LabelledD
         )
     _check_layout(labelled)
     return labelled
+
+
+# A review's detection judged pool that overlaps a label-layer object by this IoU is
+# that object, labelled twice; a rejected one that overlaps an object by this much is a
+# second box on it, not background.
+_SAME_OBJECT_IOU = 0.3
+_ON_OBJECT_IOU = 0.1
+
+
+def with_review(
+    grids: Sequence[GridLabels],
+    review: ReviewLabels,
+    classes: Sequence[str],
+    *,
+    labelled_files: bool,
+) -> list[GridLabels]:
+    """Add a filled review to labelled grids.
+
+    Its confirmed detections and drawn pools become objects (unless a label already
+    marks them), its rejections hard negatives (``GridLabels.rejected``; not those on
+    an object). What is known changes: without a label layer only the review's own
+    boxes and done squares are (``GridLabels.known``); with one
+    (``labelled_files``), the files that hold label-layer objects stay wholly known,
+    as a label layer alone has them, and the review adds its places on the others.
+
+    Raises:
+        LabelError: none of the review's objects lies on the rasters.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    out, placed = [], 0
+    for gl in grids:
+        grid = gl.grid
+        pos, on = boxes_on_grid(review.positives, grid)
+        pos_cls = np.array([index[c] for c in review.positives["class"].astype(str)], np.int64)
+        pos, pos_cls = pos[on], pos_cls[on]
+        placed += int(on.sum())
+        if len(gl.boxes) and len(pos):
+            pos_keep = _max_iou(pos, gl.boxes) < _SAME_OBJECT_IOU
+            pos, pos_cls = pos[pos_keep], pos_cls[pos_keep]
+        boxes = np.concatenate([gl.boxes, pos]).reshape(-1, 4)
+        labels = np.concatenate([gl.classes, pos_cls]).astype(np.int64)
+        rejected, on = boxes_on_grid(review.rejected, grid)
+        rejected = rejected[on].reshape(-1, 4)
+        if len(boxes) and len(rejected):
+            rejected = rejected[_max_iou(rejected, boxes) < _ON_OBJECT_IOU]
+        known, on = boxes_on_grid(review.known, grid)
+        known = known[on].reshape(-1, 4)
+        if labelled_files:
+            files = _member_boxes(grid)
+            holding = _max_iou(files, gl.boxes) > 0 if len(gl.boxes) else np.zeros(len(files), bool)
+            known = None if holding.all() else np.concatenate([known, files[holding]])
+        out.append(GridLabels(grid, boxes, labels, rejected, known))
+    if not placed and len(review.positives):
+        raise LabelError(
+            f"none of the review's {len(review.positives)} pools lies on the input raster(s); "
+            "give the rasters the reviewed layer was detected on"
+        )
+    return out
+
+
+def _max_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Each box of ``a``'s largest IoU with a box of ``b`` (float64 [len(a)])."""
+    if not len(a) or not len(b):
+        return np.zeros(len(a))
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return (inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)).max(axis=1)
+
+
+def _member_boxes(grid: MosaicGrid) -> np.ndarray:
+    """Each member file's footprint in the grid's pixels (float64 [M, 4])."""
+    from rasterio.warp import transform_bounds
+
+    boxes = []
+    for member in grid.members:
+        bounds = member.info.grid.bounds
+        if member.info.grid.crs != grid.crs:
+            bounds = transform_bounds(member.info.grid.crs, grid.crs, *bounds)
+        boxes.append(shapely.box(*bounds))
+    return map_to_pixel_boxes(np.array(boxes, dtype=object), grid.transform)
 
 
 # label_nms_iou: the percentile of objects' largest overlap, the margin, and the range.

@@ -29,6 +29,7 @@ from geodetect.geometry.grid import offset_range
 from geodetect.model import (
     autocast_dtype,
 )
+from geodetect.model.build import centres_inside
 from geodetect.train.data import (
     HARD,
     TRAIN,
@@ -252,7 +253,11 @@ def mine_hard_examples(
                 offset = torch.tensor([item.col_off, item.row_off] * 2, dtype=torch.float32)
                 boxes = out["boxes"][keep].float().cpu() + offset
                 scores = out["scores"][keep].float().cpu()
-                labelled = torch.as_tensor(data.labelled.grids[item.grid_index].boxes).float()
+                gl = data.labelled.grids[item.grid_index]
+                if gl.known is not None:  # an alarm where nothing is known is no alarm
+                    inside = centres_inside(boxes, torch.as_tensor(gl.known).float())
+                    boxes, scores = boxes[inside], scores[inside]
+                labelled = torch.as_tensor(gl.boxes).float()
                 if len(labelled):
                     lo = torch.maximum(boxes[:, None, :2], labelled[None, :, :2])
                     hi = torch.minimum(boxes[:, None, 2:], labelled[None, :, 2:])

@@ -18,6 +18,7 @@ from geodetect.geometry.match import greedy_match
 from geodetect.model import (
     autocast_dtype,
 )
+from geodetect.model.build import centres_inside
 from geodetect.train.data import (
     ChipSet,
     chip_loader,
@@ -152,6 +153,18 @@ def recall_leaning_threshold(
     )
 
 
+def only_known(prediction: dict, target: dict) -> dict:
+    """The detections of a chip whose centres lie where its labels are complete (the
+    target's ``known`` boxes, see :class:`~geodetect.train.data.ChipSet`): elsewhere
+    nothing is known, so a detection is neither right nor wrong. All of them when the
+    whole chip is known."""
+    known = target.get("known")
+    if known is None:
+        return prediction
+    keep = centres_inside(prediction["boxes"].float().cpu(), known)
+    return {k: v[keep.to(v.device)] for k, v in prediction.items()}
+
+
 @torch.no_grad()
 def evaluate_chips(
     model: nn.Module,
@@ -195,9 +208,12 @@ def evaluate_chips(
         ):
             outputs = predict(model, images, device, amp)
             preds = [
-                {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in o.items()}
-                for o in outputs
+                only_known(
+                    {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in o.items()}, t
+                )
+                for o, t in zip(outputs, targets, strict=True)
             ]
+            targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
             metric.update(preds, targets)
             if per_class is not None:
                 per_class.update(preds, targets)
@@ -277,6 +293,7 @@ def area_threshold(
         ):
             outputs = predict(model, images, device, amp)
             for out, target in zip(outputs, targets, strict=True):
+                out = only_known(out, target)
                 boxes, score = out["boxes"].float().cpu(), out["scores"].float().cpu()
                 keep = inside(boxes)
                 boxes, score = boxes[keep], score[keep]
