@@ -188,6 +188,23 @@ def torch_cache(tmp_path, monkeypatch):
         torch.hub.set_dir(previous)
 
 
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
+
+
+@pytest.fixture(scope="session")
+def sample_model(tmp_path_factory) -> Path:
+    """What `geodetect train` makes of sample_data/train in 300 seeded steps from random
+    weights (the synthetic start would cost CI minutes to build; test_training_real
+    builds and uses a small one). Shared: test_trained_model scores it, the county
+    notebook detects with it."""
+    model = tmp_path_factory.mktemp("sample_model") / "pools.model"
+    train = SAMPLE_DATA / "train"
+    proc = run_cli("train", train / "scene.tif", "--labels", train / "truth.gpkg", "--out", model,
+                   "--steps", "300", "--seed", "0", "--start", "none", "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return model
+
+
 def run_cli(*args, cwd=None, prefix=(), env=None) -> subprocess.CompletedProcess:
     """``python -m geodetect ARGS`` as a user runs it (``prefix``: e.g. ``taskset``)."""
     return subprocess.run(

@@ -7,53 +7,79 @@ from pathlib import Path
 
 import geopandas as gpd
 import nbformat
+import pyogrio
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "swimming_pools.ipynb"
+COUNTY = ROOT / "notebooks" / "county_workflow.ipynb"
 
 
-def test_notebook_is_committed_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+@pytest.mark.parametrize("path", [NOTEBOOK, COUNTY], ids=lambda p: p.stem)
+def test_notebook_is_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
 
 
-@pytest.mark.notebook
-def test_notebook_runs_clean(tmp_path):
+def _run(path: Path, tmp_path: Path, *, demo_model: Path | None = None):
+    """Execute a copy of the notebook in ``tmp_path/notebooks`` beside the sample data
+    (and ``demo_model`` where `make demo` leaves its model); returns the executed
+    notebook, its folder and its outputs' images, and asserts no cell raised."""
     from nbclient import NotebookClient
 
     work = tmp_path / "notebooks"
     work.mkdir()
-    shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
+    shutil.copy(path, work / path.name)
     (tmp_path / "sample_data").symlink_to(ROOT / "sample_data")
-    nb = nbformat.read(work / NOTEBOOK.name, as_version=4)
+    if demo_model is not None:
+        (tmp_path / "demo_output").mkdir()
+        (tmp_path / "demo_output" / "pools.model").symlink_to(demo_model)
+    nb = nbformat.read(work / path.name, as_version=4)
     NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}}
     ).execute()
-    images = [
-        o
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.get("outputs", [])
-        if "image/png" in o.get("data", {})
-    ]
-    assert len(images) >= 5  # batch, LR finder, curves, results, detections map
-    errors = [
-        o
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    errors = [o for o in outputs if o.get("output_type") == "error"]
     assert errors == []
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    return nb, work, images
+
+
+@pytest.mark.notebook
+def test_notebook_runs_clean(tmp_path):
+    _, work, images = _run(NOTEBOOK, tmp_path)
+    assert len(images) >= 5  # batch, LR finder, curves, results, detections map
     # a minute and a half of training on a busy CI machine may find few pools: the
     # exported layers must be valid, in the mosaic's CRS and in lon/lat respectively
     layer = gpd.read_file(work / "outputs" / "pools.gpkg")
     assert layer.crs.to_epsg() == 32617
     assert {"class", "score", "area_m2", "source", "model_id"} <= set(layer.columns)
     assert gpd.read_file(work / "outputs" / "pools.geojson").crs.to_epsg() == 4326
+
+
+@pytest.mark.notebook
+def test_county_notebook_runs_clean(sample_model, tmp_path):
+    """Detect on a synthetic county, parcels against its roll, change between its
+    flights, a review simulated from its truth, the estimate drawn against the true
+    count, and retraining from the review: every layer written, the model's record
+    holding what it learnt from the review. The notebook uses the model `make demo`
+    leaves, here the suite's sample model (its own training is that model's recipe)."""
+    from geodetect.county.review import read_review
+    from geodetect.model import load_model
+
+    _, work, images = _run(COUNTY, tmp_path, demo_model=sample_model)
+    assert not (work / "outputs_county" / "pools.model").exists()  # it used the given one
+    assert len(images) >= 1  # the estimate against the true count
+    out = work / "outputs_county"
+    for name in ("old.gpkg", "new.gpkg"):
+        assert "coverage" in {n for n, _ in pyogrio.list_layers(out / name)}
+    items, squares, missed, _ = read_review(out / "review.gpkg")
+    assert set(items["verdict"]) <= {"pool", "not_pool"} and set(squares["done"]) == {"yes"}
+    counts = load_model(out / "reviewed.model").spec.training["source"]["review_counts"]
+    assert counts["confirmed"] == int((items["verdict"] == "pool").sum())
+    assert counts["missed"] == len(missed) and counts["squares"] == len(squares)
 
 
 SAMPLE = ROOT / "sample_data" / "train"

@@ -41,6 +41,10 @@ def _train_detect_score(tmp_path, capsys, *, images, labels, train_args, test_im
         + [*train_args, "-q"],
         capsys,
     )
+    return _detect_score(tmp_path, capsys, model=model, test_images=test_images, truth=truth)
+
+
+def _detect_score(tmp_path, capsys, *, model, test_images, truth):
     layer = tmp_path / "found.gpkg"
     _run(["detect", *map(str, test_images), "-m", str(model), "-o", str(layer), "-q"], capsys)
     scores = json.loads(_run(["evaluate", str(layer), "--truth", str(truth), "--json"], capsys))
@@ -59,16 +63,13 @@ def _seam_pools(images, truth: gpd.GeoDataFrame) -> np.ndarray:
     return boxes[shapely.intersects(boxes, inner)]
 
 
-def test_a_briefly_trained_model_finds_the_pools_of_another_mosaic(tmp_path, capsys):
+def test_a_briefly_trained_model_finds_the_pools_of_another_mosaic(sample_model, tmp_path, capsys):
     images = sorted((SAMPLE / "mosaic").glob("*.tif"))
-    # Seeded steps from random weights: the synthetic start would cost CI minutes to
-    # build (test_training_real builds and uses a small one).
-    scores, layer = _train_detect_score(
+    # sample_model: 300 seeded steps on sample_data/train from random weights
+    scores, layer = _detect_score(
         tmp_path,
         capsys,
-        images=[SAMPLE / "train" / "scene.tif"],
-        labels=SAMPLE / "train" / "truth.gpkg",
-        train_args=["--steps", "300", "--seed", "0", "--start", "none"],
+        model=sample_model,
         test_images=images,
         truth=SAMPLE / "mosaic" / "truth.gpkg",
     )
