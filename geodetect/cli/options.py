@@ -28,8 +28,27 @@ def _set_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> An
     return value
 
 
+def _set_progress(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    from geodetect.progress import set_mode
+
+    set_mode(value)
+    return value
+
+
 def verbosity(f: F) -> F:
-    """-v/--verbose (repeatable) and -q/--quiet; -q also hides progress bars."""
+    """-v/--verbose (repeatable), -q/--quiet (-q also hides progress bars) and
+    --progress (bar, json lines for other programs, none)."""
+    f = click.option(
+        "--progress",
+        type=click.Choice(["bar", "json", "none"]),
+        default="bar",
+        show_default=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_progress,
+        help="How progress is shown: a bar, or one JSON object per line on stderr for "
+        "programs that run geodetect (the QGIS plugin; see the README), or none.",
+    )(f)
     f = click.option(
         "-q",
         "--quiet",

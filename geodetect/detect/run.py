@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 import geopandas as gpd
 import pandas as pd
-from tqdm.auto import tqdm
 
 from geodetect.detect.coverage import COVERAGE_LAYER, coverage_layer
 from geodetect.detect.journal import BlockStore, run_store
@@ -27,6 +26,7 @@ from geodetect.errors import InputError
 from geodetect.geometry import Block
 from geodetect.io.raster import MosaicGrid, grid_gsd_metres
 from geodetect.model import LoadedModel
+from geodetect.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class _Sink:
         self.store, self.report, self.on_batch = store, report, on_batch
         self.blocks_total = len(plan.blocks)
         self.blocks, self.objects = report.blocks_resumed, 0
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=plan.chips_total,
             initial=plan.chips_total - pending,
             unit="chip",

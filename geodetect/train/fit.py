@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-from tqdm.auto import tqdm
 
 from geodetect.errors import GeodetectError
 from geodetect.geometry.grid import offset_range
@@ -30,6 +29,7 @@ from geodetect.model import (
     autocast_dtype,
 )
 from geodetect.model.build import centres_inside
+from geodetect.progress import progress_bar
 from geodetect.train.data import (
     HARD,
     TRAIN,
@@ -458,7 +458,7 @@ def fit(
     step = 0
     stop_reason = "epochs"
     bad_steps = 0
-    bar = tqdm(
+    bar = progress_bar(
         total=planned,
         disable=not progress,
         unit="step",
