@@ -34,6 +34,7 @@ _COMMANDS = {
     "change": "geodetect.cli.change",
     "sample": "geodetect.cli.review:sample",
     "estimate": "geodetect.cli.review:estimate",
+    "qgis": "geodetect.cli.qgis",
 }
 
 

@@ -1,0 +1,150 @@
+"""geodetect in QGIS's Processing toolbox, checked with the real headless QGIS
+(``qgis_process``) where it is installed (Debian's ``qgis`` package; `.ci/run` installs
+it), and the plugin's runner (plain Python) everywhere."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import geopandas as gpd
+import numpy as np
+import pytest
+
+from conftest import SAMPLE_DATA, run_cli
+
+QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+PLUGIN_DIR = SAMPLE_DATA.parent / "geodetect" / "qgis_plugin" / "geodetect_processing"
+needs_qgis = pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
+
+
+def _runner():
+    spec = importlib.util.spec_from_file_location("geodetect_qgis_runner", PLUGIN_DIR / "runner.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def qgis(tmp_path_factory):
+    """A throw-away QGIS profile with the plugin installed by `geodetect qgis install`;
+    returns a function running qgis_process in it."""
+    if QGIS_PROCESS is None:
+        pytest.skip("qgis_process is not installed")
+    home = tmp_path_factory.mktemp("qgis")
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(home / "cfg"))
+    env["XDG_RUNTIME_DIR"] = str(home)
+    env.pop(_runner().ENV_COMMAND, None)  # the command the install recorded is the one used
+    proc = run_cli("qgis", "install", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "installed the geodetect plugin" in proc.stdout
+
+    def qgis_process(*args, timeout=600):
+        return subprocess.run([QGIS_PROCESS, *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=timeout)  # fmt: skip
+
+    return qgis_process
+
+
+@needs_qgis
+def test_the_plugin_is_enabled_and_lists_every_algorithm(qgis):
+    # `geodetect qgis install` enabled it; off and on again as a user would
+    assert qgis("plugins", "disable", "geodetect_processing").returncode == 0
+    assert "geodetect:detect" not in qgis("list").stdout
+    assert qgis("plugins", "enable", "geodetect_processing").returncode == 0
+    plugins = qgis("plugins").stdout
+    assert "* geodetect_processing" in plugins  # loaded, with a Processing provider
+    listed = qgis("list").stdout
+    for name in ("detect", "train", "evaluate", "parcels", "change", "sample", "estimate"):
+        assert f"geodetect:{name}\t" in listed, listed
+
+
+@needs_qgis
+def test_detect_in_qgis_gives_the_command_lines_layer(qgis, sample_model, tmp_path):
+    tiles = sorted((SAMPLE_DATA / "mosaic").glob("*.tif"))
+    cli_out, qgis_out = tmp_path / "cli.gpkg", tmp_path / "qgis.gpkg"
+    assert run_cli("detect", *tiles, "-m", sample_model, "-o", cli_out, "-q").returncode == 0
+    inputs = [f"INPUT={t}" for t in tiles]
+    proc = qgis("run", "geodetect:detect", "--", *inputs, f"MODEL={sample_model}",
+                f"OUTPUT={qgis_out}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "detect: 9 of 9 chips" in proc.stdout  # geodetect's progress reached QGIS
+    a, b = gpd.read_file(cli_out), gpd.read_file(qgis_out)
+    assert len(a) == len(b) > 20
+    a, b = (df.sort_values("score", ascending=False).reset_index(drop=True) for df in (a, b))
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-6)
+    assert a.geometry.geom_equals_exact(b.geometry, tolerance=1e-6).all()
+    # the same file: its coverage layer and the style QGIS loads with it
+    import pyogrio
+
+    assert {"coverage", "layer_styles"} <= {n for n, _ in pyogrio.list_layers(qgis_out)}
+    # a layer inside a GeoPackage as a vector input: evaluate against the truth's 'pools'
+    result = tmp_path / "scores.json"
+    proc = qgis("run", "geodetect:evaluate", "--", f"INPUT={qgis_out}",
+                f"TRUTH={SAMPLE_DATA / 'mosaic' / 'truth.gpkg'}|layername=pools",
+                f"OUTPUT={result}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(result.read_text())["n_truth"] == 36
+
+
+@needs_qgis
+def test_a_bad_input_is_geodetects_one_line_in_qgis(qgis, tmp_path):
+    out = tmp_path / "bad.gpkg"
+    tile = SAMPLE_DATA / "mosaic" / "scene_r0_c0.tif"
+    proc = qgis("run", "geodetect:detect", "--", f"INPUT={tile}",
+                f"MODEL={tmp_path / 'nope.model'}", f"OUTPUT={out}")  # fmt: skip
+    assert proc.returncode != 0
+    assert f"ERROR:\t{tmp_path / 'nope.model'}: model file not found" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_cancel_ends_the_runs_whole_process_group(tmp_path):
+    """The runner starts a run in its own session; cancelling it stops the process and
+    the processes it started (a detection's readers) and reports it cancelled."""
+    runner = _runner()
+    child_pid = tmp_path / "child.pid"
+    script = (
+        "import json, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(child_pid)!r}, 'w').write(str(child.pid))\n"
+        "for i in range(600):\n"
+        "    print(json.dumps({'event': 'progress', 'fraction': i / 600}), file=sys.stderr,"
+        " flush=True)\n"
+        "    time.sleep(0.1)\n"
+    )
+    events, started = [], time.monotonic()
+    result = runner.run([sys.executable, "-c", script], on_progress=events.append,
+                        is_canceled=lambda: len(events) >= 3)  # fmt: skip
+    assert result.canceled and result.returncode != 0
+    assert time.monotonic() - started < runner.GRACE_S + 10
+    pid = int(child_pid.read_text())
+    for _ in range(50):  # the grandchild is gone too (allow its exit to be reaped)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the run's child process outlived the cancel")
+
+
+def test_the_runner_finds_the_recorded_command_and_says_what_to_do_without_one(
+    tmp_path, monkeypatch
+):
+    runner = _runner()
+    monkeypatch.delenv(runner.ENV_COMMAND, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no geodetect on PATH
+    monkeypatch.setattr(runner, "COMMAND_FILE", tmp_path / "geodetect_command.txt")
+    with pytest.raises(FileNotFoundError, match="geodetect qgis install"):
+        runner.geodetect_command(None)
+    runner.COMMAND_FILE.write_text(f"{sys.executable} -m geodetect\n")
+    assert runner.geodetect_command(None) == [sys.executable, "-m", "geodetect"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        runner.geodetect_command(str(tmp_path / "missing" / "geodetect"))
