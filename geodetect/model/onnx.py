@@ -113,7 +113,7 @@ def export_onnx(
     check_chip_size(chip_size)
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
-    onnx = _require("onnx")
+    _require("onnx")
     _require("onnxscript")
 
     model = loaded.model
@@ -153,6 +153,12 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
 
+    return save_proto(proto, path)
+
+
+def save_proto(proto, path: Path) -> Path:
+    """Write an ONNX model proto to ``path`` atomically (temp file, then rename)."""
+    onnx = _require("onnx")
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     os.close(fd)
