@@ -30,6 +30,17 @@ settings.register_profile("random-search", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "geodetect"))
 
 
+@pytest.fixture(autouse=True)
+def _environment_given_back():
+    """Each test leaves os.environ as it found it (a LocalCluster a test starts itself
+    sets OMP_NUM_THREADS=1 here, and every CLI run after it would use one thread)."""
+    before = dict(os.environ)
+    yield
+    if dict(os.environ) != before:
+        os.environ.clear()
+        os.environ.update(before)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_caches(tmp_path_factory):
     """The suite never reads or fills the user's caches: ImageNet weights or a synthetic

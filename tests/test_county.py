@@ -135,6 +135,7 @@ def test_real_model_layer_is_the_same_on_a_dask_local_cluster(tmp_path, tiny_mod
     folder, _ = mosaic
     here = detect([folder], tiny_model, chip_size=64, overlap=16, progress=False)
     assert len(here) > 10  # an untrained net at threshold 0 finds plenty
+    environ = dict(os.environ)
     dask = detect(
         [folder],
         tiny_model,
@@ -148,6 +149,9 @@ def test_real_model_layer_is_the_same_on_a_dask_local_cluster(tmp_path, tiny_mod
     # network in fp32, oneDNN's convolutions then round differently (~1e-5 px); same
     # detections, boxes within 1e-4 px (the same thread count gives 1e-6 m, above).
     _same_layer(here, dask, tol=1e-4 * 0.3)
+    # Dask's nanny sets OMP_NUM_THREADS=1 (and more) in this process to start its
+    # workers; it is given back, or everything started later runs on one thread
+    assert dict(os.environ) == environ
 
 
 def test_cli_on_a_dask_local_cluster_gives_the_in_process_layer(tmp_path, tiny_model, mosaic):

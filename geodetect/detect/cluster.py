@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -157,6 +158,27 @@ class OnDask:
 
 
 @contextlib.contextmanager
+def _environ_kept(dask) -> Iterator[None]:
+    """Give back this process's environment as it was once a LocalCluster is over.
+
+    A Dask nanny sets its ``pre-spawn-environ`` (``OMP_NUM_THREADS=1`` and the like) in
+    the *parent's* ``os.environ`` before it starts a worker, and leaves it there: every
+    process started afterwards (a notebook's later commands, training's loader workers)
+    would run torch on one thread."""
+    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    keys |= {"PYTHONHASHSEED"}
+    saved = {key: os.environ.get(key) for key in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
 def connect(cluster: ClusterSpec | str | Any) -> Iterator[Any]:
     """A ``dask.distributed.Client`` for ``cluster`` (a :class:`ClusterSpec` or what
     :meth:`ClusterSpec.parse` takes): ``local:N`` starts a LocalCluster of N worker
@@ -178,6 +200,7 @@ def connect(cluster: ClusterSpec | str | Any) -> Iterator[Any]:
         count = spec.local_workers
         # A block that kills its worker (memory) is retried once, not on every worker.
         with (
+            _environ_kept(dask),
             dask.config.set({"distributed.scheduler.allowed-failures": 1}),
             LocalCluster(
                 n_workers=count,
