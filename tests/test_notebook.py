@@ -51,7 +51,7 @@ def _run(path: Path, tmp_path: Path, *, demo_model: Path | None = None):
 def test_notebook_runs_clean(tmp_path):
     _, work, images = _run(NOTEBOOK, tmp_path)
     assert len(images) >= 5  # batch, LR finder, curves, results, detections map
-    # a minute and a half of training on a busy CI machine may find few pools: the
+    # a minute of training on a busy CI machine may find few pools: the
     # exported layers must be valid, in the mosaic's CRS and in lon/lat respectively
     layer = gpd.read_file(work / "outputs" / "pools.gpkg")
     assert layer.crs.to_epsg() == 32617

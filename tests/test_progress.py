@@ -1,5 +1,5 @@
 """`--progress json`: the machine-readable progress other front ends (the QGIS plugin)
-read from stderr, one JSON object per line."""
+read from stderr, one JSON object per line (training's steps: test_train_review)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 from conftest import SAMPLE_DATA, run_cli
 
 
-def _events(stderr: str) -> tuple[list[dict], list[str]]:
+def events_of(stderr: str) -> tuple[list[dict], list[str]]:
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     events = [json.loads(ln) for ln in lines if ln.startswith("{")]
     return events, [ln for ln in lines if not ln.startswith("{")]
@@ -19,7 +19,7 @@ def test_detect_reports_chips_as_json_lines(sample_model, tmp_path):
     proc = run_cli("detect", SAMPLE_DATA / "mosaic", "-m", sample_model, "-o", out,
                    "--progress", "json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    events, other = _events(proc.stderr)
+    events, other = events_of(proc.stderr)
     assert events[0]["event"] == "progress" and events[-1]["event"] == "end"
     assert {e["stage"] for e in events} == {"detect"} and {e["unit"] for e in events} == {"chip"}
     done = [e["done"] for e in events]
@@ -28,18 +28,9 @@ def test_detect_reports_chips_as_json_lines(sample_model, tmp_path):
     assert all(line.startswith("geodetect: ") for line in other)  # the log, as text
 
 
-def test_training_reports_steps_and_errors_stay_one_line(tmp_path):
-    train = SAMPLE_DATA / "train"
-    out = tmp_path / "m.model"
-    proc = run_cli("train", train / "scene.tif", "--labels", train / "truth.gpkg", "--out", out,
-                   "--steps", "4", "--start", "none", "--progress", "json")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    events, _ = _events(proc.stderr)
-    steps = [e for e in events if e["stage"] == "training"]
-    assert steps[-1]["event"] == "end" and steps[-1]["done"] == steps[-1]["total"] == 4
-    # a bad input: no progress, the one-line error as in every mode
-    proc = run_cli("detect", tmp_path / "nope.tif", "-m", out, "-o", tmp_path / "x.gpkg",
+def test_a_bad_input_gives_no_progress_and_the_one_line_error(sample_model, tmp_path):
+    proc = run_cli("detect", tmp_path / "nope.tif", "-m", sample_model, "-o", tmp_path / "x.gpkg",
                    "--progress", "json")  # fmt: skip
-    events, other = _events(proc.stderr)
+    events, other = events_of(proc.stderr)
     assert proc.returncode != 0 and events == []
     assert len(other) == 1 and other[0].startswith("geodetect: error: ")

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import shapely
 import torch
+from test_progress import events_of
 
 from geodetect.county.review import Review, write_review
 from geodetect.io.labels import LabelSource
@@ -195,8 +196,12 @@ def test_train_from_a_review_through_the_cli_and_info_says_what_it_learnt(review
     tif, path, _, _, confirmed, drawn, _ = reviewed
     out = tmp_path / "reviewed.model"
     proc = run_cli("train", tif, "--review", path, "--out", out, "--chip-size", "64",
-                   "--steps", "6", "--batch-size", "4", "--start", "none", "-q")  # fmt: skip
+                   "--steps", "6", "--batch-size", "4", "--start", "none",
+                   "--progress", "json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    # the steps as JSON lines for front ends (see test_progress)
+    steps = [e for e in events_of(proc.stderr)[0] if e["stage"] == "training"]
+    assert steps[-1]["event"] == "end" and steps[-1]["done"] == steps[-1]["total"] == 6
     info = run_cli("info", out, "--json")
     assert info.returncode == 0, info.stderr
     source = json.loads(info.stdout)["training"]["source"]
