@@ -30,6 +30,7 @@ import shapely
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import box_iou
 
 from geodetect.county.review import ReviewLabels, review_labels
 from geodetect.errors import LabelError, RasterError
@@ -798,12 +799,12 @@ def with_review(
         LabelError: none of the review's objects lies on the rasters.
     """
     index = {c: i for i, c in enumerate(classes)}
+    classes_of = np.array([index[c] for c in review.positives["class"].astype(str)], np.int64)
     out, placed = [], 0
     for gl in grids:
         grid = gl.grid
         pos, on = boxes_on_grid(review.positives, grid)
-        pos_cls = np.array([index[c] for c in review.positives["class"].astype(str)], np.int64)
-        pos, pos_cls = pos[on], pos_cls[on]
+        pos, pos_cls = pos[on], classes_of[on]
         placed += int(on.sum())
         if len(gl.boxes) and len(pos):
             pos_keep = _max_iou(pos, gl.boxes) < _SAME_OBJECT_IOU
@@ -833,12 +834,7 @@ def _max_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Each box of ``a``'s largest IoU with a box of ``b`` (float64 [len(a)])."""
     if not len(a) or not len(b):
         return np.zeros(len(a))
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return (inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)).max(axis=1)
+    return box_iou(torch.as_tensor(a), torch.as_tensor(b)).max(dim=1).values.numpy()
 
 
 def _member_boxes(grid: MosaicGrid) -> np.ndarray:

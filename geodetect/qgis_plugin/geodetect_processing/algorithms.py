@@ -162,6 +162,13 @@ class GeodetectAlgorithm(QgsProcessingAlgorithm):
         return copy, None
 
 
+def _json_output(result, results):
+    """Write a ``--json`` run's standard output to the OUTPUT file; returns it parsed."""
+    with open(results["OUTPUT"], "w", encoding="utf-8") as f:
+        f.write(result.stdout)
+    return json.loads(result.stdout)
+
+
 def _layer_input(name, title, optional=False):
     return QgsProcessingParameterVectorLayer(
         name, title, [QgsProcessing.TypeVectorAnyGeometry], optional=optional
@@ -323,9 +330,7 @@ class EvaluateAlgorithm(GeodetectAlgorithm):
         return args, {"OUTPUT": self.parameterAsFileOutput(parameters, "OUTPUT", context)}
 
     def finish(self, result, results, parameters, context, feedback):
-        with open(results["OUTPUT"], "w", encoding="utf-8") as f:
-            f.write(result.stdout)
-        scores = json.loads(result.stdout)
+        scores = _json_output(result, results)
         feedback.pushInfo(
             ", ".join(
                 f"{k} {scores[k]:.3f}"
@@ -511,9 +516,7 @@ class EstimateAlgorithm(GeodetectAlgorithm):
         return args, {"OUTPUT": self.parameterAsFileOutput(parameters, "OUTPUT", context)}
 
     def finish(self, result, results, parameters, context, feedback):
-        with open(results["OUTPUT"], "w", encoding="utf-8") as f:
-            f.write(result.stdout)
-        e = json.loads(result.stdout)
+        e = _json_output(result, results)
         feedback.pushInfo(
             f"{e['pools']:.0f} pools (95 % CI {e['pools_low']:.0f}-{e['pools_high']:.0f})"
         )
