@@ -5,9 +5,11 @@ without a trained network)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -202,18 +204,54 @@ def torch_cache(tmp_path, monkeypatch):
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
 
 
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+class ExecutedNotebook(NamedTuple):
+    cells: list  # the executed notebook's cells
+    work: Path  # the folder it ran in (its outputs are written below it)
+    images: list  # its outputs' images
+
+
+def run_notebook(path: Path, tmp_path: Path, *, demo_model: Path | None = None):
+    """Execute a copy of the notebook in a kernel of this environment, in
+    ``tmp_path/notebooks`` beside the sample data (and ``demo_model`` where `make demo`
+    leaves its model); asserts no cell raised."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    work = tmp_path / "notebooks"
+    work.mkdir()
+    shutil.copy(path, work / path.name)
+    (tmp_path / "sample_data").symlink_to(SAMPLE_DATA)
+    if demo_model is not None:
+        (tmp_path / "demo_output").mkdir()
+        (tmp_path / "demo_output" / "pools.model").symlink_to(demo_model)
+    nb = nbformat.read(work / path.name, as_version=4)
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+    ).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    assert errors == [], errors
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    return ExecutedNotebook(nb.cells, work, images)
+
+
 @pytest.fixture(scope="session")
-def sample_model(tmp_path_factory) -> Path:
-    """What `geodetect train` makes of sample_data/train in 300 seeded steps from random
-    weights (the synthetic start would cost CI minutes to build; test_training_real
-    builds and uses a small one). Shared: test_trained_model scores it, the county
-    notebook detects with it."""
-    model = tmp_path_factory.mktemp("sample_model") / "pools.model"
-    train = SAMPLE_DATA / "train"
-    proc = run_cli("train", train / "scene.tif", "--labels", train / "truth.gpkg", "--out", model,
-                   "--steps", "300", "--seed", "0", "--start", "none", "-q")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return model
+def swimming_notebook(tmp_path_factory) -> ExecutedNotebook:
+    """notebooks/swimming_pools.ipynb executed once per session."""
+    return run_notebook(NOTEBOOKS / "swimming_pools.ipynb", tmp_path_factory.mktemp("swimming"))
+
+
+@pytest.fixture(scope="session")
+def sample_model(swimming_notebook) -> Path:
+    """The model the swimming-pool notebook trains: 300 seeded steps on sample_data/train
+    from random weights, which is, weight for weight, what `geodetect train scene.tif
+    --labels truth.gpkg --steps 300 --seed 0 --start none` makes (the synthetic start
+    would cost CI minutes to build; test_training_real builds and uses a small one).
+    Shared: test_trained_model scores it, the county notebook detects with it."""
+    return swimming_notebook.work / "outputs" / "pools.model"
 
 
 def run_cli(*args, cwd=None, prefix=(), env=None) -> subprocess.CompletedProcess:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import geopandas as gpd
 import nbformat
 import pyogrio
 import pytest
+
+from conftest import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "swimming_pools.ipynb"
@@ -23,38 +24,19 @@ def test_notebook_is_committed_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None
 
 
-def _run(path: Path, tmp_path: Path, *, demo_model: Path | None = None):
-    """Execute a copy of the notebook in ``tmp_path/notebooks`` beside the sample data
-    (and ``demo_model`` where `make demo` leaves its model); returns the executed
-    notebook, its folder and its outputs' images, and asserts no cell raised."""
-    from nbclient import NotebookClient
-
-    work = tmp_path / "notebooks"
-    work.mkdir()
-    shutil.copy(path, work / path.name)
-    (tmp_path / "sample_data").symlink_to(ROOT / "sample_data")
-    if demo_model is not None:
-        (tmp_path / "demo_output").mkdir()
-        (tmp_path / "demo_output" / "pools.model").symlink_to(demo_model)
-    nb = nbformat.read(work / path.name, as_version=4)
-    NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}}
-    ).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    errors = [o for o in outputs if o.get("output_type") == "error"]
-    assert errors == []
-    images = [o for o in outputs if "image/png" in o.get("data", {})]
-    return nb, work, images
-
-
 @pytest.mark.notebook
-def test_notebook_runs_clean(tmp_path):
-    _, work, images = _run(NOTEBOOK, tmp_path)
-    assert len(images) >= 5  # batch, LR finder, curves, results, detections map
-    # a minute of training on a busy CI machine may find few pools: the
-    # exported layers must be valid, in the mosaic's CRS and in lon/lat respectively
+def test_notebook_runs_clean(swimming_notebook):
+    """The notebook ran in the session's fixture (its model is the suite's sample model):
+    every plot drawn, the model trained as the command line would, the layers valid."""
+    from geodetect.model import load_model
+
+    work = swimming_notebook.work
+    assert len(swimming_notebook.images) >= 5  # batch, LR finder, curves, results, map
+    training = load_model(work / "outputs" / "pools.model").spec.training
+    assert training["steps"] == 300 and training["seed"] == 0 and training["start"] == "none"
+    assert training["val_area"]["n_truth"] > 0  # the threshold chosen as `train` does
     layer = gpd.read_file(work / "outputs" / "pools.gpkg")
-    assert layer.crs.to_epsg() == 32617
+    assert layer.crs.to_epsg() == 32617 and len(layer) > 0
     assert {"class", "score", "area_m2", "source", "model_id"} <= set(layer.columns)
     assert gpd.read_file(work / "outputs" / "pools.geojson").crs.to_epsg() == 4326
 
@@ -69,7 +51,7 @@ def test_county_notebook_runs_clean(sample_model, tmp_path):
     from geodetect.county.review import read_review
     from geodetect.model import load_model
 
-    _, work, images = _run(COUNTY, tmp_path, demo_model=sample_model)
+    _, work, images = run_notebook(COUNTY, tmp_path, demo_model=sample_model)
     assert not (work / "outputs_county" / "pools.model").exists()  # it used the given one
     assert len(images) >= 1  # the estimate against the true count
     out = work / "outputs_county"

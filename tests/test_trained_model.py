@@ -1,5 +1,7 @@
-"""A trained model must find things: train briefly on the sample suburb through the CLI,
-detect over the held-out sample mosaic with the defaults and score the layer.
+"""A trained model must find things: a model trained briefly on the sample suburb (the
+swimming-pool notebook's, which is weight for weight what `geodetect train` makes of the
+same labels, seed and steps) detects over the held-out sample mosaic through the CLI with
+the defaults, and the layer is scored.
 
 Training counts seeded steps, not minutes, so a slow or busy machine trains the same
 model. The margins are loose for a short run but far above what a broken pipeline gets:
