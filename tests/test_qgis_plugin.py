@@ -148,3 +148,85 @@ def test_the_runner_finds_the_recorded_command_and_says_what_to_do_without_one(
     assert runner.geodetect_command(None) == [sys.executable, "-m", "geodetect"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         runner.geodetect_command(str(tmp_path / "missing" / "geodetect"))
+
+
+# Processing run from PyQGIS as the Toolbox runs it: a project, a context, then the
+# layers the context asks to load (qgis_process has no project and loads nothing).
+PYQGIS_RUN = """
+import json, sys
+from qgis.core import QgsApplication, QgsProcessingContext, QgsProject, QgsVectorLayer
+QgsApplication.setPrefixPath("/usr", True)
+app = QgsApplication([], False)
+app.initQgis()
+sys.path.append("/usr/share/qgis/python/plugins")
+from processing.core.Processing import Processing
+Processing.initialize()
+import processing
+sys.path.insert(0, sys.argv[1])
+from geodetect_processing.provider import GeodetectProvider
+provider = GeodetectProvider()
+assert QgsApplication.processingRegistry().addProvider(provider)
+context = QgsProcessingContext()
+context.setProject(QgsProject.instance())
+processing.run(sys.argv[2], json.loads(sys.argv[3]), context=context)
+loaded = []
+for uri, details in context.layersToLoadOnCompletion().items():
+    layer = QgsVectorLayer(uri, details.name, "ogr")
+    loaded.append({"name": details.name, "valid": layer.isValid(),
+                   "features": layer.featureCount(), "style": layer.styleManager().currentStyle(),
+                   "renderer": layer.renderer().type() if layer.renderer() else None})
+print(json.dumps(loaded))
+"""
+
+
+def _pyqgis(tmp_path, algorithm, parameters):
+    python = "/usr/bin/python3"
+    script = tmp_path / "run_in_qgis.py"
+    script.write_text(PYQGIS_RUN)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(tmp_path),
+               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "cfg"))  # fmt: skip
+    env[_runner().ENV_COMMAND] = f"{sys.executable} -m geodetect"
+    proc = subprocess.run(
+        [python, script, PLUGIN_DIR.parent, algorithm, json.dumps(parameters)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@needs_qgis
+def test_a_review_drawn_in_qgis_opens_the_layers_to_fill(tmp_path):
+    """Draw a review sample from the Toolbox: the review, its search squares and the
+    layer for missed pools open in the project, each with geodetect's style."""
+    import shapely
+
+    from geodetect.io.export import write_batches
+
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(500000, 500400, 80), rng.uniform(3300000, 3300400, 80)
+    found = gpd.GeoDataFrame(
+        {"class": "pool", "score": rng.uniform(0.3, 1.0, 80)},
+        geometry=shapely.box(x, y, x + 6, y + 4),
+        crs="EPSG:32617",
+    )
+    coverage = gpd.GeoDataFrame(
+        {"source": ["a.tif"]},
+        geometry=[shapely.box(500000, 3300000, 500406, 3300404)],
+        crs="EPSG:32617",
+    )
+    pools = write_batches([found], tmp_path / "pools.gpkg", extra={"coverage": coverage})
+    out = tmp_path / "review.gpkg"
+    loaded = _pyqgis(tmp_path, "geodetect:sample",
+                     {"DETECTIONS": str(pools), "N": 40, "SQUARES": 4, "SQUARE_SIZE": 50,
+                      "OUTPUT": str(out)})  # fmt: skip
+    names = {layer["name"]: layer for layer in loaded}
+    assert set(names) == {
+        "Review: judge each detection", "Review: search squares", "Review: draw the missed pools"
+    }  # fmt: skip
+    assert all(layer["valid"] for layer in loaded)
+    # the 40 drawn, and detections in the search squares, which are judged too
+    assert names["Review: judge each detection"]["features"] >= 40, loaded
+    assert names["Review: search squares"]["features"] == 4
+    assert names["Review: draw the missed pools"]["features"] == 0
+    # the style geodetect wrote into the GeoPackage (by verdict), not a single symbol
+    assert names["Review: judge each detection"]["renderer"] == "categorizedSymbol", loaded

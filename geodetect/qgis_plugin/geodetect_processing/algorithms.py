@@ -11,6 +11,7 @@ import tempfile
 from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
+    QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -481,6 +482,20 @@ class SampleAlgorithm(GeodetectAlgorithm):
             args += [option, str(self.parameterAsInt(parameters, name, context))]
         args += ["--square-size", f"{self.parameterAsDouble(parameters, 'SQUARE_SIZE', context):g}"]
         return [*args, "--overwrite"], {"OUTPUT": out}
+
+    # The layers a reviewer fills, opened in the project when the run ends (with the
+    # styles the GeoPackage holds); the strata table is only read by the estimate.
+    REVIEW_LAYERS = (
+        ("review", "Review: judge each detection"),
+        ("squares", "Review: search squares"),
+        ("missed", "Review: draw the missed pools"),
+    )
+
+    def finish(self, result, results, parameters, context, feedback):
+        for layer, title in self.REVIEW_LAYERS:
+            details = QgsProcessingContext.LayerDetails(title, context.project(), layer)
+            context.addLayerToLoadOnCompletion(f"{results['OUTPUT']}|layername={layer}", details)
+        return super().finish(result, results, parameters, context, feedback)
 
 
 class EstimateAlgorithm(GeodetectAlgorithm):
