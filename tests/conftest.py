@@ -4,6 +4,7 @@ without a trained network)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -202,13 +203,10 @@ def torch_cache(tmp_path, monkeypatch):
 
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
-
-
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = SAMPLE_DATA.parent / "notebooks"
 
 
 class ExecutedNotebook(NamedTuple):
-    cells: list  # the executed notebook's cells
     work: Path  # the folder it ran in (its outputs are written below it)
     images: list  # its outputs' images
 
@@ -235,7 +233,7 @@ def run_notebook(path: Path, tmp_path: Path, *, demo_model: Path | None = None):
     errors = [o for o in outputs if o.get("output_type") == "error"]
     assert errors == [], errors
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    return ExecutedNotebook(nb.cells, work, images)
+    return ExecutedNotebook(work, images)
 
 
 @pytest.fixture(scope="session")
@@ -252,6 +250,13 @@ def sample_model(swimming_notebook) -> Path:
     would cost CI minutes to build; test_training_real builds and uses a small one).
     Shared: test_trained_model scores it, the county notebook detects with it."""
     return swimming_notebook.work / "outputs" / "pools.model"
+
+
+def events_of(stderr: str) -> tuple[list[dict], list[str]]:
+    """A ``--progress json`` run's stderr: its JSON events, and its other lines."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    events = [json.loads(ln) for ln in lines if ln.startswith("{")]
+    return events, [ln for ln in lines if not ln.startswith("{")]
 
 
 def run_cli(*args, cwd=None, prefix=(), env=None) -> subprocess.CompletedProcess:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import geopandas as gpd
 import nbformat
 import pyogrio
 import pytest
 
-from conftest import run_notebook
+from conftest import NOTEBOOKS, SAMPLE_DATA, run_notebook
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "swimming_pools.ipynb"
-COUNTY = ROOT / "notebooks" / "county_workflow.ipynb"
+NOTEBOOK = NOTEBOOKS / "swimming_pools.ipynb"
+COUNTY = NOTEBOOKS / "county_workflow.ipynb"
 
 
 @pytest.mark.parametrize("path", [NOTEBOOK, COUNTY], ids=lambda p: p.stem)
@@ -51,7 +48,7 @@ def test_county_notebook_runs_clean(sample_model, tmp_path):
     from geodetect.county.review import read_review
     from geodetect.model import load_model
 
-    _, work, images = run_notebook(COUNTY, tmp_path, demo_model=sample_model)
+    work, images = run_notebook(COUNTY, tmp_path, demo_model=sample_model)
     assert not (work / "outputs_county" / "pools.model").exists()  # it used the given one
     assert len(images) >= 1  # the estimate against the true count
     out = work / "outputs_county"
@@ -64,7 +61,7 @@ def test_county_notebook_runs_clean(sample_model, tmp_path):
     assert counts["missed"] == len(missed) and counts["squares"] == len(squares)
 
 
-SAMPLE = ROOT / "sample_data" / "train"
+SAMPLE = SAMPLE_DATA / "train"
 
 
 def test_the_notebook_api_trains_the_model_the_command_line_trains(tmp_path, capsys):

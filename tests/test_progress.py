@@ -3,15 +3,7 @@ read from stderr, one JSON object per line (training's steps: test_train_review)
 
 from __future__ import annotations
 
-import json
-
-from conftest import SAMPLE_DATA, run_cli
-
-
-def events_of(stderr: str) -> tuple[list[dict], list[str]]:
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    events = [json.loads(ln) for ln in lines if ln.startswith("{")]
-    return events, [ln for ln in lines if not ln.startswith("{")]
+from conftest import SAMPLE_DATA, events_of, run_cli
 
 
 def test_detect_reports_chips_as_json_lines(sample_model, tmp_path):

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import shapely
 import torch
-from test_progress import events_of
 
 from geodetect.county.review import Review, write_review
 from geodetect.io.labels import LabelSource
@@ -26,6 +25,7 @@ from geodetect.train.data import REJECTED, TRAIN, ChipSet, plan_split
 from conftest import (
     NORTH_UP,
     assert_one_line_error,
+    events_of,
     make_tiny_spec,
     paint_boxes,
     run_cli,
