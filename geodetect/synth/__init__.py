@@ -15,8 +15,13 @@ Modules, in the order a scene is made:
   and colours, and the truth gathered while drawing them;
 - `render`: noise textures and render passes, turned into pixels window by window;
 - `write`: arguments, CRS and origin, the GeoTIFFs and truth layers written atomically.
+
+`synth_landscape` writes a county-like mosaic for speed benchmarks: tiles of pool-free
+land cover (`landcover`: fields, forest, water, roads, dense roofs) with suburb tiles
+among them (`landscape`).
 """
 
+from geodetect.synth.landscape import SynthLandscape, synth_landscape
 from geodetect.synth.objects import (
     CONDITIONS,
     DISTRACTOR_KINDS,
@@ -43,6 +48,8 @@ __all__ = [
     "POOL_SHAPES",
     "POOL_SIDE_M",
     "TRUTH_NAME",
+    "SynthLandscape",
     "SynthScene",
+    "synth_landscape",
     "synth_scene",
 ]

@@ -12,7 +12,7 @@ from affine import Affine
 from rasterio.features import rasterize
 from shapely.geometry import box
 
-_HALO = 2  # pixels rendered around a window so the blur has real neighbours
+HALO = 2  # pixels rendered around a window so the blur has real neighbours
 _BLUR = np.array([0.054, 0.244, 0.404, 0.244, 0.054], dtype=np.float32)  # sigma ~0.8 px
 
 # Noise fields every painted object can mix in, with their octaves (metres, weight).
@@ -85,7 +85,8 @@ class Textures:
         self.illumination_scale = max(_ILLUMINATION_M / gsd, 1.0)
         rng = np.random.default_rng([seed, 7])
         period = 509  # white sensor noise repeats every 509 px: invisible, and cheap
-        self.sensor = rng.normal(0.0, 1.0, size=(period, period, 4)).astype(np.float32)
+        sensor = rng.normal(0.0, 1.0, size=(period, period, 4)).astype(np.float32)
+        self.sensor = np.ascontiguousarray(sensor.transpose(2, 0, 1))  # [4, period, period]
 
     def _salt(self, k: int) -> int:
         return (self.seed * 1_000_003 + k * 7919) & 0xFFFFFFFF
@@ -106,12 +107,12 @@ class Textures:
         return _value_noise(row0, col0, height, width, self.illumination_scale, self._salt(99))
 
     def sensor_noise(self, row0: int, col0: int, height: int, width: int) -> np.ndarray:
-        """float32 [h, w, 3]: unit white noise, one shared luminance part plus colour."""
-        p = self.sensor.shape[0]
+        """float32 [3, h, w]: unit white noise, one shared luminance part plus colour."""
+        p = self.sensor.shape[1]
         rows = np.arange(row0, row0 + height) % p
         cols = np.arange(col0, col0 + width) % p
-        block = self.sensor[rows[:, None], cols[None, :]]
-        return 0.8 * block[..., :1] + 0.6 * block[..., 1:]
+        block = self.sensor[:, rows][:, :, cols]
+        return 0.8 * block[:1] + 0.6 * block[1:]
 
 
 # --------------------------------------------------------------------------- render passes
@@ -189,8 +190,8 @@ class Renderer:
 
     def window(self, row0: int, col0: int, height: int, width: int) -> np.ndarray:
         """uint8 [3, height, width]: the scene's pixels in that window, bands first."""
-        r0, c0 = row0 - _HALO, col0 - _HALO
-        h, w = height + 2 * _HALO, width + 2 * _HALO
+        r0, c0 = row0 - HALO, col0 - HALO
+        h, w = height + 2 * HALO, width + 2 * HALO
         fields = self.textures.fields(r0, c0, h, w)
         canvas = np.zeros((h, w, 3), dtype=np.float32)
         shaded = np.zeros((h, w), dtype=bool)
@@ -217,11 +218,21 @@ class Renderer:
                 light[graded] += g[:, 5] * t + g[:, 6] * (0.5 - r2)
             canvas[mask] = p.rgb[idx] * light[:, None]
             shaded[mask] = False
-        canvas *= (1.0 + 0.05 * self.textures.illumination(r0, c0, h, w))[..., None]
-        # Slight optical blur, then haze and sensor noise as a real camera adds them.
-        canvas = sum(k * canvas[i : i + h - 4] for i, k in enumerate(_BLUR))
-        canvas = sum(k * canvas[:, i : i + w - 4] for i, k in enumerate(_BLUR))
-        grey = canvas.mean(axis=2, keepdims=True)
-        canvas = (grey + 0.9 * (canvas - grey)) * 0.93 + 9.0  # a little haze
-        canvas += 2.5 * self.textures.sensor_noise(row0, col0, height, width)
-        return np.clip(canvas + 0.5, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+        return camera(np.ascontiguousarray(canvas.transpose(2, 0, 1)), self.textures, row0, col0)
+
+
+def camera(canvas: np.ndarray, textures: Textures, row0: int, col0: int) -> np.ndarray:
+    """What the camera makes of the ground: float32 [3, h + 2 HALO, w + 2 HALO] radiance of
+    the window at ``(row0, col0)`` with its `HALO`-pixel border in -> uint8 [3, h, w] out.
+
+    Bands first: every step below then runs along whole rows, several times faster
+    than over pixel triplets."""
+    h, w = canvas.shape[1], canvas.shape[2]
+    canvas *= 1.0 + 0.05 * textures.illumination(row0 - HALO, col0 - HALO, h, w)
+    # Slight optical blur, then haze and sensor noise as a real camera adds them.
+    canvas = sum(k * canvas[:, i : i + h - 4] for i, k in enumerate(_BLUR))
+    canvas = sum(k * canvas[:, :, i : i + w - 4] for i, k in enumerate(_BLUR))
+    grey = canvas.mean(axis=0, keepdims=True)
+    canvas = (grey + 0.9 * (canvas - grey)) * 0.93 + 9.0  # a little haze
+    canvas += 2.5 * textures.sensor_noise(row0, col0, h - 2 * HALO, w - 2 * HALO)
+    return np.clip(canvas + 0.5, 0, 255).astype(np.uint8)

@@ -184,6 +184,7 @@ def _write_raster(
     crs: CRS,
     transform: Affine,
     compress: str,
+    blocksize: int = 256,
 ) -> None:
     profile = {
         "driver": "GTiff",
@@ -194,8 +195,8 @@ def _write_raster(
         "crs": crs,
         "transform": transform @ Affine.translation(col0, row0),
         "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
+        "blockxsize": blocksize,
+        "blockysize": blocksize,
         "interleave": "pixel",
         "BIGTIFF": "IF_SAFER",
     }
@@ -222,17 +223,9 @@ def _to_map(geoms, transform: Affine):
     return [orient(g, 1.0) for g in moved]
 
 
-def _write_truth(
-    path: Path,
-    distractor_path: Path,
-    pools,
-    distractors,
-    *,
-    crs: str,
-    transform: Affine,
-    gsd: float,
-) -> None:
-    pool_frame = gpd.GeoDataFrame(
+def pool_truth(pools, *, crs: str, transform: Affine, gsd: float) -> gpd.GeoDataFrame:
+    """The truth rows of drawn pools (``Drawing.finish``'s list), outlines in map units."""
+    return gpd.GeoDataFrame(
         {
             "class": ["pool"] * len(pools),
             "pool_id": [p.index for p, _ in pools],
@@ -243,6 +236,19 @@ def _write_truth(
         },
         geometry=gpd.GeoSeries(_to_map([p.outline for p, _ in pools], transform), crs=crs),
     )
+
+
+def _write_truth(
+    path: Path,
+    distractor_path: Path,
+    pools,
+    distractors,
+    *,
+    crs: str,
+    transform: Affine,
+    gsd: float,
+) -> None:
+    pool_frame = pool_truth(pools, crs=crs, transform=transform, gsd=gsd)
     distractor_frame = gpd.GeoDataFrame(
         {"kind": [k for _, k in distractors]},
         geometry=gpd.GeoSeries(_to_map([g for g, _ in distractors], transform), crs=crs),
