@@ -1,14 +1,19 @@
 """Copies of a labelled set as other imagery comes, for ``benchmarks/real.py --data OUT``:
 finer (``--factor``: ``train/`` upsampled, bilinear), cut into a multi-file mosaic of
 tiles with objects on the seams (``--tile``), or warped into another CRS (``--crs``,
-e.g. Web Mercator, with a mask outside the warped sheet). Tiles are JPEG-YCbCr GeoTIFFs
-like the source's; label files are copied (``--labels-crs``: reprojected). Folders no
-option changes are linked as they are.
+e.g. Web Mercator, with a mask outside the warped sheet), or kept only over a ragged
+held-out area (``--hold-out SHARE``: blobs of about 150-400 m covering that share of
+each sheet, masked outside, tiles wholly outside not written, labels whose centre is
+outside dropped; what an area split's hold-out or a county's patchy coverage looks
+like). Tiles are JPEG-YCbCr GeoTIFFs like the source's; label files are copied
+(``--labels-crs``: reprojected). Folders no option changes are linked as they are.
 
     .venv/bin/python benchmarks/copy_set.py --out /tmp/up10 --factor 2   # 0.2 m -> 0.1 m train
     .venv/bin/python benchmarks/copy_set.py --out /tmp/tiles --tile 600  # 600 px tiles
     .venv/bin/python benchmarks/copy_set.py --out /tmp/merc --tile 600 --crs EPSG:3857 \
         --labels-crs EPSG:4326
+    .venv/bin/python benchmarks/copy_set.py --out /tmp/ragged --sets val --tile 500 \
+        --hold-out 0.45                                                 # patchy coverage
 """
 
 from __future__ import annotations
@@ -55,6 +60,27 @@ def warp(
         np.full((height, width), 255, np.uint8), mask, resampling=Resampling.nearest, **common
     )
     return out, mask, dst_transform
+
+
+def hold_out_mask(shape: tuple[int, int], share: float, seed: int) -> np.ndarray:
+    """uint8 mask (255 inside) of blobs covering about ``share`` of a ``shape`` array:
+    a coarse random field (cells of 768 px) smoothed by bilinear upsampling, cut at its
+    (1 - share) quantile."""
+    height, width = shape
+    rng = np.random.default_rng(seed)
+    cell = 768
+    coarse = rng.random((height // cell + 2, width // cell + 2)).astype(np.float32)
+    rows = np.arange(height) / cell
+    cols = np.arange(width) / cell
+    r0, c0 = rows.astype(int), cols.astype(int)
+    fr, fc = (rows - r0)[:, None], (cols - c0)[None, :]
+    field = (
+        coarse[r0][:, c0] * (1 - fr) * (1 - fc)
+        + coarse[r0 + 1][:, c0] * fr * (1 - fc)
+        + coarse[r0][:, c0 + 1] * (1 - fr) * fc
+        + coarse[r0 + 1][:, c0 + 1] * fr * fc
+    )
+    return np.where(field >= np.quantile(field, 1 - share), 255, 0).astype(np.uint8)
 
 
 def write_tiles(
@@ -112,31 +138,51 @@ def main() -> None:
     parser.add_argument("--crs", default=None, help="warp every sheet into this CRS")
     parser.add_argument("--labels-crs", default=None, help="write the labels in this CRS")
     parser.add_argument("--sets", default=",".join(SETS), help="folders to copy or link")
+    parser.add_argument(
+        "--hold-out", type=float, default=0.0, help="keep only blobs covering this share"
+    )
     args = parser.parse_args()
     for name in args.sets.split(","):
         src_dir, dst_dir = args.data / name, args.out / name
         if not src_dir.is_dir():
             continue
         factor = args.factor if name == "train" else 1
-        if factor == 1 and not (args.tile or args.crs or args.labels_crs):
+        if factor == 1 and not (args.tile or args.crs or args.labels_crs or args.hold_out):
             if not dst_dir.exists():
                 dst_dir.parent.mkdir(parents=True, exist_ok=True)
                 dst_dir.symlink_to(src_dir.resolve(), target_is_directory=True)
             continue
         dst_dir.mkdir(parents=True, exist_ok=True)
-        for tif in sorted(src_dir.glob("*.tif")):
+        kept = []  # (mask, transform) of held-out sheets
+        for number, tif in enumerate(sorted(src_dir.glob("*.tif"))):
             data, transform, crs = read_sheet(tif, factor)
             mask = None
             if args.crs:
                 data, mask, transform = warp(data, transform, crs, args.crs)
                 crs = args.crs
+            if args.hold_out:
+                held = hold_out_mask(data.shape[1:], args.hold_out, seed=number)
+                mask = held if mask is None else np.minimum(mask, held)
+                kept.append((mask, transform))
             n = write_tiles(data, mask, transform, crs, dst_dir / tif.name, args.tile)
             print(f"{dst_dir / tif.name}: {n} file(s)", flush=True)
         for labels in src_dir.glob("*.gpkg"):
             frame = gpd.read_file(labels)
+            if kept:
+                frame = frame[[_inside(g.centroid, kept) for g in frame.geometry]]
             if args.labels_crs:
                 frame = frame.to_crs(args.labels_crs)
             frame.to_file(dst_dir / labels.name, driver="GPKG")
+
+
+def _inside(point, masks) -> bool:
+    """Whether ``point`` (map coordinates) falls on a kept pixel of a held-out sheet."""
+    for mask, transform in masks:
+        col, row = ~transform * (point.x, point.y)
+        r, c = int(row), int(col)
+        if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]:
+            return bool(mask[r, c])
+    return False
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from geodetect.geometry import (
     pixel_boxes_to_map,
     pixel_boxes_to_map_coords,
 )
-from geodetect.geometry.grid import covering_window
+from geodetect.geometry.grid import covering_window, data_crop
 
 
 @st.composite
@@ -159,3 +159,29 @@ def test_ios_merges_a_cut_box_into_the_whole_one():
 
 def test_nms_empty():
     assert len(nms_polygons(np.array([], dtype=object), np.array([]))) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 511), st.integers(0, 511), st.integers(1, 512), st.integers(1, 512),
+    st.sampled_from([32, 64, 128]),
+)  # fmt: skip
+def test_a_crop_holds_every_valid_pixel_on_the_step(r0, c0, h, w, step):
+    valid = np.zeros((512, 512), dtype=bool)
+    valid[r0 : r0 + h, c0 : c0 + w] = True
+    crop = data_crop(valid, step)
+    if crop is None:  # the whole chip is worth running
+        rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
+        assert rows[0] < step and cols[0] < step
+        assert rows[-1] >= 512 - step and cols[-1] >= 512 - step
+        return
+    top, left, height, width = crop
+    assert valid[top : top + height, left : left + width].sum() == valid.sum()
+    assert top % step == 0 and left % step == 0
+    assert height % 32 == 0 and width % 32 == 0
+    assert height <= step * (-(-h // step) + 1) and width <= step * (-(-w // step) + 1)
+    assert (height, width) != (512, 512)
+
+
+def test_nothing_valid_is_no_crop():
+    assert data_crop(np.zeros((64, 64), dtype=bool), 32) is None

@@ -3,6 +3,7 @@ the torch model, a self-describing file, and the command line's one-line refusal
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -19,7 +20,12 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from geodetect.model.onnx import OnnxRetinaNet, level_sizes  # noqa: E402
+from geodetect.model.runtime import (  # noqa: E402
+    Decoding,
+    OnnxRuntime,
+    TorchRuntime,
+    level_sizes,
+)
 
 # Not the model's 64 px training chip, and one whose P6/P7 edges round up (3 -> 2 -> 1).
 CHIP = 96
@@ -55,27 +61,39 @@ def exported(tmp_path_factory):
     ("batch", "score_thresh", "nms_thresh", "box_vote_iou"),
     [(1, 0.02, 0.5, 0.7), (3, 0.02, 0.5, 0.7), (3, 0.05, 0.3, None), (2, 0.5, 0.5, 0.7)],
 )
-def test_runner_gives_the_torch_models_detections(
+def test_runtimes_give_the_torch_models_detections(
     exported, batch, score_thresh, nms_thresh, box_vote_iou
 ):
+    """ONNX Runtime and the torch runtime, decoded by geodetect's one decoder, give what
+    torchvision's own RetinaNet.forward gives with the same settings."""
     model_path, onnx_path = exported
     loaded = load_model(model_path)
-    runner = OnnxRetinaNet(onnx_path, loaded)
-    # Set after the runner is built, as the detector does: read at each call.
-    loaded.model.score_thresh = score_thresh
-    loaded.model.nms_thresh = nms_thresh
-    loaded.model.box_vote_iou = box_vote_iou
+    runtimes = {
+        "onnxruntime": OnnxRuntime(onnx_path, loaded, kind="onnxruntime"),
+        "torch": TorchRuntime(loaded, torch.device("cpu"), precision="fp32"),
+    }
+    decoding = Decoding(
+        score_thresh=score_thresh,
+        nms_iou=nms_thresh,
+        second_box_iou=loaded.spec.second_box_iou,
+        box_vote_iou=box_vote_iou,
+    )
+    # The reference: the model's own forward, its settings set on a copy of it.
+    reference = copy.deepcopy(loaded.model).eval()
+    reference.score_thresh, reference.nms_thresh = score_thresh, nms_thresh
+    reference.box_vote_iou = box_vote_iou
     generator = torch.Generator().manual_seed(batch)
     chips = torch.randn((batch, 3, CHIP, CHIP), generator=generator)
     with torch.inference_mode():
-        expected = loaded.model(chips)
-        got = runner(chips)
-    assert len(got) == batch
-    for mine, theirs in zip(got, expected, strict=True):
-        assert len(mine["boxes"]) == len(theirs["boxes"])
-        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
-        torch.testing.assert_close(mine["scores"], theirs["scores"], atol=1e-4, rtol=0)
-        assert torch.equal(mine["labels"], theirs["labels"])
+        expected = reference(chips)
+    for name, runtime in runtimes.items():
+        got = runtime.detect(chips, decoding)
+        assert len(got) == batch, name
+        for mine, theirs in zip(got, expected, strict=True):
+            assert len(mine["boxes"]) == len(theirs["boxes"]), name
+            torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
+            torch.testing.assert_close(mine["scores"], theirs["scores"], atol=1e-4, rtol=0)
+            assert torch.equal(mine["labels"], theirs["labels"]), name
     found = [len(d["boxes"]) for d in expected]
     if score_thresh < 0.1:
         assert min(found) > 10, found
@@ -85,14 +103,28 @@ def test_runner_gives_the_torch_models_detections(
         assert max(found) == 0  # untrained: nothing reaches 0.5
 
 
-def test_runner_thresholds_are_the_models(exported):
+def test_runtimes_leave_the_loaded_model_as_it_was(exported):
+    """Building and running a runtime changes nothing of the caller's model: not its
+    thresholds, mode, memory format or weights."""
     model_path, onnx_path = exported
     loaded = load_model(model_path)
-    runner = OnnxRetinaNet(onnx_path, loaded)
-    runner.score_thresh, runner.nms_thresh = 0.3, 0.4
-    assert (loaded.model.score_thresh, loaded.model.nms_thresh) == (0.3, 0.4)
-    loaded.model.score_thresh = 0.01
-    assert runner.score_thresh == 0.01
+    loaded.model.train()
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    settings = (loaded.model.score_thresh, loaded.model.nms_thresh, loaded.model.box_vote_iou)
+    chips = torch.randn((2, 3, CHIP, CHIP), generator=torch.Generator().manual_seed(0))
+    decoding = Decoding(score_thresh=0.3, nms_iou=0.2, box_vote_iou=None)
+    for runtime in (
+        TorchRuntime(loaded, torch.device("cpu"), precision="fp32"),
+        OnnxRuntime(onnx_path, loaded, kind="onnxruntime"),
+    ):
+        runtime.detect(chips, decoding)
+    assert loaded.model.training
+    assert (loaded.model.score_thresh, loaded.model.nms_thresh) == settings[:2]
+    assert loaded.model.box_vote_iou == settings[2]
+    weight = loaded.model.backbone.body.conv1.weight
+    assert weight.is_contiguous()  # not turned channels-last
+    after = loaded.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_metadata_says_what_the_file_is(exported):
@@ -106,7 +138,7 @@ def test_metadata_says_what_the_file_is(exported):
     dims = chips.type.tensor_type.shape.dim
     assert dims[0].dim_param  # any batch size
     assert [d.dim_value for d in dims[1:]] == [3, CHIP, CHIP]
-    anchors = 9 * sum(s * s for s in level_sizes(CHIP))
+    anchors = 9 * sum(h * w for h, w in level_sizes(CHIP))
     for output, last in zip(proto.graph.output, (2, 4), strict=True):
         assert [d.dim_value for d in output.type.tensor_type.shape.dim[1:]] == [anchors, last]
 
@@ -115,9 +147,9 @@ def test_runner_refuses_the_export_of_another_model_and_other_files(exported, tm
     model_path, onnx_path = exported
     other = load_model(_tiny_model(tmp_path / "other.model", seed=1))
     with pytest.raises(ModelFileError, match="exported from model"):
-        OnnxRetinaNet(onnx_path, other)
+        OnnxRuntime(onnx_path, other, kind="onnxruntime")
     with pytest.raises(ModelFileError, match="not a usable ONNX file"):
-        OnnxRetinaNet(model_path, other)
+        OnnxRuntime(model_path, other, kind="onnxruntime")
 
 
 def test_existing_output_is_kept_without_overwrite(exported):

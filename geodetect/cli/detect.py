@@ -107,12 +107,21 @@ def parse_bands(text: str | None) -> list[int] | None:
 @options.workers
 @click.option(
     "--runtime",
-    type=click.Choice(["auto", "torch", "onnxruntime"]),
+    type=click.Choice(["auto", "torch", "onnxruntime", "int8"]),
     default="auto",
     show_default=True,
-    help="What runs the network. auto: ONNX Runtime on a CPU that computes in fp32 (no "
-    "native bf16) for runs of 256 chips or more, when the onnx extra is installed (about "
-    "1.3x torch's fp32 speed, same boxes); torch otherwise.",
+    help="What runs the network: torch, ONNX Runtime (fp32) or ONNX Runtime int8 "
+    "(calibrated on chips of the inputs; CPU). auto: on a CPU, for runs of 256 chips or "
+    "more, the fastest of the three for this model on this machine, timed once and "
+    "remembered (int8 only where its boxes agree with fp32's); torch on a GPU.",
+)
+@click.option(
+    "--crop/--no-crop",
+    default=True,
+    show_default=True,
+    help="Run the network only on the part of a chip that holds imagery where a chip "
+    "lies over the edge of the data (a mosaic's outline, scattered tiles); --no-crop "
+    "runs whole chips.",
 )
 @click.option(
     "--compile",
@@ -183,6 +192,7 @@ def command(
     precision,
     workers,
     runtime,
+    crop,
     compile_,
     cluster,
     block_size,
@@ -238,6 +248,7 @@ def command(
         allow_no_crs=allow_no_crs,
         skip_bad_chips=skip_bad_chips,
         compile=compile_,
+        crop=crop,
         runtime=runtime,
         date=date,
     )
@@ -263,11 +274,12 @@ def command(
     target = "stdout" if out == "-" else out
     resumed = f", {report.chips_resumed} more from the journal" if report.chips_resumed else ""
     log.info(
-        "%d object(s) from %d chip(s) (%d empty%s) -> %s",
+        "%d object(s) from %d chip(s) (%d empty%s; %.1f Mpx through the network) -> %s",
         report.objects,
         report.chips_read,
         report.chips_empty,
         resumed,
+        report.pixels_run / 1e6,
         target,
     )
     if report.coverage is not None and out != "-":

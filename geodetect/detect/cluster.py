@@ -81,7 +81,9 @@ class _WorkerRun:
     def reader(self) -> ChipReader:
         if not hasattr(self.local, "reader"):
             self.local.reader = ChipReader(
-                self.payload.plan.grids, skip_bad_chips=self.payload.config.skip_bad_chips
+                self.payload.plan.grids,
+                skip_bad_chips=self.payload.config.skip_bad_chips,
+                crop_step=self.payload.config.crop_step,
             )
         return self.local.reader
 

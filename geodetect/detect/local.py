@@ -124,7 +124,11 @@ class InProcess:
         workers = self.workers
         if workers is None:
             workers = min(8, max(1, available_cpus() - 1))
-        reader = ChipReader(run.plan.grids, skip_bad_chips=run.config.skip_bad_chips)
+        reader = ChipReader(
+            run.plan.grids,
+            skip_bad_chips=run.config.skip_bad_chips,
+            crop_step=run.config.crop_step,
+        )
         detector = Detector.build(run.loaded, run.plan.grids, run.config, run.device, run.scaling)
         run_local(
             run.plan,

@@ -20,7 +20,7 @@ from geodetect.io.raster import parse_date
 #: Chips per block side: 16 x 16 = 256 chips (about 67 Mpx at 512 px).
 DEFAULT_BLOCK_CHIPS = 16
 PRECISIONS = ("auto", "fp32", "bf16")
-RUNTIMES = ("auto", "torch", "onnxruntime")
+RUNTIMES = ("auto", "torch", "onnxruntime", "int8")
 VIEW_COUNTS = (4, 8)
 DEFAULT_LOCAL_WORKERS = 2
 
@@ -90,6 +90,9 @@ class DetectOptions:
     cluster: ClusterSpec | None = None
     allow_no_crs: bool = False
     skip_bad_chips: bool = False
+    # Run the network only on the part of a chip that holds imagery (chips over the
+    # edge of the data); False: whole chips, as before.
+    crop: bool = True
     compile: bool = False
     runtime: str = "auto"
     # The acquisition date (YYYY-MM-DD) written on every feature, over what the files'
@@ -133,7 +136,7 @@ class DetectOptions:
         if self.precision not in PRECISIONS:
             raise InputError(f"--precision {self.precision}: choose one of {', '.join(PRECISIONS)}")
         if self.runtime not in RUNTIMES:
-            raise InputError(f"--runtime {self.runtime}: choose auto, torch or onnxruntime")
+            raise InputError(f"--runtime {self.runtime}: choose one of {', '.join(RUNTIMES)}")
         set_(self, "cluster", ClusterSpec.parse(self.cluster))
         if self.date is not None:
             text = str(self.date)

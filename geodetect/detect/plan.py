@@ -19,6 +19,7 @@ from geodetect.errors import InputError, RasterError
 from geodetect.geometry import Block, Chip, ChipGrid, chip_grid, plan_blocks
 from geodetect.io.raster import MosaicGrid
 from geodetect.model import ModelSpec
+from geodetect.model.runtime import RuntimeChoice
 
 
 def default_chip_size(spec: ModelSpec) -> int:
@@ -42,9 +43,9 @@ def default_overlap(spec: ModelSpec, chip_size: int) -> int:
 class RunConfig:
     """Everything that decides what a run detects (and so what its journal may hold).
 
-    ``batch_size``, ``compile``, ``runtime`` and the reader count only decide how fast:
-    they are not part of :meth:`identity` (the journal's manifest records the compute
-    separately, as it rounds boxes differently).
+    ``batch_size``, ``runtime`` and the reader count only decide how fast: they are not
+    part of :meth:`identity` (the journal's manifest records the compute separately, as
+    it rounds boxes differently).
     """
 
     chip_size: int
@@ -57,9 +58,12 @@ class RunConfig:
     block_chips: int = DEFAULT_BLOCK_CHIPS
     precision: str = "auto"
     skip_bad_chips: bool = False
+    # Chips over the edge of the data are cropped to the part holding imagery, their
+    # sides on multiples of this (see geometry.grid.data_crop); 0: whole chips.
+    crop_step: int = 0
     batch_size: int = field(default=8, compare=False)
-    compile: bool = field(default=False, compare=False)  # torch.compile the network
-    runtime: str = field(default="torch", compare=False)  # or "onnxruntime" (CPU, fp32)
+    # What runs the network (torch, ONNX Runtime fp32 or int8): settled in preparing.
+    runtime: RuntimeChoice = field(default=RuntimeChoice(), compare=False)
 
     def __post_init__(self) -> None:
         if self.chip_size <= 0 or self.chip_size % 32:
@@ -70,12 +74,13 @@ class RunConfig:
             )
         if self.block_chips < 1:
             raise InputError(f"--block-size {self.block_chips}: at least 1 chip")
+        if self.crop_step < 0 or self.crop_step % 32:
+            raise InputError(f"crop step {self.crop_step}: a multiple of 32 (0: no crops)")
 
     def identity(self) -> dict:
         """The options a resumed run must share with the run that started the journal."""
         out = asdict(self)
         out.pop("batch_size")
-        out.pop("compile")
         out.pop("runtime")
         out["views"] = [[t, list(d)] for t, d in self.views]
         return out

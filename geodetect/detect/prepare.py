@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from geodetect.detect.choose import choose_runtime
 from geodetect.detect.options import DetectOptions
 from geodetect.detect.plan import Plan, RunConfig, default_chip_size, default_overlap, make_plan
 from geodetect.detect.runner import band_scaling
 from geodetect.detect.tta import DIHEDRAL, FLIPS
-from geodetect.errors import InputError, RasterError
+from geodetect.errors import RasterError
 from geodetect.io.raster import (
     MosaicGrid,
     configure_gdal,
@@ -35,9 +36,10 @@ from geodetect.model import LoadedModel, ModelSpec, autocast_dtype, load_model, 
 
 log = logging.getLogger(__name__)
 
-# The smallest run for which ``runtime="auto"`` exports the network to ONNX (≈10 s once
-# per model for a ResNet18, then ≈1.3x faster chips in fp32 on the CPU).
-ONNX_MIN_CHIPS = 256
+# Crops of chips over the edge of the data have sides on multiples of this: at most 16
+# shapes of a 512 px chip, each met often enough that the runtimes' per-shape set-up
+# (oneDNN primitives, ONNX Runtime's memory plans) is paid once.
+CROP_STEP = 128
 
 
 @dataclass(frozen=True)
@@ -93,15 +95,18 @@ def prepare(
     _say_gsd(grids, spec, target)
     config = run_config(options, spec, device)
     plan = make_plan(grids, config)
-    config = _with_runtime(config, options.runtime, device, plan, loaded.model)
     scaling = tuple(band_scaling(g, spec) for g in grids)
+    runtime = choose_runtime(
+        options.runtime, loaded, device, config, plan, scaling, compile=options.compile
+    )
+    config = replace(config, runtime=runtime)
     manifest = {
         "inputs": [_file_stamp(m.info.path) for g in grids for m in g.members],
         "model": loaded.model_id,
         "options": config.identity(),
         # bf16 and fp32, a GPU and a CPU, torch and ONNX Runtime, eager and compiled
         # networks give slightly different boxes: never mixed.
-        "compute": _compute(device, config),
+        "compute": runtime.compute(device),
         "grids": [
             [g.crs.to_wkt() if g.crs else None, list(g.transform)[:6], list(g.bands)] for g in grids
         ],
@@ -129,7 +134,8 @@ def run_config(options: DetectOptions, spec: ModelSpec, device: torch.device) ->
         precision=options.precision,
         skip_bad_chips=options.skip_bad_chips,
         batch_size=options.batch_size or (32 if device.type == "cuda" else 8),
-        compile=options.compile,
+        # Test-time views turn chips, so they stay square and whole.
+        crop_step=CROP_STEP if options.crop and not options.tta_views else 0,
     )
     typical = spec.typical_object_px or spec.max_object_px
     if options.overlap is None and typical:
@@ -141,46 +147,6 @@ def run_config(options: DetectOptions, spec: ModelSpec, device: torch.device) ->
             typical,
         )
     return config
-
-
-def _with_runtime(config: RunConfig, choice: str, device, plan: Plan, network) -> RunConfig:
-    """``config`` with the runtime ``choice`` ("auto", "torch" or "onnxruntime") settled
-    for this run."""
-    from dataclasses import replace
-
-    from torchvision.models.detection import RetinaNet
-
-    from geodetect.model.onnx import onnx_available
-
-    if choice == "onnxruntime":
-        if device.type != "cpu":
-            raise InputError("--runtime onnxruntime runs on the CPU; pass --device cpu")
-        if not onnx_available():
-            raise InputError(
-                "--runtime onnxruntime needs onnx, onnxruntime and onnxscript: "
-                "pip install 'geodetect[onnx]'"
-            )
-        return replace(config, runtime=choice)
-    fp32_cpu = device.type == "cpu" and autocast_dtype(device, config.precision) is None
-    if (
-        choice == "auto"
-        and fp32_cpu
-        and isinstance(network, RetinaNet)  # what export_onnx knows how to export
-        and not config.compile
-        and plan.chips_total >= ONNX_MIN_CHIPS
-        and onnx_available()
-    ):
-        log.debug("the network runs in ONNX Runtime (this CPU computes in fp32)")
-        return replace(config, runtime="onnxruntime")
-    return replace(config, runtime="torch")
-
-
-def _compute(device, config: RunConfig) -> list:
-    """What computes the boxes, as the journal's manifest records it."""
-    if config.runtime == "onnxruntime":
-        return [device.type, "fp32", "onnxruntime"]
-    precision = str(autocast_dtype(device, config.precision))
-    return [device.type, precision, "torch", "compiled" if config.compile else "eager"]
 
 
 def _file_stamp(path: Path) -> list:

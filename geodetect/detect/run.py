@@ -39,6 +39,8 @@ class DetectionReport:
     chips_read: int = 0  # by this run (resumed blocks' chips are in chips_resumed)
     chips_empty: int = 0
     chips_resumed: int = 0  # read (or empty) in an earlier run, kept in the journal
+    # Pixels the network ran on in this run (chips over the edge of the data cropped).
+    pixels_run: int = 0
     blocks_total: int = 0
     blocks_resumed: int = 0
     skipped_windows: list[str] = field(default_factory=list)
@@ -279,6 +281,7 @@ class _Sink:
         report = self.report
         report.chips_read += result.chips_read
         report.chips_empty += result.chips_empty
+        report.pixels_run += result.pixels_run
         report.skipped_windows.extend(result.skipped)
         self.blocks += 1
         self.objects += len(result.table["score"])

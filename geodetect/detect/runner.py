@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -28,17 +28,21 @@ from geodetect.detect.tta import predict_with_flips
 from geodetect.errors import RasterError
 from geodetect.geometry import Block, Chip, cut_mask, owned_mask
 from geodetect.geometry.coverage import CELL, chip_cells, empty_runs, merge_runs, to_runs
+from geodetect.geometry.grid import data_crop
 from geodetect.io.raster import GridReader, MosaicGrid, default_max_open, grid_band_stats
-from geodetect.model import LoadedModel, ModelSpec, autocast_dtype
+from geodetect.model import LoadedModel, ModelSpec
+from geodetect.model.runtime import Decoding, Runtime
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ChipData:
-    """One chip as read: ``data`` [C, S, S] in the files' dtype (uint8 stays uint8 so
+    """One chip as read: ``data`` [C, H, W] in the files' dtype (uint8 stays uint8 so
     it travels cheaply), None when wholly nodata or skipped; ``error`` says why a
-    damaged window was skipped."""
+    damaged window was skipped. ``data`` is the whole chip, or only the part of it
+    that holds imagery (see :func:`geodetect.geometry.grid.data_crop`), whose offset
+    in the chip ``origin`` gives as (row, col)."""
 
     grid: int
     chip: Chip
@@ -46,16 +50,25 @@ class ChipData:
     error: str | None = None
     # The cells of the chip's core that held data (runs, see geometry.coverage).
     coverage: np.ndarray = field(default_factory=empty_runs)
+    origin: tuple[int, int] = (0, 0)
 
 
 class ChipReader:
-    """Reads the chips of a plan's grids (see :class:`geodetect.io.raster.GridReader`)."""
+    """Reads the chips of a plan's grids (see :class:`geodetect.io.raster.GridReader`).
 
-    def __init__(self, grids: Sequence[MosaicGrid], *, skip_bad_chips: bool = False) -> None:
+    ``crop_step`` > 0 crops each chip to the part that holds imagery, its edges on
+    multiples of that many pixels: the network then runs on fewer pixels where a chip
+    lies over the edge of the data (a mosaic's outline, scattered tiles). 0: whole chips.
+    """
+
+    def __init__(
+        self, grids: Sequence[MosaicGrid], *, skip_bad_chips: bool = False, crop_step: int = 0
+    ) -> None:
         # The open-file bound is per process: the grids share it.
         share = max(2, default_max_open() // max(1, len(grids)))
         self.readers = [GridReader(g, max_open=share) for g in grids]
         self.skip_bad_chips = skip_bad_chips
+        self.crop_step = crop_step
 
     def read(self, grid: int, chip: Chip) -> ChipData:
         try:
@@ -70,7 +83,13 @@ class ChipReader:
             return ChipData(grid, chip, None)
         if data.dtype not in (np.uint8, np.float32):
             data = data.astype(np.float32)
-        return ChipData(grid, chip, data, coverage=self.coverage(grid, chip, valid))
+        coverage = self.coverage(grid, chip, valid)
+        crop = data_crop(valid, self.crop_step) if self.crop_step else None
+        if crop is None:
+            return ChipData(grid, chip, data, coverage=coverage)
+        r0, c0, h, w = crop
+        part = np.ascontiguousarray(data[:, r0 : r0 + h, c0 : c0 + w])
+        return ChipData(grid, chip, part, coverage=coverage, origin=(r0, c0))
 
     def coverage(self, grid: int, chip: Chip, valid: np.ndarray) -> np.ndarray:
         """The chip's covered cells as runs, each with the file under the cell's centre."""
@@ -114,15 +133,15 @@ def band_scaling(grid: MosaicGrid, spec: ModelSpec) -> tuple[list[float], list[f
 
 @dataclass
 class Detector:
-    """The model side of a run: normalise a batch on the device, run the network (with
-    test-time views if asked), and keep the detections each chip owns."""
+    """The model side of a run: normalise a batch on the device, run it through the
+    run's runtime (with test-time views if asked), and keep the detections each chip
+    owns."""
 
-    net: torch.nn.Module
+    runtime: Runtime
     grids: Sequence[MosaicGrid]
     config: RunConfig
     device: torch.device
     scaling: Sequence[tuple[list[float], list[float]]]
-    amp: torch.dtype | None = None
     _normalisers: list[Normaliser] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -134,34 +153,22 @@ class Detector:
         device: torch.device,
         scaling: Sequence[tuple[list[float], list[float]]] | None = None,
     ) -> Detector:
-        # Channels-last: oneDNN's and cuDNN's fast layouts (on the 2-core EPYC dev VM,
-        # 1.5x the bf16 and 1.25x the fp32 speed of the default layout).
-        net = loaded.model.to(device).eval().to(memory_format=torch.channels_last)
-        # With test-time views, keep weaker per-pass boxes: the fused score decides.
-        net.score_thresh = config.threshold / 2 if config.views else config.threshold
-        net.nms_thresh = config.nms_iou
-        net.second_box_iou = config.second_box_iou
         if scaling is None:
             scaling = [band_scaling(g, loaded.spec) for g in grids]
-        amp = autocast_dtype(device, config.precision)
-        if config.runtime == "onnxruntime":
-            from geodetect.model.onnx import cached_runner
-
-            net, amp = cached_runner(loaded, config.chip_size), None  # ORT computes fp32
-        detector = cls(net, grids, config, device, scaling, amp)
-        if config.compile and config.runtime == "torch":
-            detector.compile()
-        return detector
+        runtime = config.runtime.build(loaded, device, config.chip_size)
+        return cls(runtime, grids, config, device, scaling)
 
     def __post_init__(self) -> None:
         self._normalisers = [Normaliser(m, s, self.device) for m, s in self.scaling]
         self._extents = [g.data_extent() for g in self.grids]
-
-    def compile(self) -> None:
-        """Compile the network's dense part (backbone, FPN, heads) with torch.compile;
-        post-processing, whose shapes depend on the data, stays eager."""
-        self.net.backbone = torch.compile(self.net.backbone, dynamic=False)
-        self.net.head = torch.compile(self.net.head, dynamic=False)
+        config = self.config
+        # With test-time views, keep weaker per-pass boxes: the fused score decides.
+        self.decoding = Decoding(
+            score_thresh=config.threshold / 2 if config.views else config.threshold,
+            nms_iou=config.nms_iou,
+            second_box_iou=config.second_box_iou,
+            box_vote_iou=self.runtime.spec.box_vote_iou,
+        )
 
     def __call__(self, chips: Sequence[ChipData], batch: torch.Tensor) -> dict[str, np.ndarray]:
         """Owned detections of ``chips`` (whose pixels ``batch`` stacks), as a table.
@@ -197,16 +204,14 @@ class Detector:
             # so a chip's boxes must not depend on how many share its batch.
             pad = normed.new_zeros((self.config.batch_size - n, *normed.shape[1:]))
             normed = torch.cat([normed, pad])
-        if self.config.runtime == "torch":  # ONNX Runtime takes plain contiguous arrays
-            normed = normed.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast(dev.type, dtype=self.amp) if self.amp else nullcontext()
-        with torch.inference_mode(), ctx:
+        detect = partial(self.runtime.detect, decoding=self.decoding)
+        with torch.inference_mode():
             outputs = (
                 predict_with_flips(
-                    self.net, normed, min_score=self.config.threshold, views=self.config.views
+                    detect, normed, min_score=self.config.threshold, views=self.config.views
                 )
                 if self.config.views
-                else self.net(normed)
+                else detect(normed)
             )[:n]
         return _to_host(outputs)
 
@@ -214,6 +219,8 @@ class Detector:
         boxes = out["boxes"].astype(np.float64)
         if len(boxes) == 0:
             return empty_table()
+        row, col = item.origin  # a cropped chip's boxes, in the whole chip's pixels
+        boxes += np.array([col, row, col, row], dtype=np.float64)
         chip, grid = item.chip, self.grids[item.grid]
         # Clip to the grid's data extent: a scene smaller than a chip is padded, and a
         # resampled file's data ends inside the whole pixels its window snaps out to.
@@ -283,6 +290,7 @@ class BlockResult:
     chips: int  # chips of the block (read, empty or skipped)
     chips_read: int = 0
     chips_empty: int = 0
+    pixels_run: int = 0  # pixels through the network (crops count their own)
     skipped: list[str] = field(default_factory=list)
     coverage: np.ndarray = field(default_factory=empty_runs)  # runs of covered cells
 
@@ -322,9 +330,11 @@ class BlockAssembly:
         tally(self.result, items)
         self.coverage.extend(c.coverage for c in items)
         full = [c for c in items if c.data is not None]
-        if full:
-            batch = stack(full)
-            self.tables.append(detect(full, batch.pin_memory() if pin else batch))
+        # Cropped chips come in a few shapes: one network call per shape.
+        for shape in dict.fromkeys(c.data.shape for c in full):
+            same = [c for c in full if c.data.shape == shape]
+            batch = stack(same)
+            self.tables.append(detect(same, batch.pin_memory() if pin else batch))
 
     @property
     def complete(self) -> bool:
@@ -356,6 +366,7 @@ def tally(result: BlockResult, items: Sequence[ChipData]) -> None:
     for item in items:
         if item.data is not None:
             result.chips_read += 1
+            result.pixels_run += item.data.shape[-2] * item.data.shape[-1]
         elif item.error is not None:
             result.skipped.append(item.error)
             log.warning("skipped: %s", item.error)

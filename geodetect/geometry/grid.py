@@ -134,6 +134,28 @@ def axis_offsets(length: int, chip: int, overlap: int) -> np.ndarray:
     return offsets
 
 
+def data_crop(valid: np.ndarray, step: int) -> tuple[int, int, int, int] | None:
+    """The part of a chip worth running the network on: the bounding box of its valid
+    pixels, its edges moved outward to multiples of ``step`` from the chip's origin
+    (so crops come in few shapes), as ``(row_off, col_off, height, width)`` in chip
+    pixels; None when that is the whole chip or nothing is valid.
+
+    ``valid``: bool [height, width] of the chip; ``step`` a multiple of 32 (the
+    network's coarsest stride that must divide a crop's sides).
+    """
+    rows = np.flatnonzero(valid.any(axis=1))
+    cols = np.flatnonzero(valid.any(axis=0))
+    if not len(rows):
+        return None
+    height, width = valid.shape
+    r0, c0 = (rows[0] // step) * step, (cols[0] // step) * step
+    r1 = min(height, -(-(rows[-1] + 1) // step) * step)
+    c1 = min(width, -(-(cols[-1] + 1) // step) * step)
+    if (r0, c0, r1, c1) == (0, 0, height, width):
+        return None
+    return int(r0), int(c0), int(r1 - r0), int(c1 - c0)
+
+
 def core_bounds(offsets: np.ndarray, chip: int) -> np.ndarray:
     """Edges of each chip's *core* along one axis: ``[edges[i], edges[i+1])`` for chip i.
 

@@ -40,11 +40,11 @@ from geodetect.model.file import LoadedModel
 from geodetect.model.onnx import (
     DEFAULT_OPSET,
     MODEL_ID_KEY,
-    HeadOutputs,
     _require,
     check_chip_size,
     save_proto,
 )
+from geodetect.model.runtime import HeadOutputs
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "output0"
