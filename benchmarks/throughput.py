@@ -48,6 +48,7 @@ from geodetect.model import (
     load_model,
     resolve_device,
 )
+from geodetect.model.runtime import RuntimeChoice
 from geodetect.model.spec import preset_widths
 
 
@@ -111,7 +112,8 @@ def main() -> None:
     parser.add_argument(
         "--compare",
         action="store_true",
-        help="also model alone in fp32, compiled, and in ONNX Runtime (same chips; boxes compared)",
+        help="also model alone in fp32, compiled, and in ONNX Runtime fp32 and int8 (same "
+        "chips; boxes compared)",
     )
     args = parser.parse_args()
 
@@ -176,10 +178,12 @@ def main() -> None:
         def build(**changes) -> Detector:
             return Detector.build(loaded, plan.grids, replace(config, **changes), dev, scaling)
 
-        model_s, default_out = model_alone(build(compile=args.compile))
+        model_s, default_out = model_alone(build(runtime=config.runtime))
         variants = []
         if args.compare:
-            variants = compare(args, loaded, build, model_alone, default_out, Path(tmp), chip)
+            variants = compare(
+                args, loaded, build, model_alone, default_out, Path(tmp), chip, plan, scaling
+            )
 
     n = len(chips)
     stride = config.chip_size - config.overlap
@@ -219,31 +223,36 @@ def differences(a: list[dict], b: list[dict]) -> str:
     return f"same detections, boxes within {worst:.2g} px"
 
 
-def compare(args, loaded, build, model_alone, default_out, tmp: Path, chip: int) -> list:
+def compare(
+    args, loaded, build, model_alone, default_out, tmp: Path, chip: int, plan, scaling
+) -> list:
     """Model alone in other ways on the same chips: (name, seconds, boxes against the
     reference)."""
 
     rows = []
-    fp32_s, fp32_out = model_alone(build(precision="fp32"))
+    fp32 = RuntimeChoice("torch", precision="fp32")
+    fp32_s, fp32_out = model_alone(build(precision="fp32", runtime=fp32))
     rows.append(("fp32 (reference for ONNX)", fp32_s, differences(fp32_out, default_out)))
-    net = loaded.model
-    eager = net.backbone, net.head
     start = time.perf_counter()
-    seconds, out = model_alone(build(compile=True))
+    compiled = RuntimeChoice("torch", precision=args.precision, compile=True)
+    seconds, out = model_alone(build(runtime=compiled))
     print(f"(torch.compile took {time.perf_counter() - start - seconds * args.repeats:.0f} s)")
     rows.append(("torch.compile", seconds, differences(out, default_out)))
-    net.backbone, net.head = eager  # compiling replaced them on the shared module
     try:
-        from geodetect.model.onnx import OnnxRetinaNet, export_onnx
+        from geodetect.detect.choose import LazySample, cached_int8
+        from geodetect.model.onnx import export_onnx
     except ImportError as exc:
         rows.append(("ONNX Runtime", float("nan"), f"not measured ({exc})"))
         return rows
     path = tmp / "model.onnx"
     export_onnx(loaded, path, chip_size=chip)
-    detector = build(precision="fp32")
-    detector.net = OnnxRetinaNet(path, loaded)
-    seconds, out = model_alone(detector)
+    ort = RuntimeChoice("onnxruntime", onnx_path=str(path))
+    seconds, out = model_alone(build(precision="fp32", runtime=ort))
     rows.append(("ONNX Runtime fp32", seconds, differences(out, fp32_out) + " of torch fp32"))
+    sample = LazySample(loaded, chip, plan, scaling).get()
+    int8 = RuntimeChoice("int8", onnx_path=str(cached_int8(loaded, chip, sample)))
+    seconds, out = model_alone(build(precision="fp32", runtime=int8))
+    rows.append(("ONNX Runtime int8", seconds, differences(out, fp32_out) + " of torch fp32"))
     return rows
 
 

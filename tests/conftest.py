@@ -53,6 +53,9 @@ def _private_caches(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setenv("TORCH_HOME", str(root / "torch"))
     patch.setenv("GEODETECT_CACHE", str(root / "geodetect"))
+    # `train` would export, quantise and time each toy model for `detect` (tested on
+    # its own in test_onnx.py).
+    patch.setenv("GEODETECT_PREPARE_DETECT", "0")
     previous = torch.hub.get_dir()
     torch.hub.set_dir(str(root / "torch" / "hub"))
     try:

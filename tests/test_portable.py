@@ -16,7 +16,7 @@ from geodetect.errors import InputError
 from geodetect.model.file import LoadedModel
 from geodetect.model.portable import check_portable
 
-from conftest import assert_one_line_error, make_oracle, run_cli
+from conftest import SAMPLE_DATA, assert_one_line_error, make_oracle, run_cli
 
 
 def _matched(a: np.ndarray, b: np.ndarray, iou: float = 0.5) -> tuple[int, int]:
@@ -27,15 +27,24 @@ def _matched(a: np.ndarray, b: np.ndarray, iou: float = 0.5) -> tuple[int, int]:
     return len(set(i[ok])), len(set(j[ok]))
 
 
-def test_geodeep_runs_the_export_and_finds_what_geodetect_finds(sample_model, tmp_path, capsys):
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_geodeep_runs_the_export_and_finds_what_geodetect_finds(
+    sample_model, tmp_path, capsys, int8
+):
+    """The export as Deepness and GeoDeep users get it, fp32 or quantised to int8
+    (calibrated on the model's training scene)."""
     geodeep = pytest.importorskip("geodeep")
     onnxruntime = pytest.importorskip("onnxruntime")
     scene = tmp_path / "scene"
     assert run_cli("synth", scene, "--size", "1024", "--seed", "9", "-q").returncode == 0
     tif = scene / "scene.tif"
     onnx_path = tmp_path / "pools.onnx"
-    proc = run_cli("export-onnx", sample_model, "--for", "geodeep", "-o", onnx_path)
+    extra = ["--int8", "--calibrate", SAMPLE_DATA / "train" / "scene.tif"] if int8 else []
+    proc = run_cli("export-onnx", sample_model, "--for", "geodeep", "-o", onnx_path, *extra)
     assert proc.returncode == 0, proc.stderr
+    if int8:
+        ops = {node.op_type for node in pytest.importorskip("onnx").load(str(onnx_path)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     meta = onnxruntime.InferenceSession(str(onnx_path)).get_modelmeta().custom_metadata_map
     spec = json.loads(run_cli("info", sample_model, "--json").stdout)
     assert json.loads(meta["det_type"]) == "YOLO_v5_or_v7_default"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from geodetect.cli import options
+
+log = logging.getLogger("geodetect")
 
 
 @click.command("train")
@@ -247,3 +251,26 @@ def command(
         progress=not quiet,
     )
     click.echo(result.summary())
+    _prepare_detection(out, device)
+
+
+def _prepare_detection(model_path, device: str) -> None:
+    """Export, quantise and time the runtimes that ``detect`` will choose from on this
+    machine, so the first detection with the new model pays for none of it (once per
+    machine and model; said in the log with what it cost). ``GEODETECT_PREPARE_DETECT=0``
+    leaves it to the first ``detect`` (the test suite's many toy models do)."""
+    import os
+
+    from geodetect.detect.choose import warm_up
+    from geodetect.errors import GeodetectError
+
+    if os.environ.get("GEODETECT_PREPARE_DETECT", "1") == "0":
+        return
+
+    try:
+        picked = warm_up(model_path, device=device)
+    except GeodetectError as exc:  # the model is written; detect will try again
+        log.warning("could not prepare detection on this machine: %s", exc)
+        return
+    if picked:
+        log.info("detect will run: %s", picked)

@@ -10,9 +10,12 @@ meets a model at a chip size and batch size, and writes the figures to
 also agree with the fp32 one on those chips (:data:`MIN_AGREEMENT`) before ``auto``
 takes it. On a GPU, ``auto`` is torch.
 
-The int8 network is calibrated on chips of the run's own imagery, spread evenly over
-its plan (:func:`sample_chips`), and kept in the cache under a name that says which
-chips calibrated it, so a rerun of the same inputs gets the very same network.
+The int8 network is calibrated on the chips its model file keeps from training (windows
+of the validation area, see :mod:`geodetect.train.calibration`), so it is a function of
+the model alone; a model file without them (older, or saved from the notebook) is
+calibrated on chips of the run's own imagery, spread evenly over its plan
+(:func:`sample_chips`). The network is kept in the cache under a name that says which
+chips calibrated it, and the same chips are what the candidates are timed on.
 """
 
 from __future__ import annotations
@@ -34,21 +37,26 @@ from geodetect.detect.plan import Plan, RunConfig
 from geodetect.detect.runner import ChipReader, Normaliser
 from geodetect.errors import InputError
 from geodetect.model import LoadedModel
-from geodetect.model.device import cpu_has_native_bf16
+from geodetect.model.device import autocast_dtype, cpu_has_native_bf16
 from geodetect.model.runtime import Decoding, RuntimeChoice
 
 log = logging.getLogger(__name__)
 
-# The smallest run for which ``auto`` leaves torch: exporting (about 10 s once per
-# model) and, the first time, measuring the candidates (about a minute) must pay off.
+# The smallest run for which ``auto`` times the runtimes when nothing has timed them for
+# this model here yet: exporting, quantising and timing must pay off. (``train`` times
+# them for the model it writes.)
 ONNX_MIN_CHIPS = 256
 #: Chips that calibrate an int8 network, and on which candidates are timed.
 CALIBRATION_CHIPS = 16
 #: Share of the fp32 network's detections on the sample chips that the int8 one must
-#: find too (IoU >= 0.5, same class), and the other way round, for ``auto`` to use it.
+#: find too (IoU >= 0.5, same class, score within MAX_SCORE_GAP), and the other way
+#: round, for ``auto`` to use it; compared at AGREEMENT_SCORE, low enough that every
+#: sample holds boxes to compare.
 MIN_AGREEMENT = 0.9
+MAX_SCORE_GAP = 0.1
+AGREEMENT_SCORE = 0.05
 # Bumped when what is measured changes, so older figures are measured again.
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -63,24 +71,50 @@ class Sample:
         return digest[:12]
 
 
+def model_sample(loaded: LoadedModel, chip_size: int) -> Sample | None:
+    """The model's own calibration chips (see the module) as ``chip_size`` chips,
+    normalised: each tiled from as many kept chips as it takes to cover it (kept chips
+    are smaller than detection's); None where the model file keeps none."""
+    kept = loaded.calibration
+    if kept is None or not len(kept):
+        return None
+    side = kept.shape[-1]
+    per = -(-chip_size // side)
+    inputs = []
+    # CALIBRATION_CHIPS inputs, each of the next per x per kept chips in turn (so each
+    # is used about as often, in other places), enough to time a few batches on.
+    for n in range(CALIBRATION_CHIPS):
+        tiles = [kept[(n * per * per + i + n // len(kept)) % len(kept)] for i in range(per * per)]
+        rows = [torch.cat(tiles[r * per : (r + 1) * per], dim=-1) for r in range(per)]
+        inputs.append(torch.cat(rows, dim=-2)[..., :chip_size, :chip_size])
+    spec = loaded.spec
+    normalise = Normaliser(spec.band_mean, spec.band_std, torch.device("cpu"))
+    return Sample(normalise(torch.stack(inputs)))
+
+
 def sample_chips(plan: Plan, scaling, n: int = CALIBRATION_CHIPS) -> Sample:
-    """Up to ``n`` chips holding data, spread evenly over the plan in its order (the same
-    chips for the same inputs and settings), normalised as the network reads them."""
+    """Up to ``n`` chips holding data, spread evenly over the plan's blocks (a few
+    chips from each of up to ``n`` blocks; the same chips for the same inputs and
+    settings), normalised as the network reads them. Only the chosen blocks' chips are
+    listed, so a county's plan costs no more than a scene's."""
     reader = ChipReader(plan.grids)
     picked: list[torch.Tensor] = []
+    blocks = [plan.blocks[int(i)] for i in np.linspace(0, len(plan.blocks) - 1, n).round()]
     try:
-        everything = [(b.grid, c) for b in plan.blocks for c in plan.chips(b)]
-        # Every k-th chip first, then the ones between, until n hold data.
-        stride = max(1, len(everything) // n)
-        order = [i for offset in range(stride) for i in range(offset, len(everything), stride)]
-        for i in order:
-            grid, chip = everything[i]
-            item = reader.read(grid, chip)
-            if item.data is None:
-                continue
-            mean, std = scaling[grid]
-            raw = torch.from_numpy(np.ascontiguousarray(item.data))[None]
-            picked.append(Normaliser(mean, std, torch.device("cpu"))(raw)[0])
+        for round_ in range(n):  # the round-th chip of each block, then the next
+            for block in dict.fromkeys(blocks):
+                chips = plan.chips(block)
+                if round_ >= len(chips) or len(picked) == n:
+                    continue
+                # A walk over the block from its middle that visits each chip once.
+                item = reader.read(
+                    block.grid, chips[(len(chips) // 2 + round_ * 7919) % len(chips)]
+                )
+                if item.data is None:
+                    continue
+                mean, std = scaling[block.grid]
+                raw = torch.from_numpy(np.ascontiguousarray(item.data))[None]
+                picked.append(Normaliser(mean, std, torch.device("cpu"))(raw)[0])
             if len(picked) == n:
                 break
     finally:
@@ -88,6 +122,27 @@ def sample_chips(plan: Plan, scaling, n: int = CALIBRATION_CHIPS) -> Sample:
     if not picked:
         raise InputError("no chip of the inputs holds data to calibrate or time a runtime")
     return Sample(torch.stack(picked))
+
+
+class LazySample:
+    """What an int8 network is calibrated on and runtimes are timed on, read when first
+    needed: the model's own chips, else chips of the run (see the module)."""
+
+    def __init__(self, loaded: LoadedModel, chip_size: int, plan: Plan | None, scaling) -> None:
+        self.loaded, self.chip_size, self.plan, self.scaling = loaded, chip_size, plan, scaling
+        self._sample: Sample | None = None
+
+    def get(self) -> Sample:
+        if self._sample is None:
+            self._sample = model_sample(self.loaded, self.chip_size)
+        if self._sample is None:
+            if self.plan is None:
+                raise InputError(
+                    f"{self.loaded.path}: the model file keeps no calibration chips; "
+                    "detect over imagery to calibrate and time its runtimes"
+                )
+            self._sample = sample_chips(self.plan, self.scaling)
+        return self._sample
 
 
 def choose_runtime(
@@ -109,32 +164,71 @@ def choose_runtime(
     torch_choice = RuntimeChoice("torch", precision=config.precision, compile=compile)
     if asked == "torch":
         return torch_choice
+    sample = LazySample(loaded, config.chip_size, plan, scaling)
     if asked in ("onnxruntime", "int8"):
         _check_onnx(asked, device, loaded)
-        return _prepared(asked, loaded, config, plan, scaling)
-    if not _onnx_worthwhile(loaded, device, plan, compile):
+        return _prepared(asked, loaded, config.chip_size, sample)
+    if not _onnx_worthwhile(loaded, device, compile):
         return torch_choice
-    figures = measured(loaded, device, config, plan, scaling, torch_choice)
-    speeds = {k: figures[k] for k in ("torch", "onnxruntime", "int8") if k in figures}
-    if figures.get("agreement", 0.0) < MIN_AGREEMENT:
-        speeds.pop("int8", None)
-    best = max(speeds, key=speeds.get)
-    log.info(
-        "runtime: %s, the fastest here for this model (%s chips/s of %d px; measured %s on %s%s)",
-        {"torch": torch_choice.describe(), "onnxruntime": "ONNX Runtime fp32"}.get(
-            best, "ONNX Runtime int8"
-        ),
-        ", ".join(f"{k} {v:.1f}" for k, v in figures.items() if k in RATE_KEYS),
-        config.chip_size,
-        figures["measured"],
-        figures["cpu"],
-        ""
-        if "int8" not in figures
-        else f"; int8 agrees with fp32 on {figures['agreement']:.0%} of the sample's boxes",
-    )
+    # A small run is not worth timing for, but uses what an earlier run or `train` timed.
+    small = plan.chips_total < ONNX_MIN_CHIPS
+    figures = measured(loaded, device, config, sample, torch_choice, only_known=small)
+    if figures is None:
+        return torch_choice
+    best = fastest(figures)
+    log.info("runtime: %s", explain(best, figures, torch_choice, config.chip_size))
     if best == "torch":
         return torch_choice
-    return _prepared(best, loaded, config, plan, scaling)
+    return _prepared(best, loaded, config.chip_size, sample)
+
+
+def fastest(figures: dict) -> str:
+    """The fastest runtime of measured ``figures``; int8 only where it agrees with fp32."""
+    speeds = {k: figures[k] for k in RATE_KEYS if k in figures}
+    if figures.get("agreement", 0.0) < MIN_AGREEMENT:
+        speeds.pop("int8", None)
+    return max(speeds, key=speeds.get)
+
+
+def explain(best: str, figures: dict, torch_choice: RuntimeChoice, chip_size: int) -> str:
+    """What was picked and why, in one line for the log."""
+    names = {"torch": torch_choice.describe(), "onnxruntime": "ONNX Runtime fp32"}
+    rates = ", ".join(f"{k} {figures[k]:.1f}" for k in RATE_KEYS if k in figures)
+    agreement = (
+        f"; int8 finds {figures['agreement']:.0%} of fp32's boxes on the sample and fp32 "
+        "as many of its"
+        if "int8" in figures
+        else ""
+    )
+    return (
+        f"{names.get(best, 'ONNX Runtime int8')}, the fastest here for this model ({rates} "
+        f"chips/s of {chip_size} px, measured {figures['measured']} on {figures['cpu']}"
+        f"{agreement})"
+    )
+
+
+def warm_up(model_path, *, device: str = "auto") -> str | None:
+    """Prepare detection with ``model_path`` on this machine as ``detect``'s defaults
+    will run it: export and quantise the network into the cache and time the runtimes,
+    so that the first ``detect`` pays for none of it. Returns what ``auto`` will pick and
+    why, or None where it would pick torch without measuring (a GPU, no onnx extra, a
+    model file without calibration chips)."""
+    from geodetect.detect.options import DetectOptions
+    from geodetect.detect.prepare import run_config
+    from geodetect.model import load_model, resolve_device
+
+    where = resolve_device(device)
+    loaded = load_model(model_path, device=where)
+    if loaded.calibration is None or not _onnx_worthwhile(loaded, where, False):
+        return None
+    config = run_config(DetectOptions(), loaded.spec, where)
+    torch_choice = RuntimeChoice("torch", precision=config.precision)
+    sample = LazySample(loaded, config.chip_size, None, None)
+    figures = measured(loaded, where, config, sample, torch_choice)
+    best = fastest(figures)
+    if best != "torch":
+        _prepared(best, loaded, config.chip_size, sample)
+    return explain(best, figures, torch_choice, config.chip_size)
 
 
 RATE_KEYS = ("torch", "onnxruntime", "int8")
@@ -156,7 +250,7 @@ def _check_onnx(kind: str, device: torch.device, loaded: LoadedModel) -> None:
         raise InputError(f"--runtime {kind}: this network cannot be exported to ONNX")
 
 
-def _onnx_worthwhile(loaded: LoadedModel, device: torch.device, plan: Plan, compile: bool):
+def _onnx_worthwhile(loaded: LoadedModel, device: torch.device, compile: bool) -> bool:
     from torchvision.models.detection import RetinaNet
 
     from geodetect.model.onnx import onnx_available
@@ -165,39 +259,37 @@ def _onnx_worthwhile(loaded: LoadedModel, device: torch.device, plan: Plan, comp
         device.type == "cpu"
         and not compile
         and isinstance(loaded.model, RetinaNet)
-        and plan.chips_total >= ONNX_MIN_CHIPS
         and onnx_available()
     )
 
 
-def _prepared(kind: str, loaded: LoadedModel, config: RunConfig, plan: Plan, scaling):
+def _prepared(kind: str, loaded: LoadedModel, chip_size: int, sample: LazySample):
     """The ONNX Runtime choice of ``kind`` with its network in the cache."""
     from geodetect.model.onnx import cached_export
 
-    fp32 = cached_export(loaded, config.chip_size)
     if kind == "onnxruntime":
-        return RuntimeChoice("onnxruntime", onnx_path=str(fp32))
-    return RuntimeChoice("int8", onnx_path=str(cached_int8(loaded, config, plan, scaling)))
+        return RuntimeChoice("onnxruntime", onnx_path=str(cached_export(loaded, chip_size)))
+    return RuntimeChoice("int8", onnx_path=str(cached_int8(loaded, chip_size, sample.get())))
 
 
-def cached_int8(loaded: LoadedModel, config: RunConfig, plan: Plan, scaling) -> Path:
-    """The int8 network of ``loaded`` calibrated on :func:`sample_chips` of the run,
-    quantised into the cache the first time."""
+def cached_int8(loaded: LoadedModel, chip_size: int, sample: Sample) -> Path:
+    """The int8 network of ``loaded`` calibrated on ``sample``, quantised into the cache
+    the first time."""
     from geodetect.model.onnx import cache_dir, cached_export, make_cache_dir
     from geodetect.model.quantize import quantize_int8
 
-    sample = sample_chips(plan, scaling)
     folder = cache_dir()
-    path = folder / f"{loaded.model_id}-{config.chip_size}px-int8-{sample.id}.onnx"
+    path = folder / f"{loaded.model_id}-{chip_size}px-int8-{sample.id}.onnx"
     if path.is_file():
         return path
     make_cache_dir(folder)
     started = time.monotonic()
-    fp32 = cached_export(loaded, config.chip_size)
+    fp32 = cached_export(loaded, chip_size)
     quantize_int8(fp32, path, list(sample.chips.numpy()))
     log.info(
-        "quantised the network to int8 on %d chips of the inputs in %.0f s: %s",
+        "quantised the network to int8 on %d chips of %s in %.0f s: %s",
         len(sample.chips),
+        "its training imagery" if loaded.calibration is not None else "the inputs",
         time.monotonic() - started,
         path,
     )
@@ -237,12 +329,13 @@ def measured(
     loaded: LoadedModel,
     device: torch.device,
     config: RunConfig,
-    plan: Plan,
-    scaling,
+    sample: LazySample,
     torch_choice: RuntimeChoice,
-) -> dict:
+    *,
+    only_known: bool = False,
+) -> dict | None:
     """The candidates' chips/s here (remembered in ``runtimes.json``; measured the first
-    time, on :func:`sample_chips` of the run)."""
+    time, on ``sample``; None then when ``only_known``)."""
     import onnxruntime
 
     from geodetect.model.onnx import cache_dir
@@ -253,7 +346,7 @@ def measured(
         "model": loaded.model_id,
         "chip": config.chip_size,
         "batch": config.batch_size,
-        "precision": config.precision,
+        "precision": str(autocast_dtype(device, config.precision)),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "version": MEASURE_VERSION,
@@ -261,21 +354,25 @@ def measured(
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     store = cache_dir().parent / "runtimes.json"
     known = _read_store(store)
-    if key in known:
-        return known[key]
+    if key in known or only_known:
+        return known.get(key)
     log.info(
         "timing torch, ONNX Runtime fp32 and int8 on this CPU for this model (once per "
-        "machine and model; about a minute)"
+        "machine and model)"
     )
-    sample = sample_chips(plan, scaling)
+    started = time.monotonic()
+    chips = sample.get().chips
     figures: dict = {"cpu": cpu_description(), "measured": time.strftime("%Y-%m-%d")}
-    decoding = Decoding.of(loaded.spec, threshold=config.threshold, nms_iou=config.nms_iou)
+    decoding = Decoding.of(loaded.spec, threshold=AGREEMENT_SCORE, nms_iou=config.nms_iou)
+    chip = config.chip_size
     answers = {}
     for kind in RATE_KEYS:
-        choice = torch_choice if kind == "torch" else _prepared(kind, loaded, config, plan, scaling)
-        runtime = choice.build(loaded, device, config.chip_size)
-        figures[kind], answers[kind] = _rate(runtime, sample.chips, config.batch_size, decoding)
+        choice = torch_choice if kind == "torch" else _prepared(kind, loaded, chip, sample)
+        runtime = choice.build(loaded, device, chip)
+        figures[kind], answers[kind] = _rate(runtime, chips, config.batch_size, decoding)
     figures["agreement"] = _agreement(answers["onnxruntime"], answers["int8"])
+    figures["seconds"] = round(time.monotonic() - started, 1)
+    log.info("timed the runtimes in %.0f s (exports and quantisation included)", figures["seconds"])
     known[key] = figures
     _write_store(store, known)
     return figures
@@ -293,7 +390,8 @@ def _rate(runtime, chips: torch.Tensor, batch_size: int, decoding: Decoding):
 
 def _agreement(reference: list[dict], other: list[dict]) -> float:
     """The smaller of the shares of each side's boxes that the other finds (IoU >= 0.5,
-    same class), over all chips; 1 when neither finds anything."""
+    same class, score within :data:`MAX_SCORE_GAP`), over all chips; 1 when neither
+    finds anything."""
     from torchvision.ops import box_iou
 
     found = [0, 0]
@@ -304,7 +402,8 @@ def _agreement(reference: list[dict], other: list[dict]) -> float:
             if len(x["boxes"]) and len(y["boxes"]):
                 iou = box_iou(x["boxes"], y["boxes"])
                 same = x["labels"][:, None] == y["labels"][None, :]
-                found[side] += int(((iou >= 0.5) & same).any(dim=1).sum())
+                close = (x["scores"][:, None] - y["scores"][None, :]).abs() <= MAX_SCORE_GAP
+                found[side] += int(((iou >= 0.5) & same & close).any(dim=1).sum())
     shares = [f / t for f, t in zip(found, total, strict=True) if t]
     return min(shares, default=1.0)
 

@@ -1,7 +1,10 @@
 """The model file: one safetensors file holding the weights and a JSON ModelSpec.
 
 Loading parses a length-prefixed JSON header and raw tensor bytes; nothing in the file
-is ever unpickled or executed.
+is ever unpickled or executed. Besides the weights, a file written by training holds a
+few of its training chips as they were read (``calibration.chips``, the imagery's own
+dtype): what an int8 version of the network is calibrated on, so that it depends on the
+model alone (see :mod:`geodetect.model.quantize`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from geodetect.model.spec import ModelSpec
 
 METADATA_KEY = "geodetect"
 _MAX_HEADER = 100 * 1024 * 1024
+#: The tensor holding the calibration chips: [N, C, S, S] in the training imagery's dtype.
+CALIBRATION_KEY = "calibration.chips"
 
 
 @dataclass
@@ -36,6 +41,9 @@ class LoadedModel:
     spec: ModelSpec
     model_id: str
     path: Path
+    # Training chips as read (Tensor[N, C, S, S], the imagery's dtype); None in files
+    # written before they were kept, or by hand.
+    calibration: torch.Tensor | None = None
 
 
 def file_id(path: str | os.PathLike) -> str:
@@ -93,6 +101,9 @@ def _check_tensors(path: Path, header: dict, spec: ModelSpec, data_size: int) ->
     network the metadata describes (built on the meta device: no memory, no weights)."""
     try:
         tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        calibration = tensors.pop(CALIBRATION_KEY, None)
+        if calibration is not None:
+            _check_calibration(path, calibration, spec)
         end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
         shapes = {k: tuple(int(n) for n in v["shape"]) for k, v in tensors.items()}
     except (TypeError, KeyError, IndexError, ValueError, OverflowError):
@@ -122,6 +133,15 @@ def _check_tensors(path: Path, header: dict, spec: ModelSpec, data_size: int) ->
         raise ModelFileError(
             f"{path}: the weights do not match the architecture its metadata describes "
             f"({what}); the file was altered or written by an incompatible tool"
+        )
+
+
+def _check_calibration(path: Path, entry: dict, spec: ModelSpec) -> None:
+    shape = [int(n) for n in entry.get("shape", [])]
+    if len(shape) != 4 or shape[1] != spec.num_bands or shape[2] != shape[3]:
+        raise ModelFileError(
+            f"{path}: its calibration chips are {shape}, not [N, {spec.num_bands}, S, S]; "
+            "the file was altered or written by an incompatible tool"
         )
 
 
@@ -172,6 +192,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: damaged model weights ({exc}); re-copy the file") from None
+    calibration = state.pop(CALIBRATION_KEY, None)
     model = build_retinanet(spec, pretrained="none")
     try:
         model.load_state_dict(state, strict=True)
@@ -182,17 +203,30 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
             f"({first}); the file was altered or written by an incompatible tool"
         ) from None
     model.eval().to(device)
-    return LoadedModel(model=model, spec=spec, model_id=file_id(path), path=path)
+    return LoadedModel(
+        model=model, spec=spec, model_id=file_id(path), path=path, calibration=calibration
+    )
 
 
 def save_model(
-    model: nn.Module, spec: ModelSpec, path: str | os.PathLike, *, overwrite: bool = False
+    model: nn.Module,
+    spec: ModelSpec,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    calibration: torch.Tensor | None = None,
 ) -> Path:
-    """Write weights + spec to one safetensors file, atomically (temp file, then rename)."""
+    """Write weights + spec to one safetensors file, atomically (temp file, then rename).
+
+    ``calibration``: training chips as read, [N, C, S, S] in the imagery's dtype (see
+    the module), kept beside the weights.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if calibration is not None:
+        state[CALIBRATION_KEY] = calibration.detach().to("cpu").contiguous()
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     os.close(fd)

@@ -3,10 +3,10 @@
 Convolution weights become int8 per output channel and activations uint8 with ranges
 measured on calibration chips (MinMax), so ONNX Runtime runs the convolutions as
 integer arithmetic on the CPU. The heads' last convolutions (the logits and box
-offsets) stay fp32: their outputs are the scores and boxes themselves, and rounding
-them would move scores across the threshold. Dynamic quantisation (weights only, as
-some tools ship) turns convolutions into ConvInteger, which is often slower than fp32
-on CPUs; it is not offered.
+offsets) and what joins their outputs stay fp32: those are the scores and boxes
+themselves, and rounding them would move scores across the threshold (or clip them).
+Dynamic quantisation (weights only, as some tools ship) turns convolutions into
+ConvInteger, which is often slower than fp32 on CPUs; it is not offered.
 
 The quantised file keeps the fp32 export's metadata (spec, model id, chip size) and adds
 what it was calibrated on (:data:`CALIBRATION_KEY`).
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geodetect.model.onnx import INPUT_NAME, _require, save_proto
+from geodetect.model.onnx import _require, save_proto
 
 log = logging.getLogger(__name__)
 
@@ -41,31 +41,30 @@ def calibration_id(chips: Sequence[np.ndarray]) -> str:
     return digest.hexdigest()[:12]
 
 
-def output_convs(proto) -> list[str]:
-    """Names of the Conv nodes whose outputs reach a graph output through no other
-    Conv: the heads' last convolutions."""
+def output_nodes(proto) -> list[str]:
+    """Names of the nodes that make the outputs from the heads' last convolutions: each
+    Conv whose output reaches a graph output through no other Conv, and every node on
+    the way (reshapes, transposes, concatenations, decoding). Kept in fp32, they hand the
+    outputs over unrounded: a logit range calibrated on chips that happen to hold no
+    object would otherwise clip every score at the calibration's largest."""
     consumers: dict[str, list] = {}
     for node in proto.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     outputs = {o.name for o in proto.graph.output}
-
-    def reaches_output(tensor: str, seen: set[str]) -> bool:
-        if tensor in outputs:
-            return True
-        for node in consumers.get(tensor, []):
-            if node.op_type == "Conv" or node.name in seen:
-                continue
-            seen.add(node.name)
-            if any(reaches_output(out, seen) for out in node.output):
-                return True
-        return False
-
-    return [
-        node.name
-        for node in proto.graph.node
-        if node.op_type == "Conv" and reaches_output(node.output[0], set())
-    ]
+    names: dict[str, None] = {}
+    for conv in (n for n in proto.graph.node if n.op_type == "Conv"):
+        # Every non-Conv node the conv's output flows into.
+        after, tensors = [], list(conv.output)
+        while tensors:
+            for node in consumers.get(tensors.pop(), []):
+                if node.op_type != "Conv" and node not in after:
+                    after.append(node)
+                    tensors.extend(node.output)
+        made = set(conv.output).union(*(set(n.output) for n in after))
+        if made & outputs:
+            names.update(dict.fromkeys([conv.name, *(n.name for n in after)]))
+    return list(names)
 
 
 def quantize_int8(
@@ -76,9 +75,9 @@ def quantize_int8(
     """Write the int8 version of the fp32 network at ``fp32_path`` to ``out_path``.
 
     Args:
-        chips: calibration chips, each FloatTensor-like [C, S, S] or [1, C, S, S],
-            normalised as the network's inputs are, drawn from the imagery the network
-            will meet.
+        chips: calibration chips, each array [C, S, S] or [1, C, S, S], scaled as the
+            network's input expects (normalised for geodetect's export, 0-1 for the
+            Deepness/GeoDeep one), drawn from the imagery the network will meet.
 
     The file is written atomically (temp file, then rename).
     """
@@ -97,16 +96,18 @@ def quantize_int8(
         raise ValueError("int8 calibration needs at least one chip")
     batches = [np.ascontiguousarray(c, dtype=np.float32).reshape(1, *c.shape[-3:]) for c in chips]
 
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    source = onnx.load(str(fp32_path))
+    input_name = source.graph.input[0].name
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.items = iter(batches)
 
         def get_next(self):
             batch = next(self.items, None)
-            return None if batch is None else {INPUT_NAME: batch}
+            return None if batch is None else {input_name: batch}
 
-    fp32_path, out_path = Path(fp32_path), Path(out_path)
-    source = onnx.load(str(fp32_path))
     metadata = {p.key: p.value for p in source.metadata_props}
     with tempfile.TemporaryDirectory(prefix="geodetect-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -122,7 +123,10 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=output_convs(onnx.load(str(prepared))),
+            nodes_to_exclude=output_nodes(onnx.load(str(prepared))),
+            # The convolutions and what lies between them; GroupNorm's per-channel scale
+            # (a Mul) stays fp32, as quantising it gains nothing.
+            op_types_to_quantize=["Conv", "Add", "Relu", "MaxPool", "Resize"],
             extra_options={"CalibTensorRangeSymmetric": False},
         )
         proto = onnx.load(str(quantized))

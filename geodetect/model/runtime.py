@@ -256,6 +256,17 @@ class OnnxRuntime(Runtime):
         self.session, self.chip_size = open_session(self.path, loaded, threads=threads)
         self.compute = tuple(RuntimeChoice(kind, onnx_path=str(path)).compute(torch.device("cpu")))
 
+    def detect(self, chips: torch.Tensor, decoding: Decoding) -> list[dict[str, torch.Tensor]]:
+        """As :meth:`Runtime.detect`; chips smaller than a network of fixed size (crops
+        of chips over the edge of the data) are padded to it on the far sides, so their
+        boxes keep their coordinates."""
+        sides = self.session.get_inputs()[0].shape[2:]
+        if all(isinstance(n, int) for n in sides):
+            pad_h, pad_w = sides[0] - chips.shape[-2], sides[1] - chips.shape[-1]
+            if pad_h > 0 or pad_w > 0:
+                chips = torch.nn.functional.pad(chips, (0, max(0, pad_w), 0, max(0, pad_h)))
+        return super().detect(chips, decoding)
+
     def head_outputs(self, chips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from geodetect.model.onnx import INPUT_NAME, OUTPUT_NAMES
 

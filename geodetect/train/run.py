@@ -25,6 +25,7 @@ from geodetect.model import (
     save_model,
 )
 from geodetect.train.augment import Augmentation
+from geodetect.train.calibration import calibration_chips
 from geodetect.train.data import (
     TrainingData,
     load_labelled,
@@ -327,7 +328,13 @@ def train(
     }
     saved = None
     if out_path is not None:
-        saved = save_model(fitted.model, spec, out_path, overwrite=overwrite)
+        saved = save_model(
+            fitted.model,
+            spec,
+            out_path,
+            overwrite=overwrite,
+            calibration=calibration_chips(data, val_area),
+        )
     result = TrainResult(
         **vars(fitted), spec=spec, path=saved, total_seconds=time.monotonic() - started
     )
