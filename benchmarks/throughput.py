@@ -250,7 +250,7 @@ def compare(
     seconds, out = model_alone(build(precision="fp32", runtime=ort))
     rows.append(("ONNX Runtime fp32", seconds, differences(out, fp32_out) + " of torch fp32"))
     sample = LazySample(loaded, chip, plan, scaling).get()
-    int8 = RuntimeChoice("int8", onnx_path=str(cached_int8(loaded, chip, sample)))
+    int8 = RuntimeChoice("int8", onnx_path=str(cached_int8(loaded, sample)))
     seconds, out = model_alone(build(precision="fp32", runtime=int8))
     rows.append(("ONNX Runtime int8", seconds, differences(out, fp32_out) + " of torch fp32"))
     return rows

@@ -254,7 +254,7 @@ def test_each_runtime_gives_the_torch_fp32_layer(sample_model, tmp_path, runtime
         assert gap <= 1e-3 * 0.3  # 1/1000 of a 0.3 m pixel
         assert np.abs(got["score"] - ref["score"]).max() <= 1e-3
         return
-    a, b = ref.geometry.values, got.geometry.values
+    a, b = np.asarray(ref.geometry.values), np.asarray(got.geometry.values)
     inter = shapely.area(shapely.intersection(a[:, None], b[None, :]))
     iou = inter / (shapely.area(a)[:, None] + shapely.area(b)[None, :] - inter)
     assert (iou.max(axis=1) >= 0.5).mean() >= 0.95
@@ -276,7 +276,7 @@ def test_train_prepares_detection_on_this_machine(tmp_path):
     train = [
         sys.executable, "-m", "geodetect", "train", SAMPLE_DATA / "train" / "scene.tif",
         "--labels", SAMPLE_DATA / "train" / "truth.gpkg", "--out", model, "--steps", 20,
-        "--start", "none", "-q",
+        "--start", "none",
     ]  # fmt: skip
     proc = subprocess.run(list(map(str, train)), capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr

@@ -268,23 +268,23 @@ def _prepared(kind: str, loaded: LoadedModel, chip_size: int, sample: LazySample
     from geodetect.model.onnx import cached_export
 
     if kind == "onnxruntime":
-        return RuntimeChoice("onnxruntime", onnx_path=str(cached_export(loaded, chip_size)))
-    return RuntimeChoice("int8", onnx_path=str(cached_int8(loaded, chip_size, sample.get())))
+        return RuntimeChoice("onnxruntime", onnx_path=str(cached_export(loaded)))
+    return RuntimeChoice("int8", onnx_path=str(cached_int8(loaded, sample.get())))
 
 
-def cached_int8(loaded: LoadedModel, chip_size: int, sample: Sample) -> Path:
+def cached_int8(loaded: LoadedModel, sample: Sample) -> Path:
     """The int8 network of ``loaded`` calibrated on ``sample``, quantised into the cache
     the first time."""
     from geodetect.model.onnx import cache_dir, cached_export, make_cache_dir
     from geodetect.model.quantize import quantize_int8
 
     folder = cache_dir()
-    path = folder / f"{loaded.model_id}-{chip_size}px-int8-{sample.id}.onnx"
+    path = folder / f"{loaded.model_id}-any-int8-{sample.id}.onnx"
     if path.is_file():
         return path
     make_cache_dir(folder)
     started = time.monotonic()
-    fp32 = cached_export(loaded, chip_size)
+    fp32 = cached_export(loaded)
     quantize_int8(fp32, path, list(sample.chips.numpy()))
     log.info(
         "quantised the network to int8 on %d chips of %s in %.0f s: %s",

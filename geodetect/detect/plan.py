@@ -116,6 +116,9 @@ def make_plan(grids: Sequence[MosaicGrid], config: RunConfig) -> Plan:
             chip_size=config.chip_size,
             overlap=config.overlap,
             transform=grid.transform,
+            # Cropping chips to their imagery: the last chip of an axis need not be
+            # shifted inward to stay whole.
+            flush=not config.crop_step,
         )
         chip_grids.append(chips)
         for block in plan_blocks(chips, config.block_chips, grid=gi):

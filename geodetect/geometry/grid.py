@@ -71,12 +71,12 @@ class Grid:
     def same_crs(self, other: Grid) -> bool:
         return self.crs == other.crs
 
-    def chips(self, chip_size: int, overlap: int) -> ChipGrid:
+    def chips(self, chip_size: int, overlap: int, *, flush: bool = True) -> ChipGrid:
         """This grid cut into overlapping full-size chips (see :func:`axis_offsets`)."""
         axis_offsets(max(self.height, 1), chip_size, overlap)  # validates arguments early
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"scene must have a positive size, got {self.height}x{self.width}")
-        return ChipGrid(self, chip_size, overlap)
+        return ChipGrid(self, chip_size, overlap, flush)
 
 
 def lattice_offset(lattice: Affine, transform: Affine) -> tuple[float, float] | None:
@@ -110,12 +110,14 @@ def offset_range(length: int, size: int) -> tuple[int, int]:
     return min(0, length - size), max(0, length - size)
 
 
-def axis_offsets(length: int, chip: int, overlap: int) -> np.ndarray:
+def axis_offsets(length: int, chip: int, overlap: int, *, flush: bool = True) -> np.ndarray:
     """Chip start offsets along one axis.
 
     Chips step by ``chip - overlap``; the last chip is shifted inward so it ends exactly at
-    ``length`` and stays full size. An axis shorter than a chip gets one chip at 0, which
-    the reader pads.
+    ``length`` and stays full size (``flush``), or keeps its step and reaches past the
+    end, where a reader that crops chips to their imagery runs only the part inside (the
+    shifted chip would run a whole chip for the few pixels it adds). An axis shorter
+    than a chip gets one chip at 0, which the reader pads.
 
     Returns:
         int64 array of strictly increasing offsets, first 0; consecutive chips overlap by
@@ -130,7 +132,8 @@ def axis_offsets(length: int, chip: int, overlap: int) -> np.ndarray:
     stride = chip - overlap
     count = int(np.ceil((length - chip) / stride)) + 1
     offsets = np.arange(count, dtype=np.int64) * stride
-    offsets[-1] = length - chip
+    if flush:
+        offsets[-1] = length - chip
     return offsets
 
 
@@ -197,6 +200,9 @@ class ChipGrid:
     grid: Grid
     chip_size: int
     overlap: int
+    # The last chip of each axis ends at the grid's edge (shifted inward); False: it
+    # keeps its step and reaches past the edge (see axis_offsets).
+    flush: bool = True
 
     @property
     def height(self) -> int:
@@ -212,11 +218,11 @@ class ChipGrid:
 
     @cached_property
     def row_offsets(self) -> np.ndarray:
-        return axis_offsets(self.height, self.chip_size, self.overlap)
+        return axis_offsets(self.height, self.chip_size, self.overlap, flush=self.flush)
 
     @cached_property
     def col_offsets(self) -> np.ndarray:
-        return axis_offsets(self.width, self.chip_size, self.overlap)
+        return axis_offsets(self.width, self.chip_size, self.overlap, flush=self.flush)
 
     @cached_property
     def _row_edges(self) -> np.ndarray:
@@ -259,10 +265,17 @@ class ChipGrid:
 
 
 def chip_grid(
-    *, height: int, width: int, chip_size: int, overlap: int, transform: Affine | None = None
+    *,
+    height: int,
+    width: int,
+    chip_size: int,
+    overlap: int,
+    transform: Affine | None = None,
+    flush: bool = True,
 ) -> ChipGrid:
     """The chip grid of a ``height`` x ``width`` scene (see :meth:`Grid.chips`)."""
-    return Grid(height, width, transform or Affine.identity()).chips(chip_size, overlap)
+    grid = Grid(height, width, transform or Affine.identity())
+    return grid.chips(chip_size, overlap, flush=flush)
 
 
 def owned_mask(boxes: np.ndarray, core: tuple[float, float, float, float]) -> np.ndarray:

@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -63,6 +64,7 @@ def export_onnx(
     path: str | os.PathLike,
     *,
     chip_size: int,
+    any_size: bool = False,
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
 ) -> Path:
@@ -70,8 +72,11 @@ def export_onnx(
 
     The graph takes ``chips`` FloatTensor[N, C, S, S] (N dynamic, S = ``chip_size``,
     already normalised) and gives ``cls_logits`` [N, A, K] and ``bbox_regression``
-    [N, A, 4] (see :class:`HeadOutputs`). The file is written atomically (temp file,
-    then rename), weights inside it.
+    [N, A, 4] (see :class:`HeadOutputs`). ``any_size``: chips of any height and width
+    that are multiples of 32 instead (what geodetect's own runtimes use: crops of chips
+    over the edge of the data, any chip size; as fast as a fixed size in ONNX Runtime,
+    but about four times as long to export). The file is written atomically (temp
+    file, then rename), weights inside it.
 
     Raises:
         OutputError: ``path`` exists and ``overwrite`` is False.
@@ -94,6 +99,9 @@ def export_onnx(
     )
     training = model.training
     net = HeadOutputs(model).eval()
+    dims = {0: torch.export.Dim("batch")}
+    if any_size:  # sides of 32 k px, up to 8192 px
+        dims |= {2: 32 * torch.export.Dim("h", max=256), 3: 32 * torch.export.Dim("w", max=256)}
     try:
         program = torch.onnx.export(
             net,
@@ -101,7 +109,7 @@ def export_onnx(
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
+            dynamic_shapes={INPUT_NAME: dims},
             opset_version=opset,
             external_data=False,
             verbose=False,
@@ -109,13 +117,12 @@ def export_onnx(
     finally:
         model.train(training)
     proto = program.model_proto
-    proto.doc_string = (
-        f"geodetect detector {loaded.model_id} up to its head outputs, {chip_size} px chips"
-    )
+    sides = "chips of any size" if any_size else f"{chip_size} px chips"
+    proto.doc_string = f"geodetect detector {loaded.model_id} up to its head outputs, {sides}"
     metadata = {
         METADATA_KEY: loaded.spec.to_json(),
         MODEL_ID_KEY: loaded.model_id,
-        CHIP_SIZE_KEY: str(chip_size),
+        CHIP_SIZE_KEY: "any" if any_size else str(chip_size),
     }
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -139,11 +146,15 @@ def save_proto(proto, path: Path) -> Path:
     return path
 
 
-def read_onnx_metadata(metadata: dict[str, str], path: Path) -> tuple[ModelSpec, str, int]:
-    """(spec, model id, chip size) from an exported file's ``metadata_props``."""
+def read_onnx_metadata(
+    metadata: dict[str, str], path: Path
+) -> tuple[ModelSpec, str, int | None]:
+    """(spec, model id, chip size or None for any) from an exported file's
+    ``metadata_props``."""
     try:
         spec = ModelSpec.from_json(metadata[METADATA_KEY])
-        return spec, metadata[MODEL_ID_KEY], int(metadata[CHIP_SIZE_KEY])
+        size = metadata[CHIP_SIZE_KEY]
+        return spec, metadata[MODEL_ID_KEY], None if size == "any" else int(size)
     except (KeyError, ValueError, TypeError, AttributeError, ArithmeticError, RecursionError):
         raise ModelFileError(
             f"{path}: an ONNX file without geodetect metadata; write one with "
@@ -153,7 +164,7 @@ def read_onnx_metadata(metadata: dict[str, str], path: Path) -> tuple[ModelSpec,
 
 def open_session(path: Path, loaded: LoadedModel, *, threads: int | None = None):
     """An ONNX Runtime session (CPU) of the .onnx file at ``path``, exported (fp32) or
-    quantised (int8) from ``loaded``, and its chip size.
+    quantised (int8) from ``loaded``, and its chip size (None: any).
 
     Args:
         threads: ONNX Runtime's intra-op threads (default ``torch.get_num_threads()``).
@@ -183,10 +194,10 @@ def open_session(path: Path, loaded: LoadedModel, *, threads: int | None = None)
             f"{path}: exported from model {model_id}, not from {loaded.path} "
             f"({loaded.model_id}); export that model again"
         )
-    cells = sum(h * w for h, w in level_sizes(chip_size))
     per_cell = loaded.model.anchor_generator.num_anchors_per_location()[0]
     anchors = session.get_outputs()[0].shape[1]
-    if anchors != cells * per_cell:
+    cells = None if chip_size is None else sum(h * w for h, w in level_sizes(chip_size))
+    if cells is not None and anchors != cells * per_cell:
         raise ModelFileError(
             f"{path}: its heads give {anchors} anchors per chip, the model's "
             f"{cells * per_cell}; export the model again"
@@ -209,11 +220,11 @@ def cache_dir() -> Path:
     return Path(xdg) / "geodetect" / "onnx"
 
 
-def cached_export(loaded: LoadedModel, chip_size: int) -> Path:
-    """The fp32 .onnx file of ``loaded`` at ``chip_size``, exported into
-    :func:`cache_dir` the first time (keyed by model id and chip size)."""
+def cached_export(loaded: LoadedModel) -> Path:
+    """The fp32 .onnx file of ``loaded`` for chips of any size, exported into
+    :func:`cache_dir` the first time (keyed by model id)."""
     folder = cache_dir()
-    path = folder / f"{loaded.model_id}-{chip_size}px.onnx"
+    path = folder / f"{loaded.model_id}-any.onnx"
     if path.is_file():
         try:
             open_session(path, loaded, threads=1)
@@ -221,8 +232,14 @@ def cached_export(loaded: LoadedModel, chip_size: int) -> Path:
         except ModelFileError:
             log.warning("%s is not usable; exporting the network again", path)
     make_cache_dir(folder)
-    log.info("exporting the network to ONNX for %d px chips (once per model): %s", chip_size, path)
-    return export_onnx(loaded, path, chip_size=chip_size, overwrite=True)
+    started = time.monotonic()
+    export_onnx(loaded, path, chip_size=512, any_size=True, overwrite=True)
+    log.info(
+        "exported the network to ONNX (once per model) in %.0f s: %s",
+        time.monotonic() - started,
+        path,
+    )
+    return path
 
 
 def make_cache_dir(folder: Path) -> None:

@@ -327,7 +327,7 @@ class RuntimeChoice:
                 raise ValueError("an int8 runtime needs its quantised network (onnx_path)")
             from geodetect.model.onnx import cached_export
 
-            path = str(cached_export(loaded, chip_size))
+            path = str(cached_export(loaded))
         return OnnxRuntime(path, loaded, kind=self.kind)
 
     def compute(self, device: torch.device) -> list[str]:

@@ -18,12 +18,16 @@ def calibration_chips(
     data: TrainingData, area: ChipSet | None = None, *, count: int = CALIBRATION_WINDOWS
 ) -> torch.Tensor | None:
     """Up to ``count`` chips spread evenly over the validation ``area``'s windows (see
-    :meth:`TrainingData.val_area`; else the validation chips, else the training chips),
+    :meth:`TrainingData.val_area`; else, where those are fewer, the validation chips,
+    else the training chips),
     un-normalised back to the imagery's values and dtype: Tensor[N, C, S, S]; None
     without any."""
-    chips = area or data.val or data.train
-    if chips is None or len(chips) == 0:
+    sources = [c for c in (area, data.val, data.train) if c is not None and len(c)]
+    if not sources:
         return None
+    # The first that holds enough (a small validation area has few windows), else the
+    # largest.
+    chips = next((c for c in sources if len(c) >= count), max(sources, key=len))
     picks = np.linspace(0, len(chips) - 1, min(count, len(chips))).round().astype(int)
     mean = torch.tensor(data.band_mean, dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(data.band_std, dtype=torch.float32).view(-1, 1, 1)
