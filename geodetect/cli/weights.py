@@ -98,6 +98,6 @@ def synth_weights(backbone, preset, device, overwrite, verbose, quiet):
     from geodetect.train.start import start_recipe
 
     recipe = start_recipe(backbone, preset)
-    click.echo(f"building {recipe.name} ({recipe.cost()})", err=True)
+    click.echo(f"building {recipe.name} ({recipe.cost(device)})", err=True)
     path = build_synthetic_start(recipe, device=device, overwrite=overwrite, progress=not quiet)
     click.echo(f"{backbone}/{preset}: synthetic starting model in {path}")

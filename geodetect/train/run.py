@@ -461,7 +461,7 @@ def synthetic_start(
         "synthetic suburb, %s; not counted in --max-minutes), kept in %s for every later "
         "run; --start none trains from random weights instead",
         recipe.steps,
-        recipe.cost(),
+        recipe.cost(device),
         recipe.path.parent,
     )
     try:

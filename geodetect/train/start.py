@@ -70,15 +70,68 @@ class StartRecipe:
         """Its file in torch's cache: ``$TORCH_HOME/hub/checkpoints/<name>.model``."""
         return Path(torch.hub.get_dir()) / "checkpoints" / f"{self.name}.model"
 
-    def cost(self) -> str:
-        """What building it costs, in words: on the 2-core CPU of ``benchmarks/README.md``
-        a recipe of 250 steps took 1.0 minute, suburb and all."""
-        minutes = max(1, round(self.steps / 250))
-        return f"about {minutes} minute{'s' if minutes > 1 else ''} on a 2-core CPU, less on a GPU"
+    def cost(self, device: str = "auto") -> str:
+        """What building it costs here, in words: the recipe's steps at this machine's
+        own rate, measured now on a few training steps of the recipe's network (see
+        :func:`step_seconds`), plus drawing the suburb."""
+        seconds = step_seconds(self, device=device)
+        minutes = max(1, round(self.steps * seconds / 60 + DRAW_MINUTES))
+        return (
+            f"about {minutes} minute{'s' if minutes > 1 else ''} here: {seconds:.2f} s a "
+            "step, measured now"
+        )
 
 
 #: The recipe of every synthetic start (for each backbone and preset).
 START_RECIPE = StartRecipe()
+# Drawing the recipe's suburb and reading it, beside the steps (about half a minute on
+# the 2-core CPUs of benchmarks/README.md: small against the steps, so not measured).
+DRAW_MINUTES = 0.5
+# The recipe's training chips: the suburb's pools are small, so the smallest chip.
+_START_CHIP = 128
+
+
+def step_seconds(recipe: StartRecipe, *, device: str = "auto", steps: int = 3) -> float:
+    """Seconds one training step of the recipe's network takes on ``device``: a few
+    steps of a fresh network on random chips, after one to warm up (a few seconds)."""
+    import time
+
+    from geodetect.model import ModelSpec, build_retinanet, resolve_device
+    from geodetect.model.spec import preset_widths
+
+    where = resolve_device(device)
+    channels, depth = preset_widths(recipe.preset)
+    spec = ModelSpec(
+        classes=["pool"],
+        band_mean=[0.0] * 3,
+        band_std=[1.0] * 3,
+        chip_size=_START_CHIP,
+        backbone=recipe.backbone,
+        preset=recipe.preset,
+        fpn_channels=channels,
+        head_convs=depth,
+    )
+    generator = torch.Generator().manual_seed(0)
+    model = build_retinanet(spec, pretrained="none").to(where).train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.randn((recipe.batch_size, 3, _START_CHIP, _START_CHIP), generator=generator).to(
+        where
+    )
+    box = torch.tensor([[20.0, 20.0, 60.0, 52.0]], device=where)
+    targets = [{"boxes": box, "labels": torch.zeros(1, dtype=torch.int64, device=where)}]
+    targets = targets * recipe.batch_size
+    elapsed = 0.0
+    for step in range(steps + 1):
+        started = time.perf_counter()
+        losses = model(list(images), targets)
+        optimiser.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimiser.step()
+        if where.type == "cuda":
+            torch.cuda.synchronize()
+        if step:  # the first step warms up allocators and kernels
+            elapsed += time.perf_counter() - started
+    return elapsed / steps
 
 
 def start_recipe(backbone: str = "resnet18", preset: str = "lite") -> StartRecipe:
