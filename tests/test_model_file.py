@@ -111,3 +111,19 @@ def test_non_rgb_input_adapts_first_conv(tiny_spec):
     with torch.inference_mode():
         out = model(torch.randn(1, 4, 64, 64))
     assert model.backbone.body.conv1.in_channels == 4 and len(out) == 1
+
+
+def test_calibration_chips_travel_with_the_weights(saved, tiny_spec, tmp_path):
+    """Training chips kept for int8 calibration come back as written, beside weights
+    that load as before; chips of the wrong band count are refused as tampering."""
+    model, _ = saved
+    chips = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    path = save_model(model, tiny_spec, tmp_path / "kept.model", calibration=chips)
+    loaded = load_model(path)
+    assert torch.equal(loaded.calibration, chips)
+    assert load_model(saved[1]).calibration is None  # files without them still load
+    wrong = save_model(
+        model, tiny_spec, tmp_path / "wrong.model", calibration=torch.zeros((2, 4, 32, 32))
+    )
+    with pytest.raises(ModelFileError, match="calibration chips"):
+        load_model(wrong)

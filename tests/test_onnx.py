@@ -164,6 +164,16 @@ def test_existing_output_is_kept_without_overwrite(exported):
     assert onnx_path.read_bytes() == before
 
 
+def test_int8_export_needs_imagery_to_calibrate_on(exported, tmp_path):
+    model_path, _ = exported
+    out = tmp_path / "q.onnx"
+    proc = run("export-onnx", model_path, "--out", out, "--int8")
+    assert_one_line_error(proc, "--int8 needs --calibrate")
+    proc = run("export-onnx", model_path, "--out", out, "--calibrate", model_path)
+    assert_one_line_error(proc, "--calibrate is for --int8")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_chip_size_must_be_a_multiple_of_32(exported, tmp_path):
     model_path, _ = exported
     out = tmp_path / "odd.onnx"
