@@ -146,9 +146,7 @@ def save_proto(proto, path: Path) -> Path:
     return path
 
 
-def read_onnx_metadata(
-    metadata: dict[str, str], path: Path
-) -> tuple[ModelSpec, str, int | None]:
+def read_onnx_metadata(metadata: dict[str, str], path: Path) -> tuple[ModelSpec, str, int | None]:
     """(spec, model id, chip size or None for any) from an exported file's
     ``metadata_props``."""
     try:
