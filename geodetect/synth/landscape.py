@@ -45,6 +45,7 @@ from geodetect.synth.write import (
     _default_origin,
     _snap,
     _write_raster,
+    committed,
     layout,
     pool_truth,
 )
@@ -388,7 +389,7 @@ def synth_landscape(
     temp_truth = out_dir / f".truth.{token}.tmp.gpkg"
     temp_landcover = out_dir / f".landcover.{token}.tmp.gpkg"
     pending += [(temp_landcover, landcover), (temp_truth, truth)]
-    try:
+    with committed(pending, existing, out_dir, "landscape"):
         if workers == 1:
             found = [_render_tile(job) for job in jobs]
         else:
@@ -400,21 +401,6 @@ def synth_landscape(
         pools, tiles = _tables(jobs, found, names, transform, crs_name)
         pools.to_file(temp_truth, layer=POOL_LAYER, driver="GPKG", engine="pyogrio")
         tiles.to_file(temp_landcover, layer=TILE_LAYER, driver="GPKG", engine="pyogrio")
-        for temp, final in pending:
-            os.replace(temp, final)
-    except BaseException as exc:
-        for temp, _ in pending:
-            temp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(
-                f"cannot write the landscape in {out_dir} ({exc.strerror or exc}); "
-                "check free space and permissions."
-            ) from exc
-        raise
-    written = {final for _, final in pending}
-    for stale in existing:  # tiles of an earlier, differently cut landscape
-        if stale not in written:
-            stale.unlink(missing_ok=True)
     log.info(
         "landscape: %d tiles, %d pools, %.1f km² in %.1fs",
         len(jobs),

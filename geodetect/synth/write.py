@@ -8,6 +8,8 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +164,33 @@ def _image_names(tiles: int) -> list[list[str]]:
     return [
         [f"scene_r{r:0{digits}d}_c{c:0{digits}d}.tif" for c in range(tiles)] for r in range(tiles)
     ]
+
+
+@contextmanager
+def committed(
+    pending: list[tuple[Path, Path]], existing: list[Path], out_dir: Path, what: str
+) -> Iterator[None]:
+    """Outputs written under temporary names (``pending``: (temporary, final) pairs,
+    filled before or inside the block) are renamed into place when the block succeeds
+    and removed when it fails (an OSError said as an OutputError naming ``what``); files
+    of an earlier output (``existing``) that this one does not replace are removed."""
+    try:
+        yield
+        for temp, final in pending:
+            os.replace(temp, final)
+    except BaseException as exc:
+        for temp, _ in pending:
+            temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(
+                f"cannot write the {what} in {out_dir} ({exc.strerror or exc}); "
+                "check free space and permissions."
+            ) from exc
+        raise
+    written = {final for _, final in pending}
+    for stale in existing:  # tiles of an earlier, differently cut output
+        if stale not in written:
+            stale.unlink(missing_ok=True)
 
 
 def _existing_outputs(out_dir: Path) -> list[Path]:
@@ -353,7 +382,7 @@ def synth_scene(
     rows, cols = _tile_edges(height, tiles), _tile_edges(width, tiles)
     token = uuid.uuid4().hex[:8]
     pending: list[tuple[Path, Path]] = []
-    try:
+    with committed(pending, existing, out_dir, "scene"):
         for r in range(tiles):
             for c in range(tiles):
                 final = out_dir / names[r][c]
@@ -384,21 +413,6 @@ def synth_scene(
             transform=transform,
             gsd=float(gsd),
         )
-        for temp, final in pending:
-            os.replace(temp, final)
-    except BaseException as exc:
-        for temp, _ in pending:
-            temp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(
-                f"cannot write the scene in {out_dir} ({exc.strerror or exc}); "
-                "check free space and permissions."
-            ) from exc
-        raise
-    written = {final for _, final in pending}
-    for stale in existing:  # tiles of an earlier, differently cut scene
-        if stale not in written:
-            stale.unlink(missing_ok=True)
     log.info(
         "synth: %d pools, %d distractors; layout %.1fs, render+write %.1fs",
         len(pools),
