@@ -55,6 +55,8 @@ CALIBRATION_CHIPS = 16
 MIN_AGREEMENT = 0.9
 MAX_SCORE_GAP = 0.1
 AGREEMENT_SCORE = 0.05
+# The runtimes ``auto`` times on a CPU, by their names in runtimes.json.
+RATE_KEYS = ("torch", "onnxruntime", "int8")
 # Bumped when what is measured changes, so older figures are measured again.
 MEASURE_VERSION = 2
 
@@ -229,9 +231,6 @@ def warm_up(model_path, *, device: str = "auto") -> str | None:
     if best != "torch":
         _prepared(best, loaded, config.chip_size, sample)
     return explain(best, figures, torch_choice, config.chip_size)
-
-
-RATE_KEYS = ("torch", "onnxruntime", "int8")
 
 
 def _check_onnx(kind: str, device: torch.device, loaded: LoadedModel) -> None:

@@ -33,7 +33,7 @@ import pandas as pd
 import shapely
 from affine import Affine
 
-from geodetect.errors import InputError, OutputError
+from geodetect.errors import InputError
 from geodetect.io.crs import raster_crs
 from geodetect.synth.landcover import FIELDS, FOREST, KINDS, SUBURB, URBAN, WATER, LandCover
 from geodetect.synth.render import Renderer, Textures, _value_noise
@@ -47,6 +47,7 @@ from geodetect.synth.write import (
     _write_raster,
     committed,
     layout,
+    output_folder,
     pool_truth,
 )
 
@@ -341,20 +342,9 @@ def synth_landscape(
         kinds = _check_kinds(kinds, tiles_x, tiles_y)
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir} is a file, not a folder; give a folder for the mosaic.")
-    existing = _existing_outputs(out_dir) if out_dir.is_dir() else []
-    if existing and not overwrite:
-        raise OutputError(
-            f"{out_dir} already holds a synthetic landscape ({existing[0].name}); "
-            "pass overwrite=True or choose another folder."
-        )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot create {out_dir} ({exc.strerror}); choose a writable folder."
-        ) from None
+    existing = output_folder(
+        out_dir, _existing_outputs, "landscape", overwrite, "pass overwrite=True"
+    )
 
     crs_name = proj.to_string() if proj.to_epsg() is None else f"EPSG:{proj.to_epsg()}"
     step = gsd / unit_m

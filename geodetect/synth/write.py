@@ -8,7 +8,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +164,37 @@ def _image_names(tiles: int) -> list[list[str]]:
     return [
         [f"scene_r{r:0{digits}d}_c{c:0{digits}d}.tif" for c in range(tiles)] for r in range(tiles)
     ]
+
+
+def output_folder(
+    out_dir: Path,
+    existing_outputs: Callable[[Path], list[Path]],
+    what: str,
+    overwrite: bool,
+    how: str,
+) -> list[Path]:
+    """Make ``out_dir`` ready for a synthetic ``what``, refusing a file in its place or
+    an earlier output (``existing_outputs`` finds it) without ``overwrite`` (``how``
+    says how to give it); returns the earlier output's files.
+
+    Raises:
+        OutputError: naming the folder and what to do.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir} is a file, not a folder; give a folder for the {what}.")
+    existing = existing_outputs(out_dir) if out_dir.is_dir() else []
+    if existing and not overwrite:
+        raise OutputError(
+            f"{out_dir} already holds a synthetic {what} ({existing[0].name}); "
+            f"{how} or choose another folder."
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create {out_dir} ({exc.strerror}); choose a writable folder."
+        ) from None
+    return existing
 
 
 @contextmanager
@@ -349,20 +380,9 @@ def synth_scene(
     width, height = _check_args(seed, size, gsd, tiles, compress, origin)
     proj, unit_m = _check_crs(crs)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir} is a file, not a folder; give a folder for the scene.")
-    existing = _existing_outputs(out_dir) if out_dir.is_dir() else []
-    if existing and not overwrite:
-        raise OutputError(
-            f"{out_dir} already holds a synthetic scene ({existing[0].name}); "
-            "use --overwrite (overwrite=True) or choose another folder."
-        )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot create {out_dir} ({exc.strerror}); choose a writable folder."
-        ) from None
+    existing = output_folder(
+        out_dir, _existing_outputs, "scene", overwrite, "use --overwrite (overwrite=True)"
+    )
 
     rio_crs = raster_crs(proj)
     crs_name = proj.to_string() if proj.to_epsg() is None else f"EPSG:{proj.to_epsg()}"
