@@ -10,7 +10,8 @@ Sets (``--sets``, comma-separated):
 - ``ragged``: the same sheets as 500 px tiles kept only over a patchy hold-out area
   (``copy_set.py --tile 500 --hold-out 0.5``): chips over the edge of the data.
 
-Each line: km² of imagery (from the layer's coverage), seconds, km²/min, chips, chips/s,
+Each line: km² of imagery (from the layer's coverage), seconds, km²/min, chips (and how
+many the screen skipped, see ``geodetect.detect.screen``), chips/s,
 Mpx of imagery per second and Mpx through the network, the runtime ``auto`` chose and
 why, AP50, precision, recall and F1 against the set's truth, and the CPU's name and
 instruction sets. ``--avx2`` runs as a CPU without AVX-512, bf16 or AMX would
@@ -109,11 +110,15 @@ def run_detect(images, model: Path, out: Path, args: list[str], env: dict) -> di
     log = done.stderr
     chips = re.search(r"from (\d+) chip\(s\) \((\d+) empty(?:.*?([\d.]+) Mpx through)?", log)
     runtime = re.search(r"runtime: (.*)", log)
+    screened = re.search(r"(\d+) skipped by the screen", log)
+    screen = re.search(r"screen: (\w+)", log)
     coverage = re.search(r"coverage: ([\d.]+) km2", log)
     return {
         "seconds": round(seconds, 1),
         "chips": int(chips.group(1)) if chips else None,
         "chips_empty": int(chips.group(2)) if chips else None,
+        "chips_screened": int(screened.group(1)) if screened else 0,
+        "screen": screen.group(1) if screen else "off (small run or asked)",
         "network_mpx": float(chips.group(3)) if chips and chips.group(3) else 0.0,
         "km2": float(coverage.group(1)) if coverage else None,
         "runtime": runtime.group(1).strip() if runtime else "torch (small run or asked)",
@@ -186,7 +191,8 @@ def main() -> None:
         figures["sets"][name] = got
         print(
             f"{name:7s} {km2:6.2f} km² in {seconds:6.1f} s = {got['km2_per_min']:5.2f} km²/min | "
-            f"{got['chips']} chips ({got['chips_empty']} empty), {got['chips_per_s']:.2f} chips/s, "
+            f"{got['chips']} chips ({got['chips_empty']} empty, {got['chips_screened']} skipped: "
+            f"screen {got['screen']}), {got['chips_per_s']:.2f} chips/s, "
             f"{got['imagery_mpx_per_s']:.2f} Mpx/s of imagery, {got['network_mpx']:.0f} Mpx "
             f"through the network | AP50 {got['ap50']:.3f} P {got['precision']:.3f} "
             f"R {got['recall']:.3f} F1 {got['f1']:.3f} ({got['n_truth']} pools) | "

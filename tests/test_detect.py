@@ -307,3 +307,71 @@ def test_chips_over_the_edge_of_the_data_are_cropped_and_find_the_same(tmp_path,
     assert pixels[False] == report.chips_read * 256 * 256
     assert len(layers[False]) > 20
     _match(layers[True], layers[False].geometry)
+
+
+def _land_and_suburb(path, *, suburb_share: float, seed: int = 5, size: int = 640):
+    """A scene whose left ``suburb_share`` holds blobs and the rest plain land; returns
+    the blobs (pixel xyxy)."""
+    rng = np.random.default_rng(seed)
+    width = max(40, int(size * suburb_share))
+    # About one blob per 40 x 40 px of suburb: most 64 px chips there hold one.
+    boxes = random_boxes(rng, size, width, int(size * width / 1600), max_size=20)
+    write_geotiff(path, paint_boxes(size, size, boxes), transform=NORTH_UP)
+    return boxes
+
+
+def test_the_screen_skips_only_chips_without_objects_and_keeps_the_layer(tmp_path, oracle):
+    """With a screen, chips where the half-resolution look finds nothing are skipped:
+    every chip over plain land is, and the layer is the one every chip gives."""
+    from geodetect.detect import DetectOptions, prepare
+
+    path = tmp_path / "scene.tif"
+    boxes = _land_and_suburb(path, suburb_share=0.3)
+    options = dict(chip_size=64, overlap=16, workers=0)
+    layers, reports = {}, {}
+    for screen in ("on", "off"):
+        reports[screen] = DetectionReport()
+        layers[screen] = detect(
+            [path], oracle, screen=screen, report=reports[screen], progress=False, **options
+        )
+    run = prepare([path], oracle, DetectOptions(screen="on", **options))
+    assert run.config.screen is not None
+    chips = [c for block in run.plan.blocks for c in run.plan.chips(block)]
+    bare = sum(
+        not any(
+            x0 < c.col_off + c.width
+            and c.col_off < x1
+            and y0 < c.row_off + c.height
+            and c.row_off < y1
+            for x0, y0, x1, y1 in boxes
+        )
+        for c in chips
+    )
+    assert bare > len(chips) / 2
+    assert reports["on"].chips_screened >= bare  # every chip over plain land skipped
+    assert reports["on"].chips_screened < len(chips)
+    assert reports["off"].chips_screened == 0
+    assert reports["on"].pixels_run < reports["off"].pixels_run
+    assert len(layers["off"]) == len(boxes)
+    _match(layers["on"], layers["off"].geometry)
+
+
+@pytest.mark.parametrize("share,screened", [(0.15, True), (1.0, False)])
+def test_auto_screens_where_a_sample_says_most_chips_hold_nothing(
+    tmp_path, oracle, share, screened
+):
+    """``screen="auto"`` looks at a sample of the run's chips: a scene of mostly plain
+    land is screened, one with objects everywhere is not (the screen would cost a
+    quarter more there for nothing)."""
+    from geodetect.detect import DetectOptions, prepare
+    from geodetect.detect.screen import SCREEN_MIN_CHIPS
+
+    path = tmp_path / "scene.tif"
+    _land_and_suburb(path, suburb_share=share, size=800)
+    run = prepare([path], oracle, DetectOptions(chip_size=64, overlap=16, screen="auto"))
+    assert run.plan.chips_total >= SCREEN_MIN_CHIPS
+    assert (run.config.screen is not None) == screened
+    # The decision is part of what a journal records: a resumed run makes the same one.
+    assert run.manifest["options"]["screen"] == (
+        {"factor": 2, "threshold": run.config.screen.threshold} if screened else None
+    )

@@ -124,6 +124,16 @@ def parse_bands(text: str | None) -> list[int] | None:
     "runs whole chips.",
 )
 @click.option(
+    "--screen",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Look at each chip at half resolution first and skip the chips where the "
+    "network finds nothing there (fields, forest, water: a quarter of a full pass each). "
+    "auto: where a sample of 32 of the run's chips says at least 40%% would be skipped "
+    "(runs of 128 chips or more); off: every chip through the full pass.",
+)
+@click.option(
     "--compile",
     "compile_",
     is_flag=True,
@@ -192,6 +202,7 @@ def command(
     precision,
     workers,
     runtime,
+    screen,
     crop,
     compile_,
     cluster,
@@ -250,6 +261,7 @@ def command(
         compile=compile_,
         crop=crop,
         runtime=runtime,
+        screen=screen,
         date=date,
     )
     loaded = load_model(model_path, device=resolve_device(device))
@@ -273,6 +285,8 @@ def command(
             log.warning("  %s", message)
     target = "stdout" if out == "-" else out
     resumed = f", {report.chips_resumed} more from the journal" if report.chips_resumed else ""
+    if report.chips_screened:
+        resumed += f", {report.chips_screened} skipped by the screen"
     log.info(
         "%d object(s) from %d chip(s) (%d empty%s; %.1f Mpx through the network) -> %s",
         report.objects,

@@ -22,6 +22,7 @@ DEFAULT_BLOCK_CHIPS = 16
 PRECISIONS = ("auto", "fp32", "bf16")
 RUNTIMES = ("auto", "torch", "onnxruntime", "int8")
 VIEW_COUNTS = (4, 8)
+SCREEN_MODES = ("auto", "on", "off")
 DEFAULT_LOCAL_WORKERS = 2
 
 
@@ -95,6 +96,9 @@ class DetectOptions:
     crop: bool = True
     compile: bool = False
     runtime: str = "auto"
+    # Skip chips where a look at 1/2 resolution finds nothing: auto (where a sample of
+    # the run says it pays), on or off (see geodetect.detect.screen).
+    screen: str = "auto"
     # The acquisition date (YYYY-MM-DD) written on every feature, over what the files'
     # metadata says; it changes no detection.
     date: str | None = None
@@ -137,6 +141,8 @@ class DetectOptions:
             raise InputError(f"--precision {self.precision}: choose one of {', '.join(PRECISIONS)}")
         if self.runtime not in RUNTIMES:
             raise InputError(f"--runtime {self.runtime}: choose one of {', '.join(RUNTIMES)}")
+        if self.screen not in SCREEN_MODES:
+            raise InputError(f"--screen {self.screen}: choose one of {', '.join(SCREEN_MODES)}")
         set_(self, "cluster", ClusterSpec.parse(self.cluster))
         if self.date is not None:
             text = str(self.date)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from geodetect.detect.options import DEFAULT_BLOCK_CHIPS
+from geodetect.detect.screen import Screen
 from geodetect.detect.tta import View
 from geodetect.errors import InputError, RasterError
 from geodetect.geometry import Block, Chip, ChipGrid, chip_grid, plan_blocks
@@ -61,6 +62,8 @@ class RunConfig:
     # Chips over the edge of the data are cropped to the part holding imagery, their
     # sides on multiples of this (see geometry.grid.data_crop); 0: whole chips.
     crop_step: int = 0
+    # Chips whose shrunk view holds no candidate are skipped (detect.screen); None: off.
+    screen: Screen | None = None
     batch_size: int = field(default=8, compare=False)
     # What runs the network (torch, ONNX Runtime fp32 or int8): settled in preparing.
     runtime: RuntimeChoice = field(default=RuntimeChoice(), compare=False)

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
-from geodetect.detect.choose import choose_runtime
+from geodetect.detect.choose import choose_runtime, sample_chips
 from geodetect.detect.options import DetectOptions
 from geodetect.detect.plan import Plan, RunConfig, default_chip_size, default_overlap, make_plan
 from geodetect.detect.runner import band_scaling
+from geodetect.detect.screen import SCREEN_SAMPLE, Screen, choose_screen
 from geodetect.detect.tta import DIHEDRAL, FLIPS
 from geodetect.errors import RasterError
 from geodetect.io.raster import (
@@ -100,6 +101,7 @@ def prepare(
         options.runtime, loaded, device, config, plan, scaling, compile=options.compile
     )
     config = replace(config, runtime=runtime)
+    config = replace(config, screen=_screen(options, loaded, device, config, plan, scaling))
     manifest = {
         "inputs": [_file_stamp(m.info.path) for g in grids for m in g.members],
         "model": loaded.model_id,
@@ -116,6 +118,20 @@ def prepare(
     )
     return PreparedRun(
         options, loaded, device, tuple(grids), target, config, plan, scaling, manifest
+    )
+
+
+def _screen(options, loaded, device, config: RunConfig, plan: Plan, scaling) -> Screen | None:
+    """The run's screen (see :mod:`geodetect.detect.screen`); ``auto`` looks at chips
+    spread over the plan through the run's own runtime."""
+    if options.screen == "off" or not plan.blocks:
+        return None
+    return choose_screen(
+        options.screen,
+        lambda: config.runtime.build(loaded, device, config.chip_size),
+        config.threshold,
+        plan.chips_total,
+        lambda: sample_chips(plan, scaling, SCREEN_SAMPLE).chips,
     )
 
 

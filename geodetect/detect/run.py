@@ -41,6 +41,7 @@ class DetectionReport:
     chips_resumed: int = 0  # read (or empty) in an earlier run, kept in the journal
     # Pixels the network ran on in this run (chips over the edge of the data cropped).
     pixels_run: int = 0
+    chips_screened: int = 0  # read by this run and skipped by the screen
     blocks_total: int = 0
     blocks_resumed: int = 0
     skipped_windows: list[str] = field(default_factory=list)
@@ -108,9 +109,10 @@ def detect(
             (reader processes; default CPUs - 1, at most 8), ``allow_no_crs``,
             ``skip_bad_chips``, ``compile`` (``torch.compile``: 15-35 s of start-up on a
             2-core CPU, see ``benchmarks/README.md``) and ``runtime`` (``"torch"``,
-            ``"onnxruntime"``, or ``"auto"``: ONNX Runtime where the CPU computes in
-            fp32, the run has at least :data:`~geodetect.detect.prepare.ONNX_MIN_CHIPS`
-            chips and the ``onnx`` extra is installed).
+            ``"onnxruntime"``, ``"int8"``, or ``"auto"``: the fastest of them on this
+            machine for this model, see :mod:`geodetect.detect.choose`) and ``screen``
+            (``"auto"``, ``"on"``, ``"off"``: skip chips where a look at half resolution
+            finds nothing, see :mod:`geodetect.detect.screen`).
         tta: also run turned and flipped copies of each chip and fuse the answers
             (score-weighted box averages), for ``tta_views`` (4: the flips; 8: all
             symmetries of the square) times the compute. Off by default: on real 0.2 m
@@ -274,6 +276,7 @@ class _Sink:
         info = {
             "chips_read": result.chips_read,
             "chips_empty": result.chips_empty,
+            "chips_screened": result.chips_screened,
             "skipped": result.skipped,
             "coverage": result.coverage.tolist(),
         }
@@ -282,6 +285,7 @@ class _Sink:
         report.chips_read += result.chips_read
         report.chips_empty += result.chips_empty
         report.pixels_run += result.pixels_run
+        report.chips_screened += result.chips_screened
         report.skipped_windows.extend(result.skipped)
         self.blocks += 1
         self.objects += len(result.table["score"])

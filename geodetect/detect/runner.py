@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -170,8 +171,9 @@ class Detector:
             box_vote_iou=self.runtime.spec.box_vote_iou,
         )
 
-    def __call__(self, chips: Sequence[ChipData], batch: torch.Tensor) -> dict[str, np.ndarray]:
-        """Owned detections of ``chips`` (whose pixels ``batch`` stacks), as a table.
+    def __call__(self, chips: Sequence[ChipData], batch: torch.Tensor) -> Found:
+        """Owned detections of ``chips`` (whose pixels ``batch`` stacks), as a table,
+        and how many of the chips the screen skipped.
 
         A chip keeps the boxes whose centre lies in its core, plus boxes that may belong
         to another chip's core but are too large for the seam strip to guarantee that
@@ -179,13 +181,17 @@ class Detector:
         boxes that touch an interior chip edge are marked as pieces, for
         :func:`geodetect.geometry.merge_pieces`.
         """
-        outputs = self.network(chips, batch)
-        return concat_tables(self._owned(c, out) for c, out in zip(chips, outputs, strict=True))
+        found = self.network(chips, batch)
+        table = concat_tables(
+            self._owned(c, out) for c, out in zip(chips, found.per_chip, strict=True)
+        )
+        return Found(table, found.screened)
 
-    def network(self, chips: Sequence[ChipData], batch: torch.Tensor) -> list[dict]:
+    def network(self, chips: Sequence[ChipData], batch: torch.Tensor) -> Found:
         """The network's detections for each chip, on the host: the batch goes to the
         device as it was read (uint8 stays uint8; pinned for an asynchronous copy), is
-        normalised there, and the detections of the whole batch come back in one copy."""
+        normalised there, screened where the run has a screen (skipped chips get no
+        detections), and the detections of the whole batch come back in one copy."""
         dev = self.device
         if dev.type == "cuda" and not batch.is_pinned():
             batch = batch.pin_memory()
@@ -199,21 +205,37 @@ class Detector:
                 sel = torch.as_tensor(np.flatnonzero(grid_ids == gi), device=dev)
                 normed[sel] = self._normalisers[gi](batch[sel])
         n = len(chips)
-        if dev.type == "cuda" and n < self.config.batch_size:
-            # Always the same batch size on a GPU: cuDNN picks its algorithms by shape,
-            # so a chip's boxes must not depend on how many share its batch.
-            pad = normed.new_zeros((self.config.batch_size - n, *normed.shape[1:]))
-            normed = torch.cat([normed, pad])
+        screen = self.config.screen
+        passed = np.ones(n, dtype=bool)
+        if screen is not None:
+            with torch.inference_mode():
+                shown = screen.passes(self.runtime, self._padded(normed))[:n]
+            passed = shown.numpy()
+            normed = normed[torch.as_tensor(np.flatnonzero(passed), device=dev)]
         detect = partial(self.runtime.detect, decoding=self.decoding)
         with torch.inference_mode():
             outputs = (
                 predict_with_flips(
-                    detect, normed, min_score=self.config.threshold, views=self.config.views
+                    detect,
+                    self._padded(normed),
+                    min_score=self.config.threshold,
+                    views=self.config.views,
                 )
                 if self.config.views
-                else detect(normed)
-            )[:n]
-        return _to_host(outputs)
+                else detect(self._padded(normed))
+            )[: len(normed)]
+        found = iter(_to_host(outputs))
+        per_chip = [next(found) if p else _nothing() for p in passed]
+        return Found(per_chip, int(n - passed.sum()))
+
+    def _padded(self, normed: torch.Tensor) -> torch.Tensor:
+        """Always the same batch size on a GPU: cuDNN picks its algorithms by shape, so
+        a chip's boxes must not depend on how many share its batch."""
+        n = len(normed)
+        if self.device.type != "cuda" or n >= self.config.batch_size:
+            return normed
+        pad = normed.new_zeros((self.config.batch_size - n, *normed.shape[1:]))
+        return torch.cat([normed, pad])
 
     def _owned(self, item: ChipData, out: dict) -> dict[str, np.ndarray]:
         boxes = out["boxes"].astype(np.float64)
@@ -249,6 +271,24 @@ class Detector:
         for i, name in enumerate(("wx0", "wy0", "wx1", "wy1")):
             table[name] = np.full(n, window[i], dtype=np.float64)
         return {name: table[name] for name in TABLE_COLUMNS}
+
+
+class Found(NamedTuple):
+    """What the model side gives for a batch: per-chip detections (or, from
+    :class:`Detector`, the chips' owned detections as one table) and how many of the
+    batch's chips the screen skipped."""
+
+    per_chip: Any
+    screened: int = 0
+
+
+def _nothing() -> dict[str, np.ndarray]:
+    """A chip's detections where there are none."""
+    return {
+        "boxes": np.zeros((0, 4), dtype=np.float32),
+        "scores": np.zeros(0, dtype=np.float32),
+        "labels": np.zeros(0, dtype=np.int64),
+    }
 
 
 def _to_host(outputs: list[dict]) -> list[dict[str, np.ndarray]]:
@@ -291,6 +331,7 @@ class BlockResult:
     chips_read: int = 0
     chips_empty: int = 0
     pixels_run: int = 0  # pixels through the network (crops count their own)
+    chips_screened: int = 0  # read, and skipped by the screen
     skipped: list[str] = field(default_factory=list)
     coverage: np.ndarray = field(default_factory=empty_runs)  # runs of covered cells
 
@@ -320,7 +361,7 @@ class BlockAssembly:
     def add(
         self,
         items: Sequence[ChipData],
-        detect: Callable[[Sequence[ChipData], torch.Tensor], dict[str, np.ndarray]],
+        detect: Callable[[Sequence[ChipData], torch.Tensor], Found],
         *,
         pin: bool = False,
     ) -> None:
@@ -334,7 +375,11 @@ class BlockAssembly:
         for shape in dict.fromkeys(c.data.shape for c in full):
             same = [c for c in full if c.data.shape == shape]
             batch = stack(same)
-            self.tables.append(detect(same, batch.pin_memory() if pin else batch))
+            found = detect(same, batch.pin_memory() if pin else batch)
+            self.tables.append(found.per_chip)
+            self.result.chips_screened += found.screened
+            # Pixels through the network's full pass: skipped chips had only the screen's.
+            self.result.pixels_run -= found.screened * shape[-2] * shape[-1]
 
     @property
     def complete(self) -> bool:
@@ -350,7 +395,7 @@ def run_block(
     plan: Plan,
     block: Block,
     reader: ChipReader,
-    detect: Callable[[Sequence[ChipData], torch.Tensor], dict[str, np.ndarray]],
+    detect: Callable[[Sequence[ChipData], torch.Tensor], Found],
     batch_size: int,
 ) -> BlockResult:
     """Read and detect one block in this process, batch by batch."""
