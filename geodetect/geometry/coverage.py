@@ -54,9 +54,12 @@ def chip_cells(
         return empty, empty, np.zeros(0, dtype=bool)
     row_spans = _cell_bounds(rows, chip.row_off, min(chip.height, grid_height - chip.row_off), cell)
     col_spans = _cell_bounds(cols, chip.col_off, min(chip.width, grid_width - chip.col_off), cell)
-    frac = _cell_sums(_cell_sums(valid, row_spans, axis=0), col_spans, axis=1)
     pixels = np.outer(row_spans[:, 1] - row_spans[:, 0], col_spans[:, 1] - col_spans[:, 0])
-    covered = (frac >= 0.5 * pixels) & (pixels > 0)
+    if valid.all():  # most chips: every cell wholly valid, nothing to count
+        covered = pixels > 0
+    else:
+        frac = _cell_sums(_cell_sums(valid, row_spans, axis=0), col_spans, axis=1)
+        covered = (frac >= 0.5 * pixels) & (pixels > 0)
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
     return rr.ravel(), cc.ravel(), covered.ravel()
 
@@ -87,7 +90,7 @@ def _cell_bounds(cells: np.ndarray, offset: int, size: int, cell: int) -> np.nda
 
 def _cell_sums(values: np.ndarray, bounds: np.ndarray, *, axis: int) -> np.ndarray:
     """Sums of ``values`` over each span ``bounds`` along ``axis``."""
-    cumulative = np.cumsum(values, axis=axis, dtype=np.int64)
+    cumulative = np.cumsum(values, axis=axis, dtype=np.int32)
     pad = [(0, 0), (0, 0)]
     pad[axis] = (1, 0)
     cumulative = np.pad(cumulative, pad)

@@ -53,6 +53,8 @@ _GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 # 16 chips of 512 px touches and the next row's. Readers are processes, one chip at a
 # time each: GDAL's own decoding threads would only compete with them and the model.
 GDAL_DEFAULTS = {"GDAL_CACHEMAX": "256", "GDAL_NUM_THREADS": "1"}
+# Files near a set of points up to which first_at tests each against all the points.
+FIRST_AT_NEAR = 32
 
 
 def open_raster(path: str | os.PathLike) -> rasterio.DatasetReader:
@@ -475,6 +477,15 @@ class FileIndex:
         rows = np.asarray(rows, dtype=np.float64)
         first = np.full(len(cols), -1, dtype=np.int64)
         if not len(cols) or not self.size:
+            return first
+        # The files near the points first (one query of their bounds): a chip's cells
+        # or boxes meet a few files, each tested against all points at once.
+        near = np.sort(self.tree.query(shapely.box(cols.min(), rows.min(), cols.max(), rows.max())))
+        if len(near) <= FIRST_AT_NEAR:
+            for member in near:  # in file order: the first file holding a point wins
+                x0, y0, x1, y1 = self.boxes[member]
+                hit = (first < 0) & (x0 <= cols) & (cols < x1) & (y0 <= rows) & (rows < y1)
+                first[hit] = member
             return first
         point, member = self.tree.query(shapely.points(cols, rows), predicate="intersects")
         b = self.boxes[member]

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -253,7 +254,7 @@ def evaluate_chips(
 
 
 @torch.no_grad()
-def area_threshold(
+def area_scores(
     model: nn.Module,
     windows: ChipSet,
     *,
@@ -262,21 +263,13 @@ def area_threshold(
     precision: str = "auto",
     workers: int = 0,
     deadline: float | None = None,
-    low: float = AREA_THRESHOLD_RANGE[0],
-    high: float = AREA_THRESHOLD_RANGE[1],
     edge: float = 2.0,
-) -> dict:
-    """The score threshold chosen by F1 (:func:`recall_leaning_threshold`) over the
-    validation *area*, as detection meets it: windows tiling it (mostly background,
-    where false alarms come from), not chips centred on objects. Objects and detections
-    within ``edge`` pixels of a window's border are left out of the count (a window edge
-    cuts them; detection's overlapping chips would not). Windows go in random order
-    until ``deadline``.
-
-    Returns:
-        ``threshold``, and at it ``f1``, ``precision``, ``recall``; ``windows`` scored
-        and ``n_truth`` objects in them.
-    """
+) -> AreaScores:
+    """The model's detections over windows tiling the validation *area*, as detection
+    meets it (mostly background, where false alarms come from), matched to the truth at
+    IoU 0.5. Objects and detections within ``edge`` pixels of a window's border are left
+    out (a window edge cuts them; detection's overlapping chips would not). Windows go
+    in random order until ``deadline``."""
     device = torch.device(device)
     amp = autocast_dtype(device, precision)
     size = windows.chip_size
@@ -308,24 +301,51 @@ def area_threshold(
                 break
     finally:
         model.train(was_training)
-    all_scores = np.concatenate(scores) if scores else np.zeros(0)
-    all_matched = np.concatenate(matched) if matched else np.zeros(0, dtype=bool)
-    threshold = recall_leaning_threshold(
-        all_scores,
-        all_matched,
+    return AreaScores(
+        np.concatenate(scores) if scores else np.zeros(0),
+        np.concatenate(matched) if matched else np.zeros(0, dtype=bool),
         n_truth,
-        low=low,
-        high=high,
-        min_slack=AREA_F1_SLACK[0],
-        max_slack=AREA_F1_SLACK[1],
-        max_lean=AREA_MAX_LEAN,
+        seen,
     )
-    tp, found = _hits(all_scores, all_matched, threshold)
-    return {
-        "threshold": threshold,
-        "f1": 2 * tp / max(1, found + n_truth),
-        "precision": tp / max(1, found),
-        "recall": tp / max(1, n_truth),
-        "windows": seen,
-        "n_truth": n_truth,
-    }
+
+
+@dataclass(frozen=True)
+class AreaScores:
+    """Detections over the validation area: their ``scores``, whether each ``matched``
+    an object (IoU 0.5), the objects (``n_truth``) and ``windows`` scanned."""
+
+    scores: np.ndarray
+    matched: np.ndarray
+    n_truth: int
+    windows: int
+
+    def threshold(
+        self, *, low: float = AREA_THRESHOLD_RANGE[0], high: float = AREA_THRESHOLD_RANGE[1]
+    ) -> dict:
+        """The score threshold chosen by F1 (:func:`recall_leaning_threshold`) and, at
+        it, ``f1``, ``precision``, ``recall``; with ``windows`` and ``n_truth``."""
+        threshold = recall_leaning_threshold(
+            self.scores,
+            self.matched,
+            self.n_truth,
+            low=low,
+            high=high,
+            min_slack=AREA_F1_SLACK[0],
+            max_slack=AREA_F1_SLACK[1],
+            max_lean=AREA_MAX_LEAN,
+        )
+        tp, found = _hits(self.scores, self.matched, threshold)
+        return {
+            "threshold": threshold,
+            "f1": 2 * tp / max(1, found + self.n_truth),
+            "precision": tp / max(1, found),
+            "recall": tp / max(1, self.n_truth),
+            "windows": self.windows,
+            "n_truth": self.n_truth,
+        }
+
+
+def area_threshold(model: nn.Module, windows: ChipSet, **kwargs) -> dict:
+    """The score threshold chosen over the validation area (:func:`area_scores`, then
+    :meth:`AreaScores.threshold`)."""
+    return area_scores(model, windows, **kwargs).threshold()
