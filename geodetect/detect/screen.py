@@ -86,7 +86,8 @@ def choose_screen(
         return None
     if mode == "on":
         log.info(
-            "screen: chips with nothing scoring %.3g at 1/%d resolution are skipped",
+            "screen: on (asked): chips with nothing scoring %.3g at 1/%d resolution are "
+            "skipped",
             screen.threshold,
             screen.factor,
         )
