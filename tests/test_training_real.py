@@ -5,6 +5,7 @@ start from another model's weights."""
 from __future__ import annotations
 
 import logging
+import math
 
 import geopandas as gpd
 import numpy as np
@@ -18,7 +19,7 @@ from geodetect.model import load_model
 from geodetect.train import load_labelled, prepare_training_data, train
 from geodetect.train.data import HARD, TRAIN, VAL, SplitMap
 from geodetect.train.fit import mine_hard_examples
-from geodetect.train.score import area_threshold, f1_standard_error, recall_leaning_threshold
+from geodetect.train.score import area_threshold, f1_standard_error, smoothed_f1_threshold
 
 from conftest import NORTH_UP, OracleDetector, paint_boxes, random_boxes, write_geotiff
 
@@ -87,48 +88,33 @@ def test_threshold_over_the_validation_area_counts_background_false_alarms(half_
     assert result["threshold"] == 0.2  # every score is 0.7: the lowest equal-F1 threshold
 
 
-def test_recall_leaning_threshold_takes_the_lowest_near_the_best_f1():
-    scores = np.array([0.9, 0.8, 0.75, 0.65, 0.55, 0.45, 0.35, 0.25])
-    matched = np.array([True, True, True, True, False, True, False, False])
-    # F1 (5 objects): 0.2: 10/13, 0.3: 10/12, 0.4: 10/11 (best), 0.5: 8/10, 0.6: 8/9
-    assert recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.0) == 0.4
-    assert recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.1) == 0.3
-    assert recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.15) == 0.2
-    assert recall_leaning_threshold(scores, matched, 5, low=0.5, high=0.8, slack=0.0) == 0.6
-    # never more than max_lean below the best's threshold, however flat the curve
-    assert recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.15) == 0.2
-    lean = recall_leaning_threshold(scores, matched, 5, low=0.2, high=0.8, slack=0.15, max_lean=0.1)
-    assert lean == 0.3
+def test_f1_standard_error_shrinks_with_the_validation_set():
+    # F1 = 2 TP / (found + truth) as a proportion of (found + truth) / 2 trials.
+    assert f1_standard_error(0.8, 192, 208) == pytest.approx(math.sqrt(0.16 / 200))
+    assert f1_standard_error(0.8, 48, 52) == pytest.approx(2 * f1_standard_error(0.8, 192, 208))
 
 
-def test_default_slack_is_one_standard_error_so_it_shrinks_with_the_validation_set():
-    def layer(k):  # 40k hits and 8k false alarms at 0.95; 12k hits, 36k false alarms at 0.45
-        scores = np.r_[np.full(48 * k, 0.95), np.full(48 * k, 0.45)]
-        matched = np.r_[np.ones(40 * k), np.zeros(8 * k), np.ones(12 * k), np.zeros(36 * k)]
-        return scores, matched.astype(bool), 52 * k
-
-    scores, matched, n = layer(4)
-    f1_high, f1_low = 2 * 160 / (192 + 208), 2 * 208 / (384 + 208)  # 0.80 and 0.70
-    assert f1_standard_error(f1_high, 192, n) == pytest.approx(0.0283, abs=1e-3)
-    # At 208 objects one standard error (0.028) does not cover the 0.097 drop below 0.5 ...
-    assert recall_leaning_threshold(scores, matched, n, low=0.2, high=0.8) == 0.5
-    # ... nor does a floor below it; a wider floor does.
-    assert recall_leaning_threshold(scores, matched, n, low=0.2, high=0.8, min_slack=0.05) == 0.5
-    assert recall_leaning_threshold(scores, matched, n, low=0.2, high=0.8, min_slack=0.1) == 0.2
-    # The same layer from 13 objects: F1 is known to +-0.11, which covers the drop.
-    assert f1_low == pytest.approx(0.703, abs=1e-3) and f1_high == pytest.approx(0.8)
-    assert recall_leaning_threshold(*layer(1)[:2], 52, low=0.2, high=0.8) == 0.5
-    few_scores, few_matched, _ = layer(1)
-    pick = np.r_[0:10, 40:42, 48:51, 60:69]  # 10 + 2 high, 3 + 9 low: 13 objects
-    few = recall_leaning_threshold(few_scores[pick], few_matched[pick], 13, low=0.2, high=0.8)
-    assert few == 0.2
-    # ... unless the slack is capped below the drop.
-    capped = recall_leaning_threshold(
-        few_scores[pick], few_matched[pick], 13, low=0.2, high=0.8, max_slack=0.05
+def test_the_threshold_follows_the_f1_curve_not_one_object():
+    """Six objects found at 0.9, one more at 0.57 just above two false alarms at 0.53
+    (10 objects): F1 is 14/19 up to 0.5, 14/17 at 0.55 alone (one object's spike) and
+    12/16 from 0.6 up. Averaged with its neighbours, 0.6 is best: (14/17 + 12/16 +
+    12/16) / 3 against 0.55's (14/19 + 14/17 + 12/16) / 3."""
+    scores = np.r_[np.full(6, 0.9), 0.57, 0.53, 0.53]
+    matched = np.r_[np.ones(7, bool), False, False]
+    assert smoothed_f1_threshold(scores, matched, 10, low=0.2, high=0.8) == 0.6
+    assert (14 / 17 + 12 / 16 * 2) / 3 > (14 / 19 + 14 / 17 + 12 / 16) / 3
+    # A plateau: every threshold equal, the lowest wins (it keeps the most objects).
+    flat = smoothed_f1_threshold(np.full(8, 0.85), np.ones(8, bool), 10, low=0.2, high=0.8)
+    assert flat == 0.2
+    # The range's ends count their own F1 twice: a curve rising to 0.8 ends there.
+    rising = smoothed_f1_threshold(
+        np.r_[np.full(5, 0.9), np.linspace(0.21, 0.79, 12)],
+        np.r_[np.ones(5, bool), np.zeros(12, bool)],
+        5,
+        low=0.2,
+        high=0.8,
     )
-    assert capped == 0.5
-    # An explicit slack is taken as given.
-    assert recall_leaning_threshold(scores, matched, n, low=0.2, high=0.8, slack=0.1) == 0.2
+    assert rising == 0.8
 
 
 def _painted_scene(tmp_path, *, seed):

@@ -41,7 +41,7 @@ from geodetect.train.fit import (
     fit,
     lr_find,
 )
-from geodetect.train.score import AREA_MAX_LEAN, AREA_MAX_WINDOWS, AREA_MIN_OBJECTS, AREA_SHARE
+from geodetect.train.score import AREA_MAX_WINDOWS, AREA_MIN_OBJECTS, AREA_SHARE
 from geodetect.train.spec import (
     check_resumable,
     copy_matching_weights,
@@ -92,9 +92,8 @@ class TrainResult(FitResult):
         area = (self.spec.training.get("val_area") if self.spec else None) or {}
         if area.get("n_truth", 0) >= AREA_MIN_OBJECTS:
             lines.append(
-                f"score threshold: {area['threshold']:.2f} (the lowest whose F1 over the "
-                "validation area is within one standard error of the best, at most "
-                f"{AREA_MAX_LEAN:g} below its threshold; at it: "
+                f"score threshold: {area['threshold']:.2f} (the best F1 over the "
+                "validation area, each threshold's averaged with its neighbours'; at it: "
                 f"F1 {area['f1']:.3f}, precision {area['precision']:.3f}, "
                 f"recall {area['recall']:.3f})"
             )

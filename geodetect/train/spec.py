@@ -26,7 +26,7 @@ from geodetect.train.data import (
     label_second_box_iou,
 )
 from geodetect.train.fit import EpochStats
-from geodetect.train.score import AREA_MAX_LEAN, AREA_MAX_WINDOWS, AREA_MIN_OBJECTS, area_threshold
+from geodetect.train.score import AREA_MAX_WINDOWS, AREA_MIN_OBJECTS, area_threshold
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +111,10 @@ def finish_spec(
     if area["n_truth"] >= AREA_MIN_OBJECTS:
         spec.score_threshold = area["threshold"]
         log.info(
-            "score threshold %.2f: the lowest within one standard error of the best F1 "
-            "(at most %g below its threshold) "
-            "over %d validation-area windows (%d objects); at it: "
+            "score threshold %.2f: the best F1 (each threshold's averaged with its "
+            "neighbours') over %d validation-area windows (%d objects); at it: "
             "F1 %.3f, precision %.3f, recall %.3f",
             area["threshold"],
-            AREA_MAX_LEAN,
             area["windows"],
             area["n_truth"],
             area["f1"],
