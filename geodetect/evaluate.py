@@ -23,6 +23,7 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
 from pyproj import CRS
 
@@ -47,8 +48,11 @@ RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 #: IoU from which a false alarm counts as "on" an object (an extra or a loose box)
 #: rather than on the background.
 TOUCH_IOU = 0.1
-# Detection kinds (see Scores).
+# Detection kinds (see Scores), and their names in an error layer (see error_layer).
 _MATCHED, _DUPLICATE, _EXTRA, _LOOSE, _BACKGROUND = range(5)
+KIND_NAMES = ("matched", "duplicate", "extra", "loose", "background")
+#: What an error layer's ``kind`` field holds: the false alarms by kind, then the misses.
+ERROR_KINDS = (*KIND_NAMES[1:], "missed")
 
 Layer = gpd.GeoDataFrame | str | os.PathLike[str]
 
@@ -129,6 +133,7 @@ class EvaluationResult(Scores):
     pr_recall: np.ndarray = field(default_factory=lambda: np.empty(0))
     det_ids: np.ndarray = field(default_factory=lambda: np.empty(0))
     det_matched: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
+    det_kinds: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int8))
     truth_ids: np.ndarray = field(default_factory=lambda: np.empty(0))
     truth_found: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
 
@@ -142,6 +147,7 @@ class EvaluationResult(Scores):
             "pr_recall",
             "det_ids",
             "det_matched",
+            "det_kinds",
             "truth_ids",
             "truth_found",
         }
@@ -427,6 +433,7 @@ def evaluate(
         pr_recall=cum_tp / len(ref) if len(ref) else np.zeros(len(order)),
         det_ids=det.index.to_numpy(),
         det_matched=matched,
+        det_kinds=kinds,
         truth_ids=ref.index.to_numpy(),
         truth_found=np.isin(np.arange(len(ref)), matches[k_at][matched]),
     )
@@ -439,6 +446,50 @@ def evaluate(
         result.ap50_95,
     )
     return result
+
+
+def error_layer(
+    result: EvaluationResult,
+    detections: gpd.GeoDataFrame,
+    truth: gpd.GeoDataFrame,
+    *,
+    score_field: str = "score",
+) -> gpd.GeoDataFrame:
+    """What to look at after :func:`evaluate`: each false alarm (its detection polygon)
+    and each missed object (its truth polygon), with ``kind`` (one of
+    :data:`ERROR_KINDS`, see :class:`Scores`), ``score`` (the detection's; for a miss,
+    the best score among the detections overlapping it, empty where none does) and
+    ``rank`` (the detection's place by score, 1 = highest; empty for misses). In the
+    detections' CRS; ``detections`` and ``truth`` are the layers as given to it.
+    """
+    det = detections.loc[result.det_ids[~result.det_matched]]
+    kinds = np.asarray(KIND_NAMES, dtype=object)[result.det_kinds[~result.det_matched]]
+    ranks = np.empty(len(result.det_ids), dtype=np.int64)
+    ranks[np.argsort(-_scores(detections.loc[result.det_ids], score_field), kind="stable")] = (
+        np.arange(1, len(result.det_ids) + 1)
+    )
+    alarms = gpd.GeoDataFrame(
+        {
+            "kind": kinds,
+            "score": _scores(det, score_field),
+            "rank": ranks[~result.det_matched].astype(float),
+        },
+        geometry=det.geometry.to_numpy(),
+        crs=detections.crs,
+    )
+    missed = to_crs_checked(truth.loc[result.truth_ids[~result.truth_found]], detections.crs)
+    near = np.full(len(missed), np.nan)
+    if len(missed) and len(detections):
+        scored = detections.loc[result.det_ids]
+        miss_idx, det_idx = scored.sindex.query(missed.geometry.to_numpy(), "intersects")
+        values = _scores(scored, score_field)[det_idx]
+        np.fmax.at(near, miss_idx, values)
+    misses = gpd.GeoDataFrame(
+        {"kind": "missed", "score": near, "rank": np.nan},
+        geometry=missed.geometry.to_numpy(),
+        crs=detections.crs,
+    )
+    return gpd.GeoDataFrame(pd.concat([alarms, misses], ignore_index=True), crs=detections.crs)
 
 
 def _in_working_crs(

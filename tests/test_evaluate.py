@@ -349,6 +349,50 @@ def test_cli_json_and_pr_curve(tmp_path):
     assert again.returncode != 0 and "--overwrite" in again.stderr
 
 
+def test_errors_layer_holds_each_false_alarm_by_kind_and_each_miss_styled(tmp_path):
+    """`evaluate --errors OUT` writes what to look at: the five false alarms of the
+    kinds test above with their scores and ranks, and the missed pool B (with the
+    score of the loose box on it), in the detections' CRS, styled by kind for QGIS."""
+    truth = squares([(0, 0), (50, 0)], classes=["pool", "pool"]).to_crs("EPSG:4326")
+    a, b = (X0, Y0), (X0 + 50, Y0)
+    boxes = [
+        shapely.box(a[0], a[1], a[0] + 10, a[1] + 10),  # matches A
+        shapely.box(a[0] + 1, a[1], a[0] + 11, a[1] + 10),  # duplicate
+        shapely.box(a[0] + 2, a[1] + 2, a[0] + 6, a[1] + 6),  # extra
+        shapely.box(b[0] + 5, b[1] + 5, b[0] + 15, b[1] + 15),  # loose on B
+        shapely.box(X0 + 200, Y0, X0 + 210, Y0 + 10),  # background
+    ]
+    det_path, truth_path = tmp_path / "det.gpkg", tmp_path / "truth.geojson"
+    gpd.GeoDataFrame(
+        {"score": [0.9, 0.8, 0.7, 0.6, 0.5], "class": ["pool"] * 5}, geometry=boxes, crs=UTM
+    ).to_file(det_path)
+    truth.to_file(truth_path)
+    out = tmp_path / "look_at.gpkg"
+
+    done = run_cli("evaluate", det_path, "--truth", truth_path, "--errors", out)
+
+    assert done.returncode == 0, done.stderr
+    assert "5 to look at" in done.stderr
+    errors = gpd.read_file(out, layer="errors")
+    assert errors.crs == UTM
+    by_kind = {k: g for k, g in errors.groupby("kind")}
+    assert sorted(by_kind) == ["background", "duplicate", "extra", "loose", "missed"]
+    assert by_kind["duplicate"]["score"].tolist() == [0.8]
+    assert by_kind["duplicate"]["rank"].tolist() == [2]
+    assert by_kind["background"]["score"].tolist() == [0.5]
+    assert by_kind["loose"].geometry.iloc[0].equals(boxes[3])
+    missed = by_kind["missed"]
+    assert missed["score"].tolist() == [0.6] and missed["rank"].isna().all()
+    assert missed.geometry.iloc[0].centroid.distance(shapely.Point(b[0] + 5, b[1] + 5)) < 0.01
+    styles = gpd.read_file(out, layer="layer_styles")
+    assert "categorizedSymbol" in styles["styleQML"].iloc[0]
+    assert 'attr="kind"' in styles["styleQML"].iloc[0]
+    # An existing output is kept without --overwrite, and refused before any work.
+    again = run_cli("evaluate", det_path, "--truth", truth_path, "--errors", out)
+    assert again.returncode != 0 and "--overwrite" in again.stderr
+    assert len(gpd.read_file(out, layer="errors")) == 5
+
+
 def test_cli_rejects_a_non_vector_file_in_one_line(tmp_path):
     noise = tmp_path / "noise.gpkg"
     noise.write_bytes(np.random.default_rng(1).bytes(4096))

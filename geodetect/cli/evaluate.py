@@ -86,6 +86,14 @@ log = logging.getLogger("geodetect")
     help="Match against the truth outlines themselves instead of their bounding boxes "
     "(the default, since detections are boxes).",
 )
+@click.option(
+    "--errors",
+    default=None,
+    metavar="OUT",
+    help="Also write what to look at: each false alarm (by kind: duplicate, extra, loose, "
+    "background) and each missed object, with its score, as one layer styled by kind "
+    "(any vector format: .gpkg, .geojson, .shp, .fgb, .parquet).",
+)
 @options.overwrite
 @options.verbosity
 def command(
@@ -101,6 +109,7 @@ def command(
     crs,
     aoi,
     outlines,
+    errors,
     overwrite,
     verbose,
     quiet,
@@ -117,15 +126,21 @@ def command(
     \b
     Example:
       geodetect evaluate pools.gpkg --truth labels.gpkg --pr-curve pr.png
+      geodetect evaluate pools.gpkg --truth labels.gpkg --errors look_at.gpkg
     """
-    from geodetect.evaluate import check_plot_path, evaluate
+    from geodetect.evaluate import check_plot_path, error_layer, evaluate
+    from geodetect.io.export import check_output, write_layer
     from geodetect.io.vectors import read_layer
 
     if pr_curve is not None:
         check_plot_path(pr_curve, overwrite=overwrite)
+    if errors is not None:
+        check_output(errors, overwrite=overwrite)
+    det_layer = read_layer(detections, layer=detections_layer)
+    truth_layer_ = read_layer(truth, layer=truth_layer)
     result = evaluate(
-        read_layer(detections, layer=detections_layer),
-        read_layer(truth, layer=truth_layer),
+        det_layer,
+        truth_layer_,
         iou=iou,
         score_field=score_field,
         class_field=class_field,
@@ -136,6 +151,16 @@ def command(
     if pr_curve is not None:
         result.plot_pr_curve(pr_curve)
         log.info("precision-recall curve -> %s", pr_curve)
+    if errors is not None:
+        layer = error_layer(result, det_layer, truth_layer_, score_field=score_field)
+        write_layer(layer, errors, overwrite=overwrite, layer="errors", style="errors")
+        counts = layer["kind"].value_counts()
+        log.info(
+            "%d to look at (%s) -> %s",
+            len(layer),
+            ", ".join(f"{counts[k]} {k}" for k in counts.index),
+            errors,
+        )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:

@@ -86,8 +86,7 @@ def choose_screen(
         return None
     if mode == "on":
         log.info(
-            "screen: on (asked): chips with nothing scoring %.3g at 1/%d resolution are "
-            "skipped",
+            "screen: on (asked): chips with nothing scoring %.3g at 1/%d resolution are skipped",
             screen.threshold,
             screen.factor,
         )

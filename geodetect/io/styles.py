@@ -147,6 +147,18 @@ def missed_qml() -> str:
     )
 
 
+def errors_qml() -> str:
+    """evaluate --errors: false alarms outlined by kind, misses filled."""
+    kinds = {
+        "duplicate": ((255, 0, 255), "duplicate (a second box on a matched object)"),
+        "extra": ((255, 140, 0), "extra (a box on a found object, not matching it)"),
+        "loose": ((255, 220, 0), "loose (on an object nobody found, badly placed)"),
+        "background": ((230, 0, 0), "background (nothing there)"),
+        "missed": ((0, 200, 255), "missed (an object no box matched)"),
+    }
+    return _categorized("kind", kinds, fill_alpha=60, width=0.8)
+
+
 STYLES = {
     "detections": detections_qml,
     "coverage": coverage_qml,
@@ -155,6 +167,7 @@ STYLES = {
     "review": review_qml,
     "squares": squares_qml,
     "missed": missed_qml,
+    "errors": errors_qml,
 }
 
 
