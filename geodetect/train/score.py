@@ -314,8 +314,11 @@ class AreaScores:
             self.scores, self.matched, self.n_truth, low=low, high=high
         )
         tp, found = _hits(self.scores, self.matched, threshold)
+        curve = _f1_by_threshold(self.scores, self.matched, self.n_truth, low=low, high=high)
         return {
             "threshold": threshold,
+            # The F1 curve the rule read, kept in the model file for a later look.
+            "f1_by_threshold": {f"{t:.2f}": round(v, 4) for t, v in curve.items()},
             "f1": 2 * tp / max(1, found + self.n_truth),
             "precision": tp / max(1, found),
             "recall": tp / max(1, self.n_truth),
