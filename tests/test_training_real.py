@@ -219,3 +219,28 @@ def test_a_start_with_other_bands_adapts_the_stem_instead_of_dropping_it():
     adapted = rgbn.state_dict()["backbone.body.conv1.weight"]
     assert torch.allclose(adapted[:, :3], stem * 3 / 4)
     assert torch.allclose(adapted[:, 3], stem.mean(dim=1) * 3 / 4)
+
+
+def test_calibration_chips_hold_objects_as_well_as_background(tmp_path):
+    """The int8 calibration windows: half of them hold an object even where objects are
+    rare in the validation area (background alone would clip the activations that
+    answer an object), the rest are background."""
+    from geodetect.train.calibration import calibration_chips
+
+    rng = np.random.default_rng(3)
+    boxes = random_boxes(rng, 200, 200, 6, min_size=10, max_size=16, gap=20)  # one corner
+    tif = write_geotiff(tmp_path / "s.tif", paint_boxes(1280, 1280, boxes), transform=NORTH_UP)
+    labels = tmp_path / "labels.gpkg"
+    gpd.GeoDataFrame(geometry=list(pixel_boxes_to_map(boxes, NORTH_UP)), crs=32617).to_file(labels)
+    data = prepare_training_data(
+        load_labelled(LabelSource.of([tif], labels)), chip_size=64, val_fraction=0.0
+    )
+    data.splits[0] = SplitMap(data.splits[0].block, np.full_like(data.splits[0].parts, VAL))
+    data.val = data.train
+    area = data.val_area()
+    with_objects = sum(bool(len(area[i][1]["boxes"])) for i in range(len(area)))
+    assert len(area) >= 80 and 0 < with_objects <= len(area) / 10
+    chips = calibration_chips(data, area, count=8)
+    assert chips.shape == (8, 3, 128, 128) and chips.dtype == torch.uint8
+    bright = (chips == 255).flatten(1).any(dim=1)
+    assert int(bright.sum()) == 4  # four windows with objects, four of background
