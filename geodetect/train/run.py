@@ -92,8 +92,9 @@ class TrainResult(FitResult):
         area = (self.spec.training.get("val_area") if self.spec else None) or {}
         if area.get("n_truth", 0) >= AREA_MIN_OBJECTS:
             lines.append(
-                f"score threshold: {area['threshold']:.2f} (the best F1 over the "
-                "validation area, each threshold's averaged with its neighbours'; at it: "
+                f"score threshold: {area['threshold']:.2f} (the middle of the thresholds "
+                "whose F1 over the validation area is within one standard error of the "
+                "best; at it: "
                 f"F1 {area['f1']:.3f}, precision {area['precision']:.3f}, "
                 f"recall {area['recall']:.3f})"
             )

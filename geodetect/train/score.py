@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 # Share of a time budget kept for choosing the score threshold over the validation area:
 # the threshold decides the layer's F1 more than the steps it costs (an 8-minute São
 # Paulo model: layer F1 0.644 at the 0.3 that 404 windows left it with, 0.836 at the
-# 0.6 that all 1,839 windows choose), and the rule needs about half the area's windows
+# 0.55 that all 1,839 windows choose), and the rule needs about half the area's windows
 # to land within 0.02 of the best F1 nine times in ten (benchmarks/README.md).
 AREA_SHARE = 0.12
 AREA_THRESHOLD_RANGE = (0.2, 0.8)
+# The F1 a validation area cannot tell from the best: one standard error, within these.
+AREA_F1_SLACK = (0.02, 0.05)
 AREA_MIN_OBJECTS = 20  # fewer objects in the scored windows: keep the chips' threshold
 AREA_MAX_WINDOWS = 2000  # windows scanned at most (without a time budget)
 
@@ -120,24 +122,37 @@ def f1_standard_error(f1: float, found: int, n_truth: int) -> float:
 def smoothed_f1_threshold(
     scores: np.ndarray, matched: np.ndarray, n_truth: int, *, low: float, high: float
 ) -> float:
-    """The threshold in [low, high] (steps of 0.05) whose F1, averaged with its two
-    neighbours' (the range's ends count their own twice), is best; ties go to the lower.
+    """The middle of the thresholds in [low, high] (steps of 0.05) that the validation
+    area cannot tell from the best F1: each threshold's F1 averaged with its two
+    neighbours' (the range's ends count their own twice), then the unbroken run of
+    thresholds around the best average whose averages lie within one standard error of
+    it (:func:`f1_standard_error`, kept within 0.02-0.05), and that run's middle (the
+    lower of two).
 
     The layer is what users count, join to parcels and visit, so its F1 is what the
     threshold serves. A validation area of a few dozen objects measures each point of
-    the F1 curve to about +-0.05, and one object can lift a single threshold above its
-    neighbours; the neighbours' mean follows the curve's shape instead. On an 8-minute
-    São Paulo model (69 validation-area objects), bootstrap draws of half the area's
-    detections chose a threshold whose layer F1 on the unseen sheets was within 0.02 of
-    the best in 94 % of draws; the plain maximum in 70 %, and the earlier rule (the
-    lowest threshold within one standard error of the best) in 64 %, mean F1 0.832,
-    0.826 and 0.814 against the best 0.836."""
+    the F1 curve to about +-0.05: one object can lift a single threshold above its
+    neighbours, and the true peak may lie anywhere in the run the area cannot rank; its
+    middle is the choice that is never far from it. On São Paulo's unseen sheets (two
+    8-minute models, benchmarks/README.md) this rule chose within 0.01 of the best layer
+    F1 for both; the maximum of the averaged curve was 0.025 off for one, and the rule
+    before (the lowest threshold within one standard error of the best) fell 0.08 below
+    the best on a model of issue 31."""
     f1 = _f1_by_threshold(scores, matched, n_truth, low=low, high=high)
     steps = sorted(f1)
     values = np.array([f1[t] for t in steps])
-    padded = np.r_[values[0], values, values[-1]]
-    smooth = np.convolve(padded, np.ones(3) / 3, mode="valid")
-    return float(steps[int(np.argmax(np.round(smooth, 4)))])
+    smooth = np.round(np.convolve(np.r_[values[0], values, values[-1]], np.ones(3) / 3, "valid"), 4)
+    best = int(np.argmax(smooth))
+    _, found = _hits(scores, matched, steps[best])
+    slack = min(
+        AREA_F1_SLACK[1], max(AREA_F1_SLACK[0], f1_standard_error(smooth[best], found, n_truth))
+    )
+    first = last = best
+    while first > 0 and smooth[first - 1] >= smooth[best] - slack:
+        first -= 1
+    while last < len(steps) - 1 and smooth[last + 1] >= smooth[best] - slack:
+        last += 1
+    return float(steps[(first + last) // 2])
 
 
 def only_known(prediction: dict, target: dict) -> dict:

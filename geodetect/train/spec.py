@@ -111,8 +111,9 @@ def finish_spec(
     if area["n_truth"] >= AREA_MIN_OBJECTS:
         spec.score_threshold = area["threshold"]
         log.info(
-            "score threshold %.2f: the best F1 (each threshold's averaged with its "
-            "neighbours') over %d validation-area windows (%d objects); at it: "
+            "score threshold %.2f: the middle of the thresholds whose F1 (averaged with "
+            "the neighbours') is within one standard error of the best over %d "
+            "validation-area windows (%d objects); at it: "
             "F1 %.3f, precision %.3f, recall %.3f",
             area["threshold"],
             area["windows"],
