@@ -212,6 +212,8 @@ class Detector:
                 shown = screen.passes(self.runtime, self._padded(normed))[:n]
             passed = shown.numpy()
             normed = normed[torch.as_tensor(np.flatnonzero(passed), device=dev)]
+        if not len(normed):  # every chip of the batch skipped
+            return Found([_nothing() for _ in range(n)], n)
         detect = partial(self.runtime.detect, decoding=self.decoding)
         with torch.inference_mode():
             outputs = (
