@@ -170,9 +170,10 @@ def big_scene(files):
 def start_detect(scene, model, out, *, workers: str | None = "0", **popen) -> subprocess.Popen:
     """Start `geodetect detect` over many chips, with its progress bar on stderr
     (``workers=None``: the default reader processes)."""
+    # Every chip through the network (--screen off): the run must last until signalled.
     argv = _argv(
         ["detect", scene, "--model", model, "--out", out, "--chip-size", "128"]
-        + ["--overlap", "0", "--batch-size", "1"]
+        + ["--overlap", "0", "--batch-size", "1", "--screen", "off"]
         + ([] if workers is None else ["--workers", workers])
     )
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
@@ -222,11 +223,13 @@ def test_signals_mid_run(files, big_scene, tmp_path):
         folder.mkdir()
         out = folder / "pools.shp"  # the format with the most files to leave behind
         runs[sig] = start_detect(big_scene, files["model"], out, workers=workers)
-    results = {}
+    # Each run signalled as soon as it detects, before any is waited for: waiting for
+    # one run to finish would leave the others time to complete.
+    seen = {}
     for sig, proc in runs.items():
-        seen = wait_until_detecting(proc)
+        seen[sig] = wait_until_detecting(proc)
         proc.send_signal(sig)
-        results[sig] = finish(proc, seen)
+    results = {sig: finish(proc, seen[sig]) for sig, proc in runs.items()}
     for sig in (signal.SIGINT, signal.SIGTERM):
         assert_interrupted(*results[sig])
         assert listing(tmp_path / sig.name) == []  # no output, no hidden temp file
