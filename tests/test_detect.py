@@ -327,7 +327,7 @@ def test_the_screen_skips_only_chips_without_objects_and_keeps_the_layer(tmp_pat
 
     path = tmp_path / "scene.tif"
     boxes = _land_and_suburb(path, suburb_share=0.3)
-    options = dict(chip_size=64, overlap=16, workers=0)
+    options = dict(chip_size=64, overlap=16)
     layers, reports = {}, {}
     for screen in ("on", "off"):
         reports[screen] = DetectionReport()
