@@ -19,7 +19,7 @@ from geodetect.model import load_model
 from geodetect.train import load_labelled, prepare_training_data, train
 from geodetect.train.data import HARD, TRAIN, VAL, SplitMap
 from geodetect.train.fit import mine_hard_examples
-from geodetect.train.score import area_threshold, f1_standard_error, smoothed_f1_threshold
+from geodetect.train.score import area_threshold, f1_standard_error, plateau_middle_threshold
 
 from conftest import NORTH_UP, OracleDetector, paint_boxes, random_boxes, write_geotiff
 
@@ -103,20 +103,20 @@ def test_the_threshold_is_the_middle_of_what_the_validation_area_cannot_rank():
     error (0.011, kept at 0.02) below: the middle, 0.5."""
     scores = np.r_[np.full(160, 0.95), np.full(30, 0.62), np.full(60, 0.37)]
     matched = np.r_[np.ones(190, bool), np.zeros(60, bool)]
-    assert smoothed_f1_threshold(scores, matched, 200, low=0.2, high=0.8) == 0.5
+    assert plateau_middle_threshold(scores, matched, 200, low=0.2, high=0.8) == 0.5
     # One object lifting one threshold does not move it: a 191st found at 0.72.
-    spiked = smoothed_f1_threshold(
+    spiked = plateau_middle_threshold(
         np.r_[scores, 0.72], np.r_[matched, True], 201, low=0.2, high=0.8
     )
     assert spiked == 0.5
     # A handful of objects cannot rank anything: the whole range is one run.
-    few = smoothed_f1_threshold(
+    few = plateau_middle_threshold(
         np.r_[np.full(6, 0.9), 0.57, 0.53, 0.53], np.r_[np.ones(7, bool), False, False], 10,
         low=0.2, high=0.8,
     )  # fmt: skip
     assert few == 0.5
     # A curve rising to the range's end ends there (the ends count their own F1 twice).
-    rising = smoothed_f1_threshold(
+    rising = plateau_middle_threshold(
         np.r_[np.full(5, 0.9), np.linspace(0.21, 0.79, 12)],
         np.r_[np.ones(5, bool), np.zeros(12, bool)],
         5,

@@ -125,7 +125,7 @@ def f1_standard_error(f1: float, found: int, n_truth: int) -> float:
     return math.sqrt(max(0.0, f1 * (1 - f1)) / trials)
 
 
-def smoothed_f1_threshold(
+def plateau_middle_threshold(
     scores: np.ndarray, matched: np.ndarray, n_truth: int, *, low: float, high: float
 ) -> float:
     """The middle of the thresholds in [low, high] (steps of 0.05) that the validation
@@ -329,9 +329,9 @@ class AreaScores:
     def threshold(
         self, *, low: float = AREA_THRESHOLD_RANGE[0], high: float = AREA_THRESHOLD_RANGE[1]
     ) -> dict:
-        """The score threshold chosen by F1 (:func:`smoothed_f1_threshold`) and, at
+        """The score threshold chosen by F1 (:func:`plateau_middle_threshold`) and, at
         it, ``f1``, ``precision``, ``recall``; with ``windows`` and ``n_truth``."""
-        threshold = smoothed_f1_threshold(
+        threshold = plateau_middle_threshold(
             self.scores, self.matched, self.n_truth, low=low, high=high
         )
         tp, found = _hits(self.scores, self.matched, threshold)
