@@ -150,3 +150,33 @@ def test_a_layer_without_coverage_is_refused_with_one_line(flights, tmp_path):
     run = run_cli("change", old_path, bare, "--out", out)
     assert_one_line_error(run, str(bare), "no coverage")
     assert not out.exists()
+
+
+def test_edited_boxes_and_features_without_a_class_count_as_drawn(flights, tmp_path):
+    """A box redrawn in QGIS keeps its old area_m2 field: change reads the geometry; a
+    feature drawn without a class counts as "object" in the summary, not as a nan row."""
+    old_path, new_path, counts = flights
+    new = gpd.read_file(new_path)
+    kept = read_detections(new_path)
+    edited = new.to_crs("EPSG:32617")
+    # the last kept pool (the 6 added ones follow it) grown by half along each side, its
+    # area_m2 field left as it was
+    first = edited.geometry.iloc[-7]
+    edited.loc[edited.index[-7], "geometry"] = shapely.affinity.scale(first, 1.5, 1.5)
+    edited.loc[edited.index[-8], "class"] = None
+    path = tmp_path / "edited.gpkg"
+    write_batches([edited], path, extra={"coverage": kept.coverage})
+    result = compare_flights(read_detections(old_path), read_detections(path))
+    layer = result.layer
+    assert (layer["status"] == "resized").sum() == counts["resized"] + 1
+    assert layer["area_new_m2"].max() == pytest.approx(first.area * 2.25, rel=1e-6)
+    assert set(result.summary["by_class"]) == {"pool", "object"}
+    assert sum(sum(c.values()) for c in result.summary["by_class"].values()) == len(layer)
+
+
+def test_a_layer_without_coverage_is_refused_naming_the_option(flights, tmp_path):
+    old_path, _, _ = flights
+    bare = tmp_path / "bare.gpkg"
+    gpd.read_file(old_path, layer="detections").to_file(bare)
+    run = run_cli("change", bare, old_path, "--out", tmp_path / "change.gpkg")
+    assert_one_line_error(run, str(bare), "--old-coverage")

@@ -78,8 +78,8 @@ def compare_flights(
         parcels: give each change the parcel holding most of it (``id_field``, or the
             parcel's row number).
     """
-    for layer in (old, new):
-        require_coverage(layer)
+    for layer, option in ((old, "--old-coverage"), (new, "--new-coverage")):
+        require_coverage(layer, option)
     if not (math.isfinite(max_shift) and max_shift > 0):
         raise InputError(f"--max-shift {max_shift}: give a distance in metres above 0")
     if not 0 < resize < 1:
@@ -137,8 +137,11 @@ def _pools(detections: gpd.GeoDataFrame, classes, work) -> gpd.GeoDataFrame:
     if classes is not None and "class" in pools:
         pools = pools[pools["class"].isin(list(classes))]
     pools = to_crs_checked(pools, work).reset_index(drop=True)
-    if "class" not in pools:
-        pools["class"] = "object"
+    # a feature without a class (drawn by hand) counts as "object", as a layer without them
+    pools["class"] = pools["class"].fillna("object") if "class" in pools else "object"
+    # areas from the geometry, not the area_m2 field a box edited in QGIS keeps
+    metre = work.axis_info[0].unit_conversion_factor if work.axis_info else 1.0
+    pools["area_m2"] = pools.geometry.area * metre**2
     return pools
 
 

@@ -109,11 +109,12 @@ def require_field(frame: gpd.GeoDataFrame, name: str | None, option: str) -> Non
         )
 
 
-def require_coverage(layer: DetectionLayer) -> None:
-    """InputError unless the layer came with its coverage."""
+def require_coverage(layer: DetectionLayer, option: str = "--coverage") -> None:
+    """InputError unless the layer came with its coverage; ``option`` is the command's
+    option that gives a coverage file."""
     if layer.coverage is None:
         raise InputError(
             f"{layer.path}: has no coverage (the ground the run looked at), so parcels "
             "without a pool cannot be told from parcels nobody looked at; rerun "
-            "'geodetect detect' with this version (it writes it), or pass --coverage FILE"
+            f"'geodetect detect' with this version (it writes it), or pass {option} FILE"
         )
