@@ -132,6 +132,24 @@ def test_many_pools_in_a_suburb_of_realistic_density(suburb):
     assert {"car", "roof", "shadow"} <= kinds
 
 
+def test_the_confusers_are_drawn_apart_from_the_pools(tmp_path):
+    """Sports courts and solar panels, the look-alikes a real layer's false alarms come
+    from, are in the suburb and its distractors layer; they never cover a pool."""
+    big = synth_scene(tmp_path, seed=11, size=(1500, 1500))
+    pools = gpd.read_file(big.truth_path, layer=POOL_LAYER)
+    others = gpd.read_file(big.distractors_path, layer=DISTRACTOR_LAYER)
+    assert set(others["kind"]) <= set(DISTRACTOR_KINDS)
+    confusers = others[others["kind"].isin(["court", "solar"])]
+    assert set(confusers["kind"]) == {"court", "solar"}
+    assert not shapely.intersects(
+        confusers.geometry.to_numpy()[:, None], pools.geometry.to_numpy()
+    ).any()
+    image, transform, _ = _read(big.image_paths[0])
+    for geom in confusers.geometry.buffer(-0.3):  # courts and panels are not lawn
+        r, g, b = _mean_under(image, transform, geom)
+        assert b > r or g > r + 20 or r > g + 30, (r, g, b)
+
+
 def _mean_under(image: np.ndarray, transform, geom) -> np.ndarray:
     mask = rasterize(
         [geom], out_shape=image.shape[1:], transform=transform, fill=0, dtype="uint8"

@@ -1,5 +1,6 @@
-"""The things a suburb is drawn with: pool, house, car, tree, pond and tarp shapes and
-colours, added to the render passes in scene pixels, with the truth kept on the way."""
+"""The things a suburb is drawn with: pool, house, car, tree, pond, tarp, sports court
+and solar panel shapes and colours, added to the render passes in scene pixels, with the
+truth kept on the way."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from geodetect.synth.render import Pass, PassBuilder
 
 CONDITIONS = ("clean", "green", "covered")
 POOL_SHAPES = ("rectangular", "oval", "kidney", "l_shaped", "round")
-DISTRACTOR_KINDS = ("tarp", "roof", "car", "pond", "shadow", "trampoline")
+DISTRACTOR_KINDS = ("tarp", "roof", "car", "pond", "shadow", "trampoline", "court", "solar")
 MAX_OCCLUSION = 0.4  # at least 60 % of every pool stays visible
 POOL_SIDE_M = (3.0, 14.0)  # longest side of a pool, metres
 
@@ -53,6 +54,17 @@ _CAR_COLOURS = (
 _BLUE_CARS = {5, 6}  # indices into _CAR_COLOURS a detector may read as water
 _COVER_COLOURS = ((38, 62, 112), (52, 92, 62), (58, 58, 60), (150, 150, 142))
 PAVING_COLOURS = ((192, 189, 180), (204, 188, 160), (214, 204, 184), (172, 126, 100))
+# Hard courts as they look from the air: (surround, playing area), acrylic blues and greens
+# (the pool-like ones) and the red-brown of clay and of painted asphalt.
+_COURT_COLOURS = (
+    (((52, 104, 78), (44, 92, 150)), 0.30),  # green surround, blue court
+    (((46, 84, 138), (40, 70, 122)), 0.22),  # blue on blue
+    (((60, 112, 80), (52, 98, 70)), 0.22),  # green on green
+    (((44, 118, 128), (40, 100, 112)), 0.10),  # teal
+    (((150, 84, 62), (168, 96, 70)), 0.16),  # clay red
+)
+_SOLAR_COLOURS = ((30, 38, 62), (24, 30, 44), (40, 52, 86))  # dark blue-black modules
+_LINE = (236, 236, 232)
 
 
 def apply_frame(geom, frame: Affine):
@@ -217,6 +229,9 @@ class Drawing:
         vintage: Vintage | None = None,
     ) -> None:
         self.rng = rng
+        # Courts and solar panels draw from a stream of their own, so adding them left
+        # every other thing of a seeded suburb where it was.
+        self.extra_rng = rng.spawn(1)[0]
         self.gsd = gsd
         self.vintage = vintage or Vintage()
         self.placed: list[Polygon] = []  # every pool of the layout, drawn or absent
@@ -235,9 +250,10 @@ class Drawing:
         self.distractors: list[tuple[Polygon, str]] = []
 
     # ---- small helpers
-    def jitter(self, rgb, amount: float = 0.06) -> tuple[float, float, float]:
-        base = np.asarray(rgb, dtype=float) * self.rng.uniform(1 - amount, 1 + amount)
-        base *= self.rng.uniform(1 - amount / 3, 1 + amount / 3, size=3)
+    def jitter(self, rgb, amount: float = 0.06, rng=None) -> tuple[float, float, float]:
+        rng = self.rng if rng is None else rng
+        base = np.asarray(rgb, dtype=float) * rng.uniform(1 - amount, 1 + amount)
+        base *= rng.uniform(1 - amount / 3, 1 + amount / 3, size=3)
         return tuple(np.clip(base, 0, 255))
 
     def pick(self, table):
@@ -286,12 +302,100 @@ class Drawing:
                 )
         if blue:
             self.distractor(shapely.union_all(footprint), "roof")
+        if self.extra_rng.random() < 0.06:
+            self.solar(frame, rects[0])
         if rng.random() < 0.03:  # a blue tarp over storm damage
             x0, y0, x1, y1 = rects[0]
             tw, th = rng.uniform(3, min(7, x1 - x0 - 1)), rng.uniform(2.5, min(6, y1 - y0 - 1))
             cx, cy = rng.uniform(x0 + tw / 2, x1 - tw / 2), rng.uniform(y0 + th / 2, y1 - th / 2)
             tarp = affinity.rotate(box(-tw / 2, -th / 2, tw / 2, th / 2), rng.uniform(-12, 12))
             self.tarp(apply_frame(affinity.translate(tarp, cx, cy), frame), self.roofs)
+
+    def solar(self, frame: Affine, rect) -> None:
+        """Rows of solar modules (1.0 x 1.7 m) on a roof, on the side facing the sun."""
+        rng = self.extra_rng
+        x0, y0, x1, y1 = rect
+        rows, cols = int(rng.integers(1, 4)), int(rng.integers(3, 10))
+        module_w, module_h, gap = 1.0, 1.7, 0.04
+        cols = min(cols, int((x1 - x0 - 1.6) // module_w))
+        rows = min(rows, int(((y1 - y0) / 2 - 0.8) // module_h))
+        if rows < 1 or cols < 2:
+            return
+        left = x0 + 0.8 + rng.uniform(0, x1 - x0 - 1.6 - cols * module_w)
+        # the half of the roof whose slope faces the sun (local y: front or back)
+        ux, uy = _direction(frame, 0.0, 1.0)
+        back = ux * self.sun[0] + uy * self.sun[1] > 0
+        top = (y1 - 0.8 - rows * module_h) if back else (y0 + 0.8)
+        colour = self.jitter(_SOLAR_COLOURS[int(rng.integers(len(_SOLAR_COLOURS)))], 0.08, rng)
+        modules = [
+            box(
+                left + c * module_w + gap,
+                top + r * module_h + gap,
+                left + (c + 1) * module_w - gap,
+                top + (r + 1) * module_h - gap,
+            )
+            for r in range(rows)
+            for c in range(cols)
+        ]
+        array_px = apply_frame(shapely.union_all(modules), frame)
+        self.roofs.add(array_px, colour, z=2, texture=(0.0, 0.05, 0.05, 0.0))
+        self.distractor(array_px.envelope.intersection(array_px.convex_hull), "solar")
+
+    def court(self, frame: Affine, length: float, width: float, *, tennis: bool) -> None:
+        """A hard sports court centred on the frame origin, long side along +x, with
+        white lines: a tennis court (36.6 x 18.3 m with its surround) in a park, a
+        basketball half court in a yard."""
+        rng = self.extra_rng
+        weights = np.array([w for _, w in _COURT_COLOURS])
+        surround, playing = _COURT_COLOURS[
+            int(rng.choice(len(weights), p=weights / weights.sum()))
+        ][0]
+        outline = box(-length / 2, -width / 2, length / 2, width / 2)
+        outline_px = apply_frame(outline, frame)
+        self.ground.add(
+            outline_px, self.jitter(surround, 0.06, rng), z=Z_PAVING, texture=(0.03, 0.0, 0.04, 0.0)
+        )
+        # Lines 5 cm wide: at coarser pixels a line a pixel wide, blended into the surface.
+        half = max(0.025, 0.5 * self.gsd)
+        share = min(1.0, 0.1 / (2 * half))  # twice its share of the pixel: lines bleed
+        line = tuple(np.multiply(_LINE, share) + np.multiply(playing, 1 - share))
+        lines = []
+        if tennis:
+            pl, pw = 23.77, 10.97
+            self.ground.add(
+                apply_frame(box(-pl / 2, -pw / 2, pl / 2, pw / 2), frame),
+                self.jitter(playing, 0.05, rng),
+                z=Z_PAVING,
+                texture=(0.02, 0.0, 0.03, 0.0),
+            )
+            lines += [box(-pl / 2, -pw / 2, pl / 2, pw / 2).exterior]
+            for y in (-4.115, 4.115):  # singles sidelines
+                lines.append(shapely.LineString([(-pl / 2, y), (pl / 2, y)]))
+            for x in (-6.40, 6.40):  # service lines
+                lines.append(shapely.LineString([(x, -4.115), (x, 4.115)]))
+            lines.append(shapely.LineString([(-6.40, 0), (6.40, 0)]))
+            net = apply_frame(box(-0.05, -pw / 2 - 0.9, 0.05, pw / 2 + 0.9), frame)
+            self.ground.add(net.buffer(0.5 * self.gsd), (40, 42, 44), z=Z_PAVING)
+            self.shadows.add(self.cast(net, 1.0), SHADOW)
+        else:
+            lines.append(outline.exterior)
+            key_w, key_d = 4.9, 5.8  # the key, from the end with the hoop
+            self.ground.add(
+                apply_frame(box(length / 2 - key_d, -key_w / 2, length / 2, key_w / 2), frame),
+                self.jitter(playing, 0.05, rng),
+                z=Z_PAVING,
+            )
+            lines.append(box(length / 2 - key_d, -key_w / 2, length / 2, key_w / 2).exterior)
+            lines.append(
+                Point(length / 2 - key_d, 0)
+                .buffer(1.8)
+                .exterior.intersection(box(-length / 2, -width / 2, length / 2 - key_d, width / 2))
+            )
+        for geom in lines:
+            self.ground.add(apply_frame(geom.buffer(half), frame), line, z=Z_PAVING)
+        self.distractor(outline_px, "court")
+        # drawn after the trees round it (see Suburb.park): nothing grows on a court
+        self.trees = [t for t in self.trees if not t.canopy.intersects(outline_px)]
 
     def tarp(self, geom_px, builder: PassBuilder) -> None:
         colour = self.jitter((34, 94, 188), 0.08)

@@ -244,6 +244,7 @@ class Suburb:
                 taken.append(deck)
         self.yard_things(frame, yard, taken)
         self.plant(frame, width, depth, taken, n=int(rng.poisson(2.0)))
+        self.yard_court(frame, yard, taken)
 
     # ---- yards, trees and odd things
     def yard_things(self, frame: Affine, yard, taken: list[Polygon]) -> None:
@@ -302,6 +303,26 @@ class Suburb:
                     texture=(0.12, 0.05, 0.05, 0.0),
                 )
 
+    def yard_court(self, frame: Affine, yard, taken: list[Polygon]) -> None:
+        """Now and then a basketball half court in a back yard big enough for one,
+        drawn last, from a random stream of its own, clearing the trees it falls on: the
+        rest of the suburb stays where it was without courts."""
+        rng = self.draw.extra_rng
+        if rng.random() >= 0.04:
+            return
+        yx0, yy0, yx1, yy1 = yard
+        length, width = rng.uniform(7.0, 10.0), rng.uniform(6.0, 9.0)
+        for _ in range(4):
+            if yx1 - yx0 < length + 1 or yy1 - yy0 < width + 1:
+                return
+            cx = rng.uniform(yx0 + length / 2, yx1 - length / 2)
+            cy = rng.uniform(yy0 + width / 2, yy1 - width / 2)
+            outline = box(cx - length / 2, cy - width / 2, cx + length / 2, cy + width / 2)
+            if not any(outline.intersects(t) for t in taken):
+                taken.append(outline.buffer(0.5))
+                self.draw.court(frame @ Affine.translation(cx, cy), length, width, tennis=False)
+                return
+
     def plant(self, frame: Affine, width: float, depth: float, taken, *, n: int) -> None:
         rng = self.rng
         for _ in range(n):
@@ -340,13 +361,26 @@ class Suburb:
         water = self.draw.pond(
             frame, w / 2 + rng.uniform(-0.1, 0.1) * w, h / 2, min(w, h) * rng.uniform(0.22, 0.34)
         )
-        shore = prep(water.buffer(3.0))
+        shore = water.buffer(3.0)
+        near_water = prep(shore)
         for _ in range(int(rng.poisson(w * h / 600))):
             x, y = rng.uniform(0, w), rng.uniform(0, h)
-            if shore.contains(Point(x, y)):
+            if near_water.contains(Point(x, y)):
                 continue
             if min(x, y, w - x, h - y) < 8 or rng.random() < 0.5:
                 self.draw.tree(frame, x, y, radius=rng.uniform(2.0, 6.0))
+        extra = self.draw.extra_rng
+        if extra.random() < 0.6:  # tennis courts (36.6 x 18.3 m each) at one end
+            pairs = 2 if extra.random() < 0.5 else 1
+            ends = (19.0, w - 19.0) if extra.random() < 0.5 else (w - 19.0, 19.0)
+            for cx in ends:
+                courts = box(cx - 18.3, h / 2 - 9.15 * pairs, cx + 18.3, h / 2 + 9.15 * pairs)
+                if h >= 18.3 * pairs + 4 and not courts.intersects(shore):
+                    for k in range(pairs):
+                        cy = h / 2 + (k - (pairs - 1) / 2) * 18.3
+                        court = frame @ Affine.translation(cx, cy)
+                        self.draw.court(court, 36.6, 18.3, tennis=True)
+                    break
 
     def commercial(self, block: Polygon, asphalt) -> None:
         """A parking lot round a flat-roofed store."""

@@ -351,7 +351,7 @@ def synth_scene(
     outlines in the scene CRS; ``class`` "pool", ``condition`` clean/green/covered,
     ``occluded`` fraction hidden by tree canopies, at most 0.4; ``shape``;
     ``area_m2``) and layer ``distractors`` (``kind``: tarp, roof, car, pond, shadow,
-    trampoline).
+    trampoline, court, solar).
 
     Args:
         out_dir: folder to write into; created if missing.
