@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,32 @@ def run_demo(
     run builds and caches (:mod:`geodetect.train.start`): after the demo, training on
     your own imagery starts from it at once.
     """
+    with _steps_only():
+        return _run(
+            out_dir, train_minutes, train_size, test_size, seed, device, overwrite, progress
+        )
+
+
+@contextmanager
+def _steps_only():
+    """At the default verbosity the demo says its five steps and warnings, not every
+    module's lines (``-v`` shows them all)."""
+    package = logging.getLogger("geodetect")
+    level = package.getEffectiveLevel()
+    if level < logging.INFO:
+        yield
+        return
+    before = package.level, log.level
+    log.setLevel(level)
+    package.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        package.setLevel(before[0])
+        log.setLevel(before[1])
+
+
+def _run(out_dir, train_minutes, train_size, test_size, seed, device, overwrite, progress):
     start = time.monotonic()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,20 @@ def test_detect_reports_chips_as_json_lines(sample_model, tmp_path):
     assert all(line.startswith("geodetect: ") for line in other)  # the log, as text
 
 
+def test_a_run_into_a_file_writes_a_line_a_tenth_not_redraws(sample_model, tmp_path):
+    """stderr captured (not a terminal, as in a log file): no bar redraws, a plain line
+    for each tenth of the chips and the log's lines, nothing else."""
+    out = tmp_path / "pools.gpkg"
+    proc = run_cli("detect", SAMPLE_DATA / "mosaic", "-m", sample_model, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("geodetect: detect: ")]
+    assert 1 <= len(lines) <= 10
+    shares = [int(ln.split(": ")[2].split("%")[0]) for ln in lines]
+    assert shares == sorted(set(shares)) and shares[-1] == 100
+    assert all(ln.startswith("geodetect: ") for ln in proc.stderr.splitlines())
+
+
 def test_a_bad_input_gives_no_progress_and_the_one_line_error(sample_model, tmp_path):
     proc = run_cli("detect", tmp_path / "nope.tif", "-m", sample_model, "-o", tmp_path / "x.gpkg",
                    "--progress", "json")  # fmt: skip

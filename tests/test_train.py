@@ -221,18 +221,28 @@ def test_one_epoch_writes_a_model_file_detection_can_read(labelled_scene, tmp_pa
         train(LabelSource.of([tif], other), tmp_path / "x.model", epochs=1, resume=out, **TINY)
 
 
-def test_max_minutes_budget_is_respected(labelled_scene, tmp_path):
+def test_max_minutes_budget_is_respected(labelled_scene, tmp_path, capfd):
     tif, labels, _ = labelled_scene
     started = time.monotonic()
     result = train(
-        LabelSource.of([tif], labels), tmp_path / "m.model", epochs=1000, max_minutes=0.1, **TINY
+        LabelSource.of([tif], labels),
+        tmp_path / "m.model",
+        epochs=1000,
+        max_minutes=0.1,
+        **{**TINY, "progress": True},
     )
     elapsed = time.monotonic() - started
     assert result.stop_reason == "budget"
     # 1000 epochs would take hours; the budget (6 s) plus one step and saving must not,
-    # even on a busy machine where a step takes seconds
-    assert elapsed < 6.0 + 10.0
+    # even on a busy machine where a step takes seconds (a generous deadline)
+    assert elapsed < 6.0 + 60.0
     assert (tmp_path / "m.model").is_file()
+    # stderr is not a terminal here: no bar redraws, and the totals progress lines state
+    # (if a busy machine got far enough for one) are the budget's, not 1000 epochs'
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("geodetect: training: ")]
+    assert all(int(ln.split("/")[1].split(" ")[0]) <= 3 * result.steps + 3 for ln in lines)
 
 
 def test_no_budget_trains_the_default_steps(labelled_scene, monkeypatch):
@@ -284,10 +294,14 @@ def test_cli_train_writes_model_and_summary(labelled_scene, tmp_path):
         "4",
         "--start",  # building the synthetic start takes minutes: test_training_real
         "none",
-        "-q",
     )
     assert proc.returncode == 0, proc.stderr
     assert "best validation AP50" in proc.stdout and str(out) in proc.stdout
+    # stderr into a pipe: the log and a plain line per tenth of the steps, no redraws
+    assert "\r" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("geodetect: training: ")]
+    shares = [int(ln.split(": ")[2].split("%")[0]) for ln in lines]
+    assert 1 <= len(lines) <= 10 and shares == sorted(set(shares)) and shares[-1] == 100
     assert load_model(out).spec.classes == ["pool"]
 
 

@@ -21,8 +21,8 @@ from geodetect.cli import options
     type=click.FloatRange(min=0.2),
     default=4.0,
     show_default=True,
-    help="Training budget (a machine's first run first builds the synthetic start, "
-    "about 8 CPU minutes, once).",
+    help="Training budget (a machine's first run builds the synthetic start once "
+    "before it; the log says what that costs on this machine).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @options.device

@@ -459,7 +459,8 @@ def fit(
     stop_reason = "epochs"
     bad_steps = 0
     bar = progress_bar(
-        total=planned,
+        # on a time budget the length is known after the first step, not before
+        total=None if deadline is not None and steps is None else planned,
         disable=not progress,
         unit="step",
         dynamic_ncols=True,
@@ -564,13 +565,14 @@ def fit(
                 tolerance = 1.0 / max(1, metrics["n_truth"])
             stats.seconds = time.monotonic() - started
             history.append(stats)
-            _log_epoch(stats, bar)
+            score = selection_score(stats)
+            gain = score is not None and (peak is None or score > peak)
+            _log_epoch(stats, bar, shown=final or gain)  # the bar shows the rest
             if _better(stats, peak, tolerance):
                 best = stats
                 best_state = {
                     k: v.detach().to("cpu", copy=True) for k, v in kept.state_dict().items()
                 }
-            score = selection_score(stats)
             if score is not None and (peak is None or score > peak):
                 peak, stale = score, 0
             elif score is not None:
@@ -590,12 +592,14 @@ def fit(
     return FitResult(model, history, best, stop_reason, step, time.monotonic() - started)
 
 
-def _log_epoch(stats: EpochStats, bar) -> None:
+def _log_epoch(stats: EpochStats, bar, *, shown: bool) -> None:
+    """The epoch's line: at INFO when ``shown``, at DEBUG (``-v``) otherwise."""
+    level = logging.INFO if shown else logging.DEBUG
     text = f"epoch {stats.epoch}: loss {stats.loss:.3f}, lr {stats.lr:.2e}"
     if stats.map_50 is not None:
         text += f", val AP50 {stats.map_50:.3f}, AP50:95 {stats.map:.3f}"
     if stats.centre_error_px is not None:
         text += f", centre error {stats.centre_error_px:.2f} px"
-    if log.isEnabledFor(logging.INFO):
+    if log.isEnabledFor(level):
         with bar.external_write_mode():
-            log.info("%s (%.0f s)", text, stats.seconds)
+            log.log(level, "%s (%.0f s)", text, stats.seconds)
