@@ -433,6 +433,7 @@ def build_synthetic_start(
             preset=recipe.preset,
             steps=recipe.steps,
             batch_size=recipe.batch_size,
+            hard_examples=recipe.hard_examples,
             seed=recipe.seed,
             device=device,
             pretrained="none",

@@ -46,17 +46,20 @@ class StartRecipe:
             start on any machine).
         seed: seed of the suburb and of training.
         size: the suburb's edge in pixels, at ``gsd`` metres.
+        hard_examples: mine the suburb for the model's false alarms (courts, solar
+            panels, blue cars and roofs, tarps) and train on them too.
         version: bumped when the recipe's code changes, so an old file is not reused.
     """
 
     backbone: str = "resnet18"
     preset: str = "lite"
-    steps: int = 2000
-    batch_size: int = 8
+    steps: int = 1200
+    batch_size: int = 4
     seed: int = 11
     size: int = 3000
     gsd: float = 0.2
-    version: int = 2
+    hard_examples: bool = True
+    version: int = 3
 
     @property
     def name(self) -> str:
