@@ -48,6 +48,7 @@ from geodetect.model import (
     load_model,
     resolve_device,
 )
+from geodetect.model.device import PRECISIONS
 from geodetect.model.runtime import RuntimeChoice
 from geodetect.model.spec import preset_widths
 
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--preset", default="lite")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--batch-size", type=int, default=None, help="default: detect's")
     parser.add_argument("--workers", type=int, default=None, help="default: detect's")
     parser.add_argument("--compile", action="store_true", help="detect(..., compile=True)")

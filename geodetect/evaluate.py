@@ -31,7 +31,7 @@ from geodetect.errors import LabelError, OutputError
 from geodetect.geometry import overlap_ratio
 from geodetect.geometry.match import greedy_match
 from geodetect.io.crs import crs_label, parse_crs
-from geodetect.io.units import map_scale
+from geodetect.io.units import layer_utm, map_scale
 from geodetect.io.vectors import (
     layer_name,
     read_layer,
@@ -505,7 +505,7 @@ def _in_working_crs(
     if CRS.from_user_input(work).is_geographic:
         sample = next((g for g in (layers[1], layers[0], *layers[2:]) if len(g)), None)
         if sample is not None:
-            work = sample.estimate_utm_crs()
+            work = layer_utm(sample.crs, sample.total_bounds)
             log.info("matching in %s (the layers are in geographic coordinates)", crs_label(work))
             layers = [g.to_crs(work) for g in layers]
     return layers[0], layers[1], layers[2] if area is not None else None

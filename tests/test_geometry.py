@@ -1,10 +1,12 @@
-"""Chip grid properties (hypothesis), ownership, georeferencing and polygon NMS."""
+"""Chip grid properties (hypothesis), ownership, box maths, georeferencing and polygon
+NMS."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import shapely
+import torch
 from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,12 +14,22 @@ from hypothesis import strategies as st
 from geodetect.geometry import (
     Grid,
     axis_offsets,
+    box_area,
+    box_centres,
+    box_has_area,
+    box_intersection,
+    boxes_overlap,
     chip_grid,
+    clip_boxes,
+    either_centre_inside,
+    intersecting_pairs,
     lattice_offset,
     nms_polygons,
     owned_mask,
     pixel_boxes_to_map,
     pixel_boxes_to_map_coords,
+    points_in_boxes,
+    window_box,
 )
 from geodetect.geometry.grid import covering_window, data_crop
 
@@ -185,3 +197,103 @@ def test_a_crop_holds_every_valid_pixel_on_the_step(r0, c0, h, w, step):
 
 def test_nothing_valid_is_no_crop():
     assert data_crop(np.zeros((64, 64), dtype=bool), 32) is None
+
+
+# --- box maths -------------------------------------------------------------------------
+
+SQUARE = np.array([0.0, 0.0, 10.0, 10.0])
+# Inside, on the left, right, top and bottom edges, a corner, and outside.
+POINTS = np.array([[5, 5], [0, 5], [10, 5], [5, 0], [5, 10], [0, 0], [-1, 5]], dtype=float)
+
+
+@pytest.mark.parametrize(
+    ("edges", "expected"),
+    [
+        ("open", [True, False, False, False, False, False, False]),
+        ("closed", [True, True, True, True, True, True, False]),
+        ("half-open", [True, True, False, True, False, True, False]),
+    ],
+)
+def test_points_in_a_box_by_how_its_edges_count(edges, expected):
+    assert points_in_boxes(POINTS, SQUARE, edges=edges).tolist() == expected
+    tensor = points_in_boxes(torch.tensor(POINTS), torch.tensor(SQUARE), edges=edges)
+    assert tensor.tolist() == expected
+
+
+def test_points_and_boxes_broadcast_and_edges_may_be_infinite():
+    boxes = np.array([[-np.inf, 0, 5, np.inf], [5, 0, np.inf, np.inf]])
+    points = np.array([[4.9, 1e9], [5, 3], [1e9, 0]])
+    inside = points_in_boxes(points[:, None], boxes[None], edges="half-open")
+    assert inside.tolist() == [[True, False], [False, True], [False, True]]
+    with pytest.raises(ValueError, match="edges"):
+        points_in_boxes(points, SQUARE, edges="inside")
+
+
+def test_box_centres_and_areas_by_hand():
+    boxes = np.array([[0, 0, 4, 2], [1, 1, 3, 5], [3, 3, 1, 5]], dtype=float)
+    np.testing.assert_array_equal(box_centres(boxes), [[2, 1], [2, 3], [2, 4]])
+    np.testing.assert_array_equal(box_area(boxes), [8, 8, 0])  # an inverted box has none
+    assert box_has_area(boxes).tolist() == [True, True, False]
+    assert box_centres(torch.tensor(boxes)).tolist() == [[2, 1], [2, 3], [2, 4]]
+    assert box_area(torch.tensor(boxes)).tolist() == [8, 8, 0]
+
+
+def test_intersection_overlap_and_clipping_by_hand():
+    a = np.array([0.0, 0.0, 4.0, 4.0])
+    np.testing.assert_array_equal(box_intersection(a, [2, 1, 6, 3]), [2, 1, 4, 3])
+    assert boxes_overlap(a, [2, 1, 6, 3])
+    assert not boxes_overlap(a, [4, 0, 6, 4])  # touching along an edge
+    assert not boxes_overlap(a, [2, 1, 2, 3])  # a box of no area inside
+    assert not boxes_overlap(a, [5, 5, 6, 6])
+    pairs = boxes_overlap(np.array([a, [5, 5, 6, 6]])[:, None], np.array([[3, 3, 8, 8]])[None])
+    assert pairs.tolist() == [[True], [True]]
+    window = (0, 0, 4, 10)
+    np.testing.assert_array_equal(clip_boxes(np.array([-2, 3, 5, 12.0]), window), [0, 3, 4, 10])
+    outside = clip_boxes(np.array([6, 1, 8, 2.0]), window)
+    np.testing.assert_array_equal(outside, [4, 1, 4, 2])
+    assert not box_has_area(outside)
+
+
+def test_a_centre_inside_the_other_box():
+    pool = np.array([0.0, 0.0, 10.0, 10.0])
+    # A second box around the centre, a spa at the corner, a neighbour beside it, and
+    # a box whose centre lies on the pool's edge (strictly inside only counts).
+    others = np.array([[4, 4, 6, 6], [-2, -2, 4, 4], [8, 0, 18, 10], [5, 0, 15, 10]], dtype=float)
+    expected = [True, True, False, False]
+    assert either_centre_inside(pool, others).tolist() == expected
+    assert either_centre_inside(others, pool).tolist() == expected
+    assert either_centre_inside(torch.tensor(pool), torch.tensor(others)).tolist() == expected
+
+
+def test_intersecting_pairs_include_touching_boxes():
+    a = np.array([[0, 0, 1, 1], [5, 5, 6, 6]], dtype=float)
+    b = np.array([[1, 0, 2, 1], [10, 10, 11, 11], [5.5, 5.5, 7, 7]], dtype=float)
+    i, j = intersecting_pairs(a, b)
+    assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == [(0, 0), (1, 2)]
+    assert [len(x) for x in intersecting_pairs(a, np.zeros((0, 4)))] == [0, 0]
+
+
+def test_window_box():
+    assert window_box(2, 3, 4, 5) == (3, 2, 8, 6)
+
+
+def _pixels(box) -> np.ndarray:
+    """The pixels of a 12 x 12 grid an integer box covers."""
+    mask = np.zeros((12, 12), dtype=bool)
+    x1, y1, x2, y2 = box
+    mask[y1:y2, x1:x2] = True
+    return mask
+
+
+integer_box = st.tuples(*[st.integers(0, 12)] * 4).map(
+    lambda b: (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3]))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(integer_box, integer_box)
+def test_integer_boxes_overlap_and_areas_as_their_pixels_do(a, b):
+    shared = _pixels(a) & _pixels(b)
+    assert bool(boxes_overlap(a, b)) == shared.any()
+    assert box_area(box_intersection(a, b)) == shared.sum()
+    assert box_area(np.array(a, dtype=float)) == _pixels(a).sum()

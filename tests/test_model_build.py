@@ -1,13 +1,17 @@
-"""The RetinaNet builder: boxes keep full precision under bf16 autocast; box losses."""
+"""The RetinaNet builder: boxes keep full precision under bf16 autocast; box losses; the
+precisions offered."""
 
 from __future__ import annotations
 
+import click
 import pytest
 import torch
 
+from geodetect.cli import options
+from geodetect.detect import DetectOptions
 from geodetect.errors import InputError
 from geodetect.model import build_retinanet
-from geodetect.model.device import autocast_dtype, cpu_has_native_bf16
+from geodetect.model.device import PRECISIONS, autocast_dtype, cpu_has_native_bf16
 
 from conftest import make_tiny_spec
 
@@ -42,6 +46,17 @@ def test_precision_choice():
     assert autocast_dtype(cpu, "auto") is expected
     with pytest.raises(InputError, match="--precision"):
         autocast_dtype(cpu, "fp8")
+
+
+def test_one_list_of_precisions():
+    # The CLI writes the list out (importing it would load torch for --help).
+    command = options.precision(click.Command("run", callback=lambda **kw: None))
+    [option] = [p for p in command.params if p.name == "precision"]
+    assert tuple(option.type.choices) == PRECISIONS
+    for precision in PRECISIONS:
+        DetectOptions(precision=precision)
+    with pytest.raises(InputError, match="--precision fp8: choose one of auto, fp32, bf16"):
+        DetectOptions(precision="fp8")
 
 
 def _box_loss(kind: str, size: float, shift: float) -> float:

@@ -13,7 +13,8 @@ import rasterio
 from affine import Affine
 
 from geodetect.detect import detect
-from geodetect.io.units import gsd_metres, local_utm
+from geodetect.errors import InputError
+from geodetect.io.units import gsd_metres, layer_utm, local_utm
 from geodetect.model import LoadedModel
 
 from conftest import OracleDetector, make_tiny_spec, paint_boxes, write_geotiff
@@ -96,6 +97,32 @@ def test_no_utm_zone_for_the_globe_the_poles_or_projected_crss():
     assert local_utm("EPSG:4326", (-180, -90, 180, 90)) is None
     assert local_utm("EPSG:4326", (10.0, 84.5, 10.1, 84.6)) is None
     assert local_utm("EPSG:32617", (500_000, 4e6, 501_000, 4.001e6)) is None
+
+
+def test_layers_are_measured_in_the_zone_rasters_are_read_in():
+    # On their own datum, as rasters are.
+    assert layer_utm("EPSG:4674", (-46.61, -23.51, -46.59, -23.49)) == pyproj.CRS("EPSG:31983")
+    # A centre on the line between zones 10 and 11 takes the eastern one, for both.
+    on_the_line = (-120.5, 35.0, -119.5, 35.1)
+    assert local_utm("EPSG:4326", on_the_line) == pyproj.CRS("EPSG:32611")
+    assert layer_utm("EPSG:4326", on_the_line) == pyproj.CRS("EPSG:32611")
+    # A layer wider than a zone is still measured in the zone of its centre (-92.5).
+    assert local_utm("EPSG:4326", (-100, 30, -85, 40)) is None
+    assert layer_utm("EPSG:4326", (-100, 30, -85, 40)) == pyproj.CRS("EPSG:32615")
+    with pytest.raises(InputError, match="beyond UTM's latitudes"):
+        layer_utm("EPSG:4326", (10.0, 84.5, 10.1, 84.6))
+
+
+def test_a_projected_layer_is_measured_in_the_zone_of_its_own_datum():
+    # Florida East in US feet (NAD83): UTM 17N on NAD83.
+    to_feet = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:2236", always_xy=True)
+    bounds = to_feet.transform_bounds(-80.51, 26.99, -80.49, 27.01)
+    assert layer_utm("EPSG:2236", bounds) == pyproj.CRS("EPSG:26917")
+    # Fiji across the antimeridian (179.5 E to 178 W: centre 179.25 W, zone 1 south).
+    to_pdc = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:3832", always_xy=True)
+    west, south = to_pdc.transform(179.5, -17.1)
+    east, north = to_pdc.transform(-178.0, -16.9)
+    assert layer_utm("EPSG:3832", (west, south, east, north)) == pyproj.CRS("EPSG:32701")
 
 
 def test_web_mercator_pixels_are_measured_on_the_ground():

@@ -83,6 +83,8 @@ def device(f: F) -> F:
 
 
 def precision(f: F) -> F:
+    # geodetect.model.device.PRECISIONS, written out: importing it would load torch
+    # for every command's --help (tests/test_model_build.py keeps the two equal).
     return click.option(
         "--precision",
         type=click.Choice(["auto", "fp32", "bf16"]),

@@ -24,6 +24,7 @@ from geodetect.county.layers import DetectionLayer, require_coverage, share_insi
 from geodetect.county.parcels import parcel_of
 from geodetect.errors import InputError
 from geodetect.geometry.match import greedy_match
+from geodetect.geometry.merge import overlap_ratio
 from geodetect.io.vectors import to_crs_checked
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,7 @@ def _match(moved: np.ndarray, b: gpd.GeoDataFrame, max_shift: float):
     i, j = shapely.STRtree(geoms).query(moved, predicate="intersects")
     if not len(i):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    inter = shapely.area(shapely.intersection(moved[i], geoms[j]))
-    iou = inter / (shapely.area(moved[i]) + shapely.area(geoms[j]) - inter)
+    iou = overlap_ratio(moved[i], geoms[j], "iou")
     rank = np.argsort(np.argsort(-b["score"].to_numpy(dtype=np.float64), kind="stable"))
     match = greedy_match(j, i, iou, rank=rank, n_ref=len(moved), thresholds=[MATCH_IOU])[0]
     pair_new = np.flatnonzero(match >= 0)

@@ -15,6 +15,7 @@ import shapely
 
 from geodetect.errors import InputError, LabelError
 from geodetect.io.export import area_m2, coverage_path
+from geodetect.io.units import layer_utm
 from geodetect.io.vectors import layer_name, read_layer, to_crs_checked
 
 
@@ -74,13 +75,13 @@ def _coverage_of(source: str) -> gpd.GeoDataFrame | None:
 
 def work_crs(*layers: gpd.GeoDataFrame):
     """A CRS in metres for areas and overlaps: the first projected one of ``layers``,
-    else the UTM zone of the first that has features."""
+    else the UTM zone of the first that has features (:func:`~geodetect.io.units.layer_utm`)."""
     for layer in layers:
         if layer.crs.is_projected:
             return layer.crs
     for layer in layers:
         if len(layer):
-            return layer.estimate_utm_crs()
+            return layer_utm(layer.crs, layer.total_bounds)
     return layers[0].crs
 
 

@@ -80,10 +80,7 @@ def coverage_layer(
 
 def _footprint(member) -> shapely.Polygon:
     """A file's pixels on its grid (grid pixels, x = column)."""
-    info = member.info
-    return shapely.box(
-        member.col_off, member.row_off, member.col_off + info.width, member.row_off + info.height
-    )
+    return shapely.box(*member.pixel_box)
 
 
 def _apply(transform, xy: np.ndarray) -> np.ndarray:

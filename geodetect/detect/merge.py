@@ -20,7 +20,7 @@ import shapely
 from rasterio.warp import transform_bounds
 
 from geodetect.detect.plan import Plan
-from geodetect.geometry import Block, merge_pieces, nms_polygons, pixel_boxes_to_map
+from geodetect.geometry import Block, merge_pieces, nms_polygons, pixel_boxes_to_map, window_box
 from geodetect.geometry.boxes import pixel_boxes_to_map_coords
 from geodetect.geometry.merge import components
 from geodetect.io.crs import to_pyproj
@@ -297,10 +297,8 @@ def _reach(plan: Plan, block: Block, crs) -> tuple[float, float, float, float]:
     """Bounds in ``crs`` of everything a block's detections can cover: its chips'
     pixels (boxes never leave their chip)."""
     grid = plan.grids[block.grid]
-    row, col, height, width = block.window(plan.chip_grids[block.grid])
-    corners = pixel_boxes_to_map_coords(
-        np.array([[col, row, col + width, row + height]], dtype=np.float64), grid.transform
-    )[0]
+    window = window_box(*block.window(plan.chip_grids[block.grid]))
+    corners = pixel_boxes_to_map_coords(np.array([window], dtype=np.float64), grid.transform)[0]
     x0, y0 = corners.min(axis=0)
     x1, y1 = corners.max(axis=0)
     if _reprojected(grid, crs):

@@ -16,10 +16,10 @@ from typing import Any
 from geodetect.errors import InputError
 from geodetect.geometry import MERGE_METRICS
 from geodetect.io.raster import parse_date
+from geodetect.model.device import PRECISIONS
 
 #: Chips per block side: 16 x 16 = 256 chips (about 67 Mpx at 512 px).
 DEFAULT_BLOCK_CHIPS = 16
-PRECISIONS = ("auto", "fp32", "bf16")
 RUNTIMES = ("auto", "torch", "onnxruntime", "int8")
 VIEW_COUNTS = (4, 8)
 SCREEN_MODES = ("auto", "on", "off")

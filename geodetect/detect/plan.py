@@ -17,7 +17,15 @@ from geodetect.detect.options import DEFAULT_BLOCK_CHIPS
 from geodetect.detect.screen import Screen
 from geodetect.detect.tta import View
 from geodetect.errors import InputError, RasterError
-from geodetect.geometry import Block, Chip, ChipGrid, chip_grid, plan_blocks
+from geodetect.geometry import (
+    Block,
+    Chip,
+    ChipGrid,
+    boxes_overlap,
+    chip_grid,
+    plan_blocks,
+    window_box,
+)
 from geodetect.io.raster import MosaicGrid
 from geodetect.model import ModelSpec
 from geodetect.model.runtime import RuntimeChoice
@@ -140,9 +148,8 @@ def _touching(grid: MosaicGrid, chips: ChipGrid, block: Block) -> np.ndarray:
     cols = chips.col_offsets[block.cols[0] : block.cols[1]].astype(np.float64)
     if not len(members):
         return np.zeros(len(rows) * len(cols), dtype=bool)
-    r0 = np.repeat(rows, len(cols))[:, None]
-    c0 = np.tile(cols, len(rows))[:, None]
     size = chips.chip_size
-    b = grid.index.boxes[members][None]
-    hit = (b[..., 0] < c0 + size) & (c0 < b[..., 2]) & (b[..., 1] < r0 + size) & (r0 < b[..., 3])
-    return hit.any(axis=1)
+    chip_boxes = np.stack(
+        window_box(np.repeat(rows, len(cols)), np.tile(cols, len(rows)), size, size), axis=-1
+    )
+    return boxes_overlap(chip_boxes[:, None], grid.index.boxes[members][None]).any(axis=1)

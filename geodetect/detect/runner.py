@@ -27,7 +27,15 @@ from geodetect.detect.merge import TABLE_COLUMNS, concat_tables, empty_table
 from geodetect.detect.plan import Plan, RunConfig
 from geodetect.detect.tta import predict_with_flips
 from geodetect.errors import RasterError
-from geodetect.geometry import Block, Chip, cut_mask, owned_mask
+from geodetect.geometry import (
+    Block,
+    Chip,
+    box_centres,
+    clip_boxes,
+    cut_mask,
+    owned_mask,
+    window_box,
+)
 from geodetect.geometry.coverage import CELL, chip_cells, empty_runs, merge_runs, to_runs
 from geodetect.geometry.grid import data_crop
 from geodetect.io.raster import GridReader, MosaicGrid, default_max_open, grid_band_stats
@@ -249,8 +257,9 @@ class Detector:
         # Clip to the grid's data extent: a scene smaller than a chip is padded, and a
         # resampled file's data ends inside the whole pixels its window snaps out to.
         x0, y0, x1, y1 = self._extents[item.grid]
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(x0 - chip.col_off, x1 - chip.col_off)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(y0 - chip.row_off, y1 - chip.row_off)
+        boxes = clip_boxes(
+            boxes, (x0 - chip.col_off, y0 - chip.row_off, x1 - chip.col_off, y1 - chip.row_off)
+        )
         width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         cut = cut_mask(boxes, chip.core, size=chip.width)
         large = np.maximum(width, height) > self.config.overlap
@@ -259,7 +268,7 @@ class Detector:
         if not n:
             return empty_table()
         boxes = boxes[keep] + np.array([chip.col_off, chip.row_off] * 2, dtype=np.float64)
-        window = (chip.col_off, chip.row_off, chip.col_off + chip.width, chip.row_off + chip.height)
+        window = window_box(chip.row_off, chip.col_off, chip.height, chip.width)
         table = {
             "grid": np.full(n, item.grid, dtype=np.int32),
             "chip": np.full(n, chip.index, dtype=np.int64),
@@ -313,8 +322,7 @@ def _to_host(outputs: list[dict]) -> list[dict[str, np.ndarray]]:
 def source_names(grid: MosaicGrid, boxes: np.ndarray) -> np.ndarray:
     """Name of the file under each box centre (grid pixels); in a gap, the first file
     the box touches, else the grid's first."""
-    cx = (boxes[:, 0] + boxes[:, 2]) / 2
-    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    cx, cy = box_centres(boxes).T
     hit = grid.index.first_at(cx, cy)
     for i in np.flatnonzero(hit < 0):
         x0, y0, x1, y1 = boxes[i]

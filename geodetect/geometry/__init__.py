@@ -6,9 +6,18 @@ Nothing here opens a file or imports torch.
 
 from geodetect.geometry.blocks import Block, plan_blocks
 from geodetect.geometry.boxes import (
+    EDGES,
+    box_area,
     box_centres,
+    box_has_area,
+    box_intersection,
+    boxes_overlap,
+    clip_boxes,
+    either_centre_inside,
+    intersecting_pairs,
     pixel_boxes_to_map,
     pixel_boxes_to_map_coords,
+    points_in_boxes,
 )
 from geodetect.geometry.grid import (
     Chip,
@@ -19,6 +28,7 @@ from geodetect.geometry.grid import (
     lattice_offset,
     offset_range,
     owned_mask,
+    window_box,
 )
 from geodetect.geometry.merge import (
     MERGE_METRICS,
@@ -29,15 +39,23 @@ from geodetect.geometry.merge import (
 )
 
 __all__ = [
+    "EDGES",
     "Block",
     "Chip",
     "ChipGrid",
     "Grid",
     "MERGE_METRICS",
     "axis_offsets",
+    "box_area",
     "box_centres",
+    "box_has_area",
+    "box_intersection",
+    "boxes_overlap",
     "chip_grid",
+    "clip_boxes",
     "cut_mask",
+    "either_centre_inside",
+    "intersecting_pairs",
     "lattice_offset",
     "merge_pieces",
     "nms_polygons",
@@ -47,4 +65,6 @@ __all__ = [
     "owned_mask",
     "pixel_boxes_to_map",
     "pixel_boxes_to_map_coords",
+    "points_in_boxes",
+    "window_box",
 ]

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
+from geodetect.geometry.boxes import box_centres, points_in_boxes
+
 # Pixels: a transform closer than this to a lattice point is on the lattice.
 ALIGN_TOL = 1e-6
 
@@ -102,6 +104,18 @@ def covering_window(lattice: Affine, xs: np.ndarray, ys: np.ndarray, crs: Any = 
     c0, r0 = math.floor(cols.min() + 1e-6), math.floor(rows.min() + 1e-6)
     c1, r1 = math.ceil(cols.max() - 1e-6), math.ceil(rows.max() - 1e-6)
     return Grid(max(1, r1 - r0), max(1, c1 - c0), lattice @ Affine.translation(c0, r0), crs)
+
+
+def window_box(
+    row_off: float | np.ndarray,
+    col_off: float | np.ndarray,
+    height: float | np.ndarray,
+    width: float | np.ndarray,
+) -> tuple:
+    """The ``xyxy`` pixel box ``(col_off, row_off, col_off + width, row_off + height)`` of
+    a window given as ``(row_off, col_off, height, width)``: a chip, a block, a file in
+    its mosaic. Numbers or arrays of them; each coordinate is of the kind given."""
+    return col_off, row_off, col_off + width, row_off + height
 
 
 def offset_range(length: int, size: int) -> tuple[int, int]:
@@ -279,9 +293,8 @@ def chip_grid(
 
 
 def owned_mask(boxes: np.ndarray, core: tuple[float, float, float, float]) -> np.ndarray:
-    """Which pixel boxes (N×4 xyxy, chip pixels) have their centre in the chip's core."""
+    """Which pixel boxes (N×4 xyxy, chip pixels) have their centre in the chip's core
+    (half-open, as the cores partition the grid)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    cx = (boxes[:, 0] + boxes[:, 2]) / 2.0
-    cy = (boxes[:, 1] + boxes[:, 3]) / 2.0
-    xmin, ymin, xmax, ymax = core
-    return (cx >= xmin) & (cx < xmax) & (cy >= ymin) & (cy < ymax)
+    core_box = np.asarray(core, dtype=np.float64)
+    return points_in_boxes(box_centres(boxes), core_box, edges="half-open")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
+from geodetect.geometry.boxes import box_area, box_intersection, intersecting_pairs
+
 MERGE_METRICS = ("iou", "ios")
 
 
@@ -136,33 +138,14 @@ def cut_mask(
     return cut
 
 
-def _box_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i into ``a``, j into ``b``) of intersecting xyxy boxes."""
-    if len(a) == 0 or len(b) == 0:
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty
-    tree = shapely.STRtree(shapely.box(*b.T))
-    return tree.query(shapely.box(*a.T), predicate="intersects")
-
-
-def _intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.column_stack(
-        [np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])]
-    ).reshape(-1, 4)
-
-
-def _area(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-
-
 def _same_object(boxes, windows, a, b, min_iou) -> np.ndarray:
     """Whether boxes ``a`` and ``b`` (index arrays) found by two chips are one object:
     where both chips see the scene (their windows' intersection), the parts of the
     two boxes there must agree (IoU >= ``min_iou``)."""
-    common = _intersect(windows[a], windows[b])
-    part_a, part_b = _intersect(boxes[a], common), _intersect(boxes[b], common)
-    inter = _area(_intersect(part_a, part_b))
-    union = _area(part_a) + _area(part_b) - inter
+    common = box_intersection(windows[a], windows[b])
+    part_a, part_b = box_intersection(boxes[a], common), box_intersection(boxes[b], common)
+    inter = box_area(box_intersection(part_a, part_b))
+    union = box_area(part_a) + box_area(part_b) - inter
     other_chip = (windows[a] != windows[b]).any(axis=1)
     return other_chip & (inter >= min_iou * np.maximum(union, 1e-12)) & (inter > 0)
 
@@ -220,14 +203,14 @@ def merge_pieces(
     labels, scores = np.asarray(labels), np.asarray(scores)
     piece_ids, whole_ids = np.flatnonzero(pieces), np.flatnonzero(~pieces)
     dropped = np.zeros(n, dtype=bool)
-    i, j = _box_pairs(boxes[piece_ids], boxes[whole_ids])
+    i, j = intersecting_pairs(boxes[piece_ids], boxes[whole_ids])
     p, w = piece_ids[i], whole_ids[j]
     inside = (labels[p] == labels[w]) & _same_object(boxes, windows, p, w, min_iou)
     dropped[p[inside]] = True
 
     # Connected groups of pieces that are one object, joined by agreeing pairs.
     left = piece_ids[~dropped[piece_ids]]
-    i, j = _box_pairs(boxes[left], boxes[left])
+    i, j = intersecting_pairs(boxes[left], boxes[left])
     a, b = left[i], left[j]
     pair = (a < b) & (labels[a] == labels[b])
     a, b = a[pair], b[pair]

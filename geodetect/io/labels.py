@@ -28,7 +28,10 @@ from affine import Affine
 from pyproj import CRS
 
 from geodetect.errors import InputError, LabelError
+from geodetect.geometry.boxes import boxes_overlap
+from geodetect.geometry.grid import window_box
 from geodetect.io.raster import Member, MosaicGrid, scene_info
+from geodetect.io.units import layer_utm
 from geodetect.io.vectors import layer_name, read_layer, repair_geometries, to_crs_checked
 
 log = logging.getLogger(__name__)
@@ -318,7 +321,7 @@ def _point_squares(points: gpd.GeoDataFrame, sizes: np.ndarray) -> np.ndarray:
     """
     crs = CRS.from_user_input(points.crs)
     metric = crs.is_projected and crs.axis_info[0].unit_name in ("metre", "meter")
-    work = points if metric else points.to_crs(points.estimate_utm_crs())
+    work = points if metric else points.to_crs(layer_utm(crs, points.total_bounds))
     centres = shapely.centroid(np.asarray(work.geometry.to_numpy(), dtype=object))
     x, y = shapely.get_x(centres), shapely.get_y(centres)
     half = sizes / 2.0
@@ -368,10 +371,8 @@ def boxes_on_grid(layer: gpd.GeoDataFrame, grid: MosaicGrid) -> tuple[np.ndarray
     its CRS), and which of them overlap the grid with positive area (bool [N])."""
     local = to_crs_checked(layer, grid.crs)
     boxes = map_to_pixel_boxes(np.asarray(local.geometry.to_numpy(), dtype=object), grid.transform)
-    on_grid = (
-        np.isfinite(boxes).all(axis=1)
-        & (np.minimum(boxes[:, 2], grid.width) - np.maximum(boxes[:, 0], 0) > 0)
-        & (np.minimum(boxes[:, 3], grid.height) - np.maximum(boxes[:, 1], 0) > 0)
+    on_grid = np.isfinite(boxes).all(axis=1) & boxes_overlap(
+        boxes, window_box(0, 0, grid.height, grid.width)
     )
     return boxes, on_grid
 

@@ -36,7 +36,8 @@ from rasterio.warp import transform
 from rasterio.windows import Window
 
 from geodetect.errors import InputError, RasterError, RunError
-from geodetect.geometry.grid import Grid, covering_window
+from geodetect.geometry.boxes import boxes_overlap, points_in_boxes
+from geodetect.geometry.grid import Grid, covering_window, window_box
 from geodetect.io.crs import raster_crs
 from geodetect.io.units import gsd_metres, local_utm
 
@@ -354,6 +355,11 @@ class Member:
     row_off: int
     col_off: int
 
+    @property
+    def pixel_box(self) -> tuple[int, int, int, int]:
+        """The file's pixels on its grid: ``xyxy`` in grid pixels."""
+        return window_box(self.row_off, self.col_off, self.info.height, self.info.width)
+
 
 @dataclass(frozen=True)
 class MosaicGrid:
@@ -421,7 +427,7 @@ class MosaicGrid:
         x1 = y1 = -math.inf
         inverse = ~self.transform
         for m in self.members:
-            box = (m.col_off, m.row_off, m.col_off + m.info.width, m.row_off + m.info.height)
+            box = m.pixel_box
             if m.info.source_bounds is not None:
                 bx0, by0, bx1, by1 = m.info.source_bounds
                 cols, rows = zip(
@@ -447,29 +453,15 @@ class FileIndex:
 
     def __init__(self, members: Sequence[Member]) -> None:
         self.size = len(members)
-        self.boxes = np.array(
-            [
-                (m.col_off, m.row_off, m.col_off + m.info.width, m.row_off + m.info.height)
-                for m in members
-            ],
-            dtype=np.float64,
-        ).reshape(-1, 4)
+        self.boxes = np.array([m.pixel_box for m in members], dtype=np.float64).reshape(-1, 4)
         self.tree = shapely.STRtree(shapely.box(*self.boxes.T))
         self.names = np.array([m.info.path.name for m in members], dtype=object)
 
     def query(self, row_off: float, col_off: float, height: float, width: float) -> np.ndarray:
         """Indices (ascending) of the files overlapping the window (not merely touching)."""
-        hits = np.sort(
-            self.tree.query(shapely.box(col_off, row_off, col_off + width, row_off + height))
-        )
-        b = self.boxes[hits]
-        overlap = (
-            (b[:, 0] < col_off + width)
-            & (col_off < b[:, 2])
-            & (b[:, 1] < row_off + height)
-            & (row_off < b[:, 3])
-        )
-        return hits[overlap]
+        window = window_box(row_off, col_off, height, width)
+        hits = np.sort(self.tree.query(shapely.box(*window)))
+        return hits[boxes_overlap(self.boxes[hits], window)]
 
     def first_at(self, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """For each point (grid pixels), the index of the first file holding it, -1 if none."""
@@ -478,23 +470,17 @@ class FileIndex:
         first = np.full(len(cols), -1, dtype=np.int64)
         if not len(cols) or not self.size:
             return first
+        points = np.column_stack([cols, rows])
         # The files near the points first (one query of their bounds): a chip's cells
         # or boxes meet a few files, each tested against all points at once.
         near = np.sort(self.tree.query(shapely.box(cols.min(), rows.min(), cols.max(), rows.max())))
         if len(near) <= FIRST_AT_NEAR:
             for member in near:  # in file order: the first file holding a point wins
-                x0, y0, x1, y1 = self.boxes[member]
-                hit = (first < 0) & (x0 <= cols) & (cols < x1) & (y0 <= rows) & (rows < y1)
-                first[hit] = member
+                inside = points_in_boxes(points, self.boxes[member], edges="half-open")
+                first[(first < 0) & inside] = member
             return first
         point, member = self.tree.query(shapely.points(cols, rows), predicate="intersects")
-        b = self.boxes[member]
-        inside = (
-            (b[:, 0] <= cols[point])
-            & (cols[point] < b[:, 2])
-            & (b[:, 1] <= rows[point])
-            & (rows[point] < b[:, 3])
-        )
+        inside = points_in_boxes(points[point], self.boxes[member], edges="half-open")
         point, member = point[inside], member[inside]
         best = np.full(len(cols), np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(best, point, member)

@@ -1,4 +1,5 @@
-"""Pixel sizes in metres, whatever unit the raster's CRS counts in (metres, feet, degrees)."""
+"""Pixel sizes in metres, whatever unit the raster's CRS counts in (metres, feet, degrees),
+and the UTM zone in which degrees are read or measured."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any
 
 import numpy as np
 from affine import Affine
-from pyproj import CRS, Geod, Proj
+from pyproj import CRS, Geod, Proj, Transformer
+
+from geodetect.errors import InputError
 
 # Projections whose scale at the raster is within this of 1 count in nominal metres.
 NOMINAL_SCALE = 0.01
@@ -107,14 +110,20 @@ def _is_length(name: str) -> bool:
 MAX_UTM_SPAN = 6.0
 
 
-def local_utm(crs: Any, bounds: tuple[float, float, float, float]) -> CRS | None:
+def local_utm(
+    crs: Any, bounds: tuple[float, float, float, float], *, max_span: float | None = MAX_UTM_SPAN
+) -> CRS | None:
     """The UTM zone, on ``crs``'s own datum, of the centre of ``bounds`` (``crs`` units,
-    x = longitude): where a raster in degrees is read in square metre pixels. The EPSG
-    code is kept where one exists (WGS 84 -> 326xx/327xx, SIRGAS 2000 -> 319xx).
+    x = longitude): where a raster in degrees is read in square metre pixels, and where
+    a layer is measured (:func:`layer_utm`). The zone is the standard one of the
+    centre's longitude (zone 1 from 180 W; a centre on the line between two zones takes
+    the eastern one; past 180 E, as an extent across the antimeridian has it, the
+    longitude wraps), the hemisphere that of its latitude (the equator is north). The
+    EPSG code is kept where one exists (WGS 84 -> 326xx/327xx, SIRGAS 2000 -> 319xx).
 
     Returns None for a CRS that is not geographic, and for extents too wide for one
-    zone (more than :data:`MAX_UTM_SPAN` degrees either way) or beyond UTM's latitudes
-    (80 S to 84 N): those stay in degrees.
+    zone (more than ``max_span`` degrees either way; None: any width) or beyond UTM's
+    latitudes (80 S to 84 N): those stay in degrees.
     """
     from pyproj.crs import ProjectedCRS
     from pyproj.crs.coordinate_operation import UTMConversion
@@ -124,9 +133,13 @@ def local_utm(crs: Any, bounds: tuple[float, float, float, float]) -> CRS | None
         return None
     to_degrees = math.degrees(crs.axis_info[0].unit_conversion_factor)
     west, south, east, north = (v * to_degrees for v in bounds)
-    if east - west > MAX_UTM_SPAN or north - south > MAX_UTM_SPAN or south < -80 or north > 84:
+    if max_span is not None and (east - west > max_span or north - south > max_span):
+        return None
+    if south < -80 or north > 84:
         return None
     lon, lat = (west + east) / 2, (south + north) / 2
+    if lon > 180:
+        lon -= 360
     zone = min(60, int((lon + 180) // 6) + 1)
     hemisphere = "S" if lat < 0 else "N"
     utm = ProjectedCRS(
@@ -136,3 +149,33 @@ def local_utm(crs: Any, bounds: tuple[float, float, float, float]) -> CRS | None
     )
     code = utm.to_epsg(min_confidence=70)
     return CRS.from_epsg(code) if code else utm
+
+
+def layer_utm(crs: Any, bounds: tuple[float, float, float, float]) -> CRS:
+    """The CRS in which a vector layer is measured in metres (areas, overlaps, sizes,
+    distances): the UTM zone of :func:`local_utm` for its extent ``bounds`` (``crs``
+    units), however wide, since a layer is only measured there, never read on a
+    lattice. A projected ``crs`` (a state plane in feet, say) gives the zone of its
+    extent in its own geographic CRS, on the same datum.
+
+    Raises:
+        InputError: the layer lies beyond UTM's latitudes (80 S to 84 N), or ``crs``
+            has no geographic CRS to place it on the globe.
+    """
+    crs = CRS.from_user_input(crs)
+    if not crs.is_geographic:
+        geographic = crs.geodetic_crs
+        if geographic is None or not geographic.is_geographic:
+            raise InputError(f"{crs.name}: no geographic CRS to find the layer's UTM zone in")
+        to_geographic = Transformer.from_crs(crs, geographic, always_xy=True)
+        west, south, east, north = to_geographic.transform_bounds(*bounds)
+        if west > east:  # across the antimeridian: east of it counts on from 180 E
+            east += 360
+        bounds, crs = (west, south, east, north), geographic
+    utm = local_utm(crs, bounds, max_span=None)
+    if utm is None:
+        raise InputError(
+            f"the layer lies beyond UTM's latitudes (80 S to 84 N) in {crs.name}, so it "
+            "cannot be measured in metres there; reproject it to a projected CRS"
+        )
+    return utm

@@ -30,6 +30,7 @@ from torchvision.ops import (
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import Conv2dNormActivation
 
+from geodetect.geometry.boxes import box_centres, points_in_boxes
 from geodetect.model.postprocess import batched_detections
 from geodetect.model.spec import ModelSpec
 
@@ -213,13 +214,13 @@ class VotingRetinaNet(RetinaNet):
 
 def centres_inside(boxes: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """Whether each box's centre (``xyxy`` [N, 4]) lies in at least one of ``regions``
-    (``xyxy`` [K, 4]); all False when there are none."""
+    (``xyxy`` [K, 4], edges included, compared in the boxes' dtype); all False when
+    there are none."""
     if not len(regions) or not len(boxes):
         return torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
-    centres = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2
-    regions = regions.to(centres.dtype)[None]
-    inside = (centres >= regions[..., :2]) & (centres <= regions[..., 2:])
-    return inside.all(dim=2).any(dim=1)
+    centres = box_centres(boxes)
+    regions = regions.to(centres.dtype)
+    return points_in_boxes(centres[:, None], regions[None], edges="closed").any(dim=1)
 
 
 # Candidates per chip that vote (each chip's best), as torchvision's detections_per_img.

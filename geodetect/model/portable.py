@@ -36,6 +36,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from geodetect.errors import InputError, OutputError
+from geodetect.geometry.boxes import box_centres
 from geodetect.model.file import LoadedModel
 from geodetect.model.onnx import (
     DEFAULT_OPSET,
@@ -87,9 +88,8 @@ class PortableDetector(nn.Module):
         best = scores.max(dim=1).values
         top = best.topk(self.candidates).indices
         boxes, scores, best = boxes[top], scores[top], best[top]
-        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
         size = boxes[:, 2:] - boxes[:, :2]
-        return torch.cat([centre, size, best[:, None], scores], dim=1)[None]
+        return torch.cat([box_centres(boxes), size, best[:, None], scores], dim=1)[None]
 
 
 def portable_metadata(loaded: LoadedModel, chip_size: int, overlap: int) -> dict[str, str]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torchvision.ops import batched_nms, box_iou
 
+from geodetect.geometry.boxes import box_area, either_centre_inside
+
 # Pairs of candidate boxes compared at once in box voting: bounds the IoU matrix.
 VOTE_PAIRS = 4_000_000
 
@@ -147,8 +149,9 @@ def second_boxes(
 ) -> torch.Tensor:
     """Which boxes (bool [K]) are a second box of one object: a better box of their
     group overlaps them by IoU above ``iou`` and the centre of one of the two lies
-    inside the other (:func:`geodetect.geometry.merge.second_box_pairs` is the same
-    rule on map polygons).
+    inside the other (:func:`geodetect.geometry.boxes.either_centre_inside`;
+    :func:`geodetect.geometry.merge.second_box_pairs` is the same rule on map
+    polygons).
 
     A detector that sees an object twice puts a part, or a shifted copy, of its box
     inside or around the first one; two objects side by side (neighbouring pools, a
@@ -161,32 +164,19 @@ def second_boxes(
         return drop
     order = torch.argsort(group, stable=True)
     b, s, g = boxes[order].float(), scores[order], group[order]
-    area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    centre = (b[:, :2] + b[:, 2:]) / 2
+    area = box_area(b)
     second = torch.zeros_like(drop)
     for r0, r1, c0, c1 in _group_blocks(g):
         overlap = box_iou(b[r0:r1], b[c0:c1]) > iou
-        row_in_col = _inside(centre[r0:r1, None], b[None, c0:c1])
-        col_in_row = _inside(centre[None, c0:c1], b[r0:r1, None])
+        nested = either_centre_inside(b[r0:r1, None], b[None, c0:c1])
         a_row, a_col = area[r0:r1, None], area[None, c0:c1]
         better = (s[None, c0:c1] > s[r0:r1, None]) | (
             (s[None, c0:c1] == s[r0:r1, None]) & (a_col > a_row)
         )
         same = g[r0:r1, None] == g[None, c0:c1]
-        second[r0:r1] = (overlap & (row_in_col | col_in_row) & better & same).any(dim=1)
+        second[r0:r1] = (overlap & nested & better & same).any(dim=1)
     drop[order] = second
     return drop
-
-
-def _inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Whether each point ([..., 2] x, y) lies strictly inside the box it is paired
-    with ([..., 4] xyxy), broadcasting."""
-    return (
-        (points[..., 0] > boxes[..., 0])
-        & (points[..., 0] < boxes[..., 2])
-        & (points[..., 1] > boxes[..., 1])
-        & (points[..., 1] < boxes[..., 3])
-    )
 
 
 def _split(boxes, scores, labels, image, n: int) -> list[dict[str, torch.Tensor]]:

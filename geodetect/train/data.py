@@ -34,7 +34,17 @@ from torchvision.ops import box_iou
 
 from geodetect.county.review import ReviewLabels, review_labels
 from geodetect.errors import LabelError, RasterError
-from geodetect.geometry.grid import offset_range
+from geodetect.geometry.boxes import (
+    box_area,
+    box_centres,
+    box_has_area,
+    boxes_overlap,
+    clip_boxes,
+    either_centre_inside,
+    intersecting_pairs,
+)
+from geodetect.geometry.grid import offset_range, window_box
+from geodetect.geometry.merge import overlap_ratio
 from geodetect.io.labels import (
     GridLabels,
     LabelSource,
@@ -153,7 +163,7 @@ def plan_split(
     # Candidate blocks across all grids: (grid, row, col, area, objects).
     cells = []
     for gi, (gl, split) in enumerate(zip(labelled, maps, strict=True)):
-        centres = (gl.boxes[:, :2] + gl.boxes[:, 2:]) / 2
+        centres = box_centres(gl.boxes)
         obj_r = np.clip((centres[:, 1] // split.block).astype(int), 0, split.parts.shape[0] - 1)
         obj_c = np.clip((centres[:, 0] // split.block).astype(int), 0, split.parts.shape[1] - 1)
         for r in range(split.parts.shape[0]):
@@ -214,23 +224,12 @@ def _split_ordered(labelled: Sequence[GridLabels], val_fraction: float) -> list[
         maps[i].parts[0, 0] = VAL
     georeferenced = [g.grid.crs is not None for g in labelled]
     if all(georeferenced):
-        val_boxes = [(labelled[i].grid.crs, _footprint(labelled[i].grid)) for i in val_ids]
+        val_boxes = [(labelled[i].grid.crs, labelled[i].grid.grid.bounds) for i in val_ids]
         for i in range(len(labelled) - n_val):
-            box = _footprint(labelled[i].grid)
-            if any(crs == labelled[i].grid.crs and _overlaps(box, vb) for crs, vb in val_boxes):
+            box = labelled[i].grid.grid.bounds
+            if any(crs == labelled[i].grid.crs and boxes_overlap(box, vb) for crs, vb in val_boxes):
                 maps[i].parts[0, 0] = EXCLUDED
     return maps
-
-
-def _footprint(grid: MosaicGrid) -> tuple[float, float, float, float]:
-    xs, ys = zip(
-        *(grid.transform @ (x, y) for x in (0, grid.width) for y in (0, grid.height)), strict=True
-    )
-    return min(xs), min(ys), max(xs), max(ys)
-
-
-def _overlaps(a, b) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
 
 # --- placing windows -----------------------------------------------------------------
@@ -281,7 +280,7 @@ def _place_negative(
     if gl.known is not None:
         if not len(gl.known):
             return None
-        weights = np.prod(gl.known[:, 2:] - gl.known[:, :2], axis=1)
+        weights = box_area(gl.known)
         weights = weights / weights.sum()
     for _ in range(_PLACE_TRIES):
         if weights is None:
@@ -293,11 +292,7 @@ def _place_negative(
             row = int(np.clip(round(rng.uniform(y1, y2) - size / 2), lo_r, hi_r))
         if split.part_of(row, col, size) != part:
             continue
-        b = gl.boxes
-        touches = (
-            (b[:, 0] < col + size) & (b[:, 2] > col) & (b[:, 1] < row + size) & (b[:, 3] > row)
-        )
-        if not touches.any():
+        if not boxes_overlap(gl.boxes, window_box(row, col, size, size)).any():
             return row, col
     return None
 
@@ -309,21 +304,12 @@ def chip_targets(
     the chip and the raster) and class indices (int64 [K]) of the objects whose visible
     part is at least ``min_visible`` of their area."""
     boxes = gl.boxes - np.array([col_off, row_off, col_off, row_off], dtype=np.float64)
-    full = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    full = box_area(boxes)
     x_hi = min(size, gl.grid.width - col_off)
     y_hi = min(size, gl.grid.height - row_off)
     x_lo, y_lo = max(0, -col_off), max(0, -row_off)
-    clipped = np.column_stack(
-        [
-            boxes[:, 0].clip(x_lo, x_hi),
-            boxes[:, 1].clip(y_lo, y_hi),
-            boxes[:, 2].clip(x_lo, x_hi),
-            boxes[:, 3].clip(y_lo, y_hi),
-        ]
-    )
-    w = clipped[:, 2] - clipped[:, 0]
-    h = clipped[:, 3] - clipped[:, 1]
-    keep = (w > 0) & (h > 0) & (w * h >= min_visible * np.maximum(full, 1e-12))
+    clipped = clip_boxes(boxes, (x_lo, y_lo, x_hi, y_hi))
+    keep = box_has_area(clipped) & (box_area(clipped) >= min_visible * np.maximum(full, 1e-12))
     return clipped[keep], gl.classes[keep]
 
 
@@ -533,11 +519,9 @@ def known_in_window(gl: GridLabels, row_off: int, col_off: int, size: int) -> np
     (float64 [K, 4]); the whole window when the grid is all known."""
     if gl.known is None:
         return np.array([[0.0, 0.0, size, size]])
-    boxes = (gl.known - np.array([col_off, row_off, col_off, row_off], dtype=np.float64)).clip(
-        0, size
-    )
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return boxes[keep].reshape(-1, 4)
+    offset = np.array([col_off, row_off, col_off, row_off], dtype=np.float64)
+    boxes = clip_boxes(gl.known - offset, (0, 0, size, size))
+    return boxes[box_has_area(boxes)].reshape(-1, 4)
 
 
 def _known_area(gl: GridLabels, split: SplitMap, part: int) -> float:
@@ -546,9 +530,9 @@ def _known_area(gl: GridLabels, split: SplitMap, part: int) -> float:
     if gl.known is None or not len(gl.known):
         return 0.0
     total = 0.0
-    for x1, y1, x2, y2 in gl.known:
-        if split.part_of(int((y1 + y2) / 2), int((x1 + x2) / 2), 1) == part:
-            total += (x2 - x1) * (y2 - y1)
+    for (x, y), area in zip(box_centres(gl.known), box_area(gl.known), strict=True):
+        if split.part_of(int(y), int(x), 1) == part:
+            total += area
     return total
 
 
@@ -946,33 +930,19 @@ def _label_overlap_rule(labelled: LabelledData, low: float, high: float, *, cent
         b = np.asarray(gl.boxes, dtype=np.float64)
         per = np.zeros(len(b))
         if len(b) > 1:
-            polys = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
-            i, j = shapely.STRtree(polys).query(polys, predicate="intersects")
+            i, j = intersecting_pairs(b, b)
             keep = (i != j) & (gl.classes[i] == gl.classes[j])
             if centred:
-                centres = (b[:, :2] + b[:, 2:]) / 2
-                keep &= _centre_inside(centres[i], b[j]) | _centre_inside(centres[j], b[i])
+                keep &= either_centre_inside(b[i], b[j])
             i, j = i[keep], j[keep]
-            inter = shapely.area(shapely.intersection(polys[i], polys[j]))
-            area = shapely.area(polys)
-            iou = inter / np.maximum(area[i] + area[j] - inter, 1e-12)
-            np.maximum.at(per, i, iou)
+            polys = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
+            np.maximum.at(per, i, overlap_ratio(polys[i], polys[j], "iou"))
         worst.append(per)
     values = np.concatenate(worst) if worst else np.zeros(0)
     if not len(values):
         return round(high, 2)
     q = float(np.percentile(values, NMS_PERCENTILE))
     return round(min(high, max(low, q + NMS_MARGIN)), 2)
-
-
-def _centre_inside(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Whether each point (x, y) lies strictly inside the xyxy box of its row."""
-    return (
-        (points[:, 0] > boxes[:, 0])
-        & (points[:, 0] < boxes[:, 2])
-        & (points[:, 1] > boxes[:, 1])
-        & (points[:, 1] < boxes[:, 3])
-    )
 
 
 def _log_coarser(labelled: LabelledData, finest: float, coarser: float) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
+from geodetect.geometry.boxes import box_centres
 from geodetect.geometry.match import greedy_match
 from geodetect.model import (
     autocast_dtype,
@@ -78,8 +79,8 @@ def _match(
     if len(hits):
         pairs = torch.from_numpy(found[hits.numpy()])
         matched[hits] = True
-        centres = (pred[hits, :2] + pred[hits, 2:]) / 2 - (truth[pairs, :2] + truth[pairs, 2:]) / 2
-        errors[hits] = centres.norm(dim=1)
+        offsets = box_centres(pred[hits]) - box_centres(truth[pairs])
+        errors[hits] = offsets.norm(dim=1)
     return matched, errors
 
 
