@@ -227,8 +227,11 @@ class Drawing:
         height: int,
         gsd: float,
         vintage: Vintage | None = None,
+        *,
+        confusers: bool = True,
     ) -> None:
         self.rng = rng
+        self.confusers = confusers  # courts and solar panels
         # Courts and solar panels draw from a stream of their own, so adding them left
         # every other thing of a seeded suburb where it was.
         self.extra_rng = rng.spawn(1)[0]
@@ -302,7 +305,7 @@ class Drawing:
                 )
         if blue:
             self.distractor(shapely.union_all(footprint), "roof")
-        if self.extra_rng.random() < 0.06:
+        if self.confusers and self.extra_rng.random() < 0.06:
             self.solar(frame, rects[0])
         if rng.random() < 0.03:  # a blue tarp over storm damage
             x0, y0, x1, y1 = rects[0]

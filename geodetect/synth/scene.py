@@ -38,6 +38,8 @@ class Suburb:
         height: int,
         gsd: float,
         vintage: Vintage | None = None,
+        *,
+        confusers: bool = True,
     ) -> None:
         self.rng = rng
         self.gsd = gsd
@@ -50,7 +52,7 @@ class Suburb:
             @ Affine.scale(1 / gsd)
         )
         # The sun's azimuth and shadow length; which pools this flight shows.
-        self.draw = Drawing(rng, width, height, gsd, vintage)
+        self.draw = Drawing(rng, width, height, gsd, vintage, confusers=confusers)
         # Residential parcels (scene pixels) and the numbers of the pools in each.
         self.parcels: list[tuple[Polygon, list[int]]] = []
         self.scene_px = self.draw.scene_px
@@ -308,7 +310,7 @@ class Suburb:
         drawn last, from a random stream of its own, clearing the trees it falls on: the
         rest of the suburb stays where it was without courts."""
         rng = self.draw.extra_rng
-        if rng.random() >= 0.04:
+        if not self.draw.confusers or rng.random() >= 0.04:
             return
         yx0, yy0, yx1, yy1 = yard
         length, width = rng.uniform(7.0, 10.0), rng.uniform(6.0, 9.0)
@@ -370,7 +372,9 @@ class Suburb:
             if min(x, y, w - x, h - y) < 8 or rng.random() < 0.5:
                 self.draw.tree(frame, x, y, radius=rng.uniform(2.0, 6.0))
         extra = self.draw.extra_rng
-        if extra.random() < 0.6:  # tennis courts (36.6 x 18.3 m each) at one end
+        if (
+            self.draw.confusers and extra.random() < 0.6
+        ):  # tennis courts (36.6 x 18.3 m each) at one end
             pairs = 2 if extra.random() < 0.5 else 1
             ends = (19.0, w - 19.0) if extra.random() < 0.5 else (w - 19.0, 19.0)
             for cx in ends:

@@ -321,9 +321,18 @@ def _write_truth(
     )
 
 
-def layout(seed: int, width: int, height: int, gsd: float, vintage=None) -> Suburb:
+def layout(
+    seed: int, width: int, height: int, gsd: float, vintage=None, *, confusers: bool = True
+) -> Suburb:
     """The suburb of ``seed`` laid out (not rendered)."""
-    suburb = Suburb(np.random.default_rng([int(seed), 1]), width, height, float(gsd), vintage)
+    suburb = Suburb(
+        np.random.default_rng([int(seed), 1]),
+        width,
+        height,
+        float(gsd),
+        vintage,
+        confusers=confusers,
+    )
     suburb.build()
     return suburb
 
@@ -340,6 +349,7 @@ def synth_scene(
     origin: tuple[float, float] | None = None,
     overwrite: bool = False,
     vintage: Vintage | None = None,
+    confusers: bool = True,
 ) -> SynthScene:
     """Write a synthetic suburban orthomosaic and its pool ground truth to a folder.
 
@@ -367,6 +377,9 @@ def synth_scene(
         vintage: which of the layout's pools this flight shows, and which shrunk (see
             :class:`~geodetect.synth.objects.Vintage`); ``pool_id`` in the truth numbers
             the pools the same way in every vintage.
+        confusers: draw sports courts and solar panels (False: the suburb as it was
+            drawn before they were added, pixel for pixel, which the synthetic start's
+            recipe uses).
 
     Returns:
         A `SynthScene` describing the files written.
@@ -393,7 +406,7 @@ def synth_scene(
         x0, y0 = (_snap(v, step) for v in _default_origin(proj, int(seed), unit_m))
     transform = Affine(step, 0.0, x0, 0.0, -step, y0)
 
-    suburb = layout(seed, width, height, gsd, vintage)
+    suburb = layout(seed, width, height, gsd, vintage, confusers=confusers)
     passes, pools = suburb.draw.finish()
     laid_out = time.perf_counter()
     renderer = Renderer(passes, Textures(int(seed), float(gsd)))

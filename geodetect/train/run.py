@@ -424,6 +424,7 @@ def build_synthetic_start(
             size=(recipe.size, recipe.size),
             gsd=recipe.gsd,
             compress="jpeg",
+            confusers=recipe.confusers,
         )
         # save_model writes the model file atomically (temporary file, then rename).
         train(
