@@ -135,7 +135,14 @@ def test_many_pools_in_a_suburb_of_realistic_density(suburb):
 def test_the_confusers_are_drawn_apart_from_the_pools(tmp_path):
     """Sports courts and solar panels, the look-alikes a real layer's false alarms come
     from, are in the suburb and its distractors layer; they never cover a pool."""
-    big = synth_scene(tmp_path, seed=11, size=(1500, 1500))
+    big = synth_scene(tmp_path / "with", seed=11, size=(1500, 1500), confusers=True)
+    plain = synth_scene(tmp_path / "plain", seed=11, size=(1500, 1500))
+    # the same suburb: every pool where it was, only the look-alikes added
+    assert gpd.read_file(plain.truth_path, layer=POOL_LAYER).geometry.equals(
+        gpd.read_file(big.truth_path, layer=POOL_LAYER).geometry
+    )
+    kinds = set(gpd.read_file(plain.distractors_path, layer=DISTRACTOR_LAYER)["kind"])
+    assert not kinds & {"court", "solar"}
     pools = gpd.read_file(big.truth_path, layer=POOL_LAYER)
     others = gpd.read_file(big.distractors_path, layer=DISTRACTOR_LAYER)
     assert set(others["kind"]) <= set(DISTRACTOR_KINDS)
@@ -276,6 +283,14 @@ def test_cli_writes_a_scene_and_refuses_to_clobber_it(tmp_path):
     again = runner.invoke(cli, args)
     assert again.exit_code != 0 and isinstance(again.exception, OutputError)
     assert runner.invoke(cli, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_cli_draws_the_confusers_when_asked(tmp_path):
+    args = ["synth", str(tmp_path), "--size", "1500x1500", "--seed", "11", "--gsd", "0.2"]
+    result = CliRunner().invoke(cli, [*args, "--confusers", "-q"])
+    assert result.exit_code == 0, result.output
+    kinds = set(gpd.read_file(tmp_path / "distractors.gpkg", layer=DISTRACTOR_LAYER)["kind"])
+    assert {"court", "solar"} <= kinds
 
 
 def test_front_door_prints_one_error_line(tmp_path):

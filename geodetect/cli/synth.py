@@ -93,6 +93,12 @@ def parse_origin(text: str | None) -> tuple[float, float] | None:
     help="GeoTIFF compression (jpeg: YCbCr, quality 90).",
 )
 @click.option(
+    "--confusers",
+    is_flag=True,
+    help="Also draw tennis and basketball courts and solar panels, which models trained "
+    "from today's synthetic start take for pools (not with --county).",
+)
+@click.option(
     "--county",
     is_flag=True,
     help="Write a synthetic county with known answers instead: two flights (old/, new/) "
@@ -117,6 +123,7 @@ def command(
     crs: str,
     origin_text: str | None,
     compress: str,
+    confusers: bool,
     county: bool,
     shift_text: str,
     overwrite: bool,
@@ -127,8 +134,9 @@ def command(
 
     The scene has roads, parcels, houses, lawns, trees and pools of varied shape and
     state (clean, green, covered), plus things detectors mistake for pools (blue tarps
-    and roofs, blue cars, ponds, dark shadows, trampolines). truth.gpkg holds the pool
-    outlines (layer "pools") and those look-alikes (layer "distractors").
+    and roofs, blue cars, ponds, dark shadows, trampolines; with --confusers also
+    courts and solar panels). truth.gpkg holds the pool outlines (layer "pools") and
+    distractors.gpkg those look-alikes (layer "distractors").
 
     With --county: the same suburb flown twice (old/ and new/, each a scene as above;
     pool_id numbers the pools alike in both), with pools added, removed and shrunk
@@ -157,7 +165,9 @@ def command(
         return
     from geodetect.synth import synth_scene  # keeps `geodetect --help` fast
 
-    scene = synth_scene(out_dir, origin=parse_origin(origin_text), **scene_args)
+    scene = synth_scene(
+        out_dir, origin=parse_origin(origin_text), confusers=confusers, **scene_args
+    )
     images = (
         str(scene.image_paths[0])
         if len(scene.image_paths) == 1

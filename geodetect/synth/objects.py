@@ -228,7 +228,7 @@ class Drawing:
         gsd: float,
         vintage: Vintage | None = None,
         *,
-        confusers: bool = True,
+        confusers: bool = False,
     ) -> None:
         self.rng = rng
         self.confusers = confusers  # courts and solar panels

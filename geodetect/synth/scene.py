@@ -39,7 +39,7 @@ class Suburb:
         gsd: float,
         vintage: Vintage | None = None,
         *,
-        confusers: bool = True,
+        confusers: bool = False,
     ) -> None:
         self.rng = rng
         self.gsd = gsd

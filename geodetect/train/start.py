@@ -55,7 +55,8 @@ class StartRecipe:
     minutes against about 17, but 800 real steps from it scored AP50 0.641, AP75 0.310,
     F1 0.731 on São Paulo's ``val/`` against 0.749, 0.580, 0.807 from this recipe's start,
     with more false alarms on background (56 against 42). So the recipe stays as measured
-    before, on the suburb as it was drawn then (no courts or solar panels).
+    before, on the suburb as it was drawn then (no courts or solar panels: the default of
+    :func:`~geodetect.synth.synth_scene`).
     """
 
     backbone: str = "resnet18"
