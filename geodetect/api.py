@@ -37,8 +37,8 @@ from geodetect.train import (
     lr_find,
     prepare_training_data,
 )
-from geodetect.train.fit import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_STEPS
-from geodetect.train.run import new_model
+from geodetect.train.fit import DEFAULT_LR
+from geodetect.train.run import Length, new_model
 from geodetect.train.score import AREA_MAX_WINDOWS, AREA_SHARE
 from geodetect.train.spec import (
     default_batch_size,
@@ -297,14 +297,10 @@ class RetinaNet:
         Returns:
             The per-epoch history; with ``plot``, the loss and AP curves are shown.
         """
+        length = Length.of(epochs, steps, max_minutes)  # as the command line checks it
         data = self._need_data()
         if lr is None:
             lr = self.lr_finder.suggested if self.lr_finder else DEFAULT_LR
-        if epochs is None and steps is None:
-            if max_minutes is not None:
-                epochs = 10_000  # the budget decides, as on the command line
-            else:
-                steps = DEFAULT_STEPS  # as on the command line
         deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
         seed = data.seed if seed is None else seed
         torch.manual_seed(seed)
@@ -316,8 +312,8 @@ class RetinaNet:
         result = fit(
             self.model,
             data.training,
-            epochs=epochs if epochs is not None or steps is not None else DEFAULT_EPOCHS,
-            steps=steps,
+            epochs=length.planned_epochs,
+            steps=length.steps,
             lr=lr,
             batch_size=data.batch_size,
             device=self.device,

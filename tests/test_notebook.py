@@ -7,6 +7,8 @@ import nbformat
 import pyogrio
 import pytest
 
+from geodetect.errors import InputError
+
 from conftest import NOTEBOOKS, SAMPLE_DATA, run_notebook
 
 NOTEBOOK = NOTEBOOKS / "swimming_pools.ipynb"
@@ -78,13 +80,15 @@ def test_the_notebook_api_trains_the_model_the_command_line_trains(tmp_path, cap
     cli_path = tmp_path / "cli.model"
     argv = ["train", str(SAMPLE / "scene.tif"), "--labels", str(SAMPLE / "truth.gpkg")]
     argv += ["--out", str(cli_path), "--steps", "40", "--seed", "3", "--start", "none", "-q"]
+    # on the CPU, both: a GPU's kernels need not give the same weights twice
+    argv += ["--device", "cpu", "--batch-size", "8"]
     try:
         main(argv)
     except SystemExit as exc:
         assert exc.code in (0, None), capsys.readouterr().err
 
-    data = prepare_data(SAMPLE / "scene.tif", labels=SAMPLE / "truth.gpkg", seed=3)
-    model = RetinaNet(data, start="none")
+    data = prepare_data(SAMPLE / "scene.tif", labels=SAMPLE / "truth.gpkg", seed=3, batch_size=8)
+    model = RetinaNet(data, start="none", device="cpu")
     model.fit(steps=40, plot=False)
     nb_path = model.save(tmp_path / "notebook.model")
 
@@ -96,6 +100,9 @@ def test_the_notebook_api_trains_the_model_the_command_line_trains(tmp_path, cap
     for name, tensor in cli.model.state_dict().items():
         torch.testing.assert_close(notebook.model.state_dict()[name], tensor, rtol=0, atol=0)
     assert notebook.spec.training["start"] == cli.spec.training["start"] == "none"
+    # the length is checked as the command line checks it, before any step
+    with pytest.raises(InputError, match="--steps or --epochs"):
+        model.fit(epochs=1, steps=5, plot=False)
 
 
 def test_notebook_reads_arcgis_voc_chips_without_rasterio_warnings(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import shapely
 import torch
 
-from geodetect.errors import LabelError, OutputError
+from geodetect.errors import InputError, LabelError, OutputError
 from geodetect.geometry import Grid
 from geodetect.io.labels import GridLabels, LabelSource
 from geodetect.model import load_model
@@ -426,3 +426,21 @@ def test_second_box_iou_follows_how_the_labels_nest():
     # objects that nest often (a car under each carport's box): the rule steps aside
     carports = [[[x, 0, x + 20, 20], [x + 2, 2, x + 18, 18]] for x in range(0, 800, 25)]
     assert label_second_box_iou(_labelled(np.vstack(carports)), 0.5) == 0.5
+
+
+def test_a_length_asked_twice_is_refused_before_anything_is_read(tmp_path):
+    """--steps with --epochs, or a length that is not positive, is refused before the
+    labels are read (the label file here does not exist) or a model is built, by the
+    command line's train() and by the notebook API alike."""
+    from geodetect.train.run import Length
+
+    missing = LabelSource.of([tmp_path / "nope.tif"], tmp_path / "nope.gpkg")
+    with pytest.raises(InputError, match="--steps or --epochs"):
+        train(missing, tmp_path / "m.model", epochs=2, steps=10)
+    with pytest.raises(InputError, match="--steps 0"):
+        train(missing, tmp_path / "m.model", steps=0)
+    with pytest.raises(InputError, match="--max-minutes"):
+        Length.of(max_minutes=0)
+    assert Length.of(max_minutes=1.0).planned_epochs == Length.BUDGET_EPOCHS
+    assert Length.of(epochs=3).steps is None and Length.of().steps is not None
+    assert not (tmp_path / "m.model").exists()

@@ -105,6 +105,53 @@ class TrainResult(FitResult):
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Length:
+    """How long a run trains, checked before anything is read or built: planned
+    ``epochs`` or ``steps`` (not both) and a wall-clock budget ``max_minutes``, either or
+    both. Given none, :data:`~geodetect.train.fit.DEFAULT_STEPS` steps (the same model on
+    any machine). :meth:`of` is the one place this policy lives: ``geodetect train`` and
+    the notebook API (:meth:`geodetect.RetinaNet.fit`) both go through it."""
+
+    epochs: int | None = None
+    steps: int | None = None
+    max_minutes: float | None = None
+
+    #: Planned epochs when the budget alone sets the length (it ends the run first).
+    BUDGET_EPOCHS = 10_000
+
+    @classmethod
+    def of(
+        cls,
+        epochs: int | None = None,
+        steps: int | None = None,
+        max_minutes: float | None = None,
+    ) -> Length:
+        """The length asked for, with the default filled in.
+
+        Raises:
+            InputError: both ``epochs`` and ``steps``, or a value that is not positive.
+        """
+        if steps is not None and epochs is not None:
+            raise InputError("give --steps or --epochs, not both")
+        for name, value in (("--epochs", epochs), ("--steps", steps)):
+            if value is not None and (int(value) != value or value < 1):
+                raise InputError(f"{name} {value}: give a whole number of at least 1")
+        if max_minutes is not None and not max_minutes > 0:
+            raise InputError(f"--max-minutes {max_minutes}: give a number of minutes above 0")
+        if epochs is None and steps is None and max_minutes is None:
+            steps = DEFAULT_STEPS  # read now: tests and benchmarks set it
+        return cls(epochs, steps, max_minutes)
+
+    @property
+    def planned_epochs(self) -> int:
+        """The ``epochs`` :func:`~geodetect.train.fit.fit` plans with (it counts
+        ``steps`` instead when they are given)."""
+        if self.epochs is not None:
+            return self.epochs
+        return self.BUDGET_EPOCHS if self.max_minutes is not None else DEFAULT_EPOCHS
+
+
 def train(
     source: LabelSource,
     out: str | os.PathLike[str] | None = None,
@@ -181,6 +228,7 @@ def train(
         InputError, LabelError, RasterError: unusable inputs; nothing is written.
     """
     started = time.monotonic()
+    length = Length.of(epochs, steps, max_minutes)  # before anything is read or built
     deadline = None if max_minutes is None else started + max_minutes * 60.0
     out_path = Path(out) if out is not None else None
     if out_path is not None:
@@ -261,12 +309,6 @@ def train(
             precision=precision,
         ).suggested
     lr = lr or DEFAULT_LR
-    if steps is not None and epochs is not None:
-        raise InputError("give --steps or --epochs, not both")
-    if steps is None and epochs is None and deadline is None:
-        steps = DEFAULT_STEPS
-    if epochs is None:
-        epochs = 10_000 if deadline is not None else DEFAULT_EPOCHS
     val_area = data.val_area(max_windows=AREA_MAX_WINDOWS)
     area_reserve = 0.0
     if deadline is not None and val_area is not None:
@@ -274,8 +316,8 @@ def train(
     fitted = fit(
         model,
         data,
-        epochs=epochs,
-        steps=steps,
+        epochs=length.planned_epochs,
+        steps=length.steps,
         batch_size=batch,
         lr=lr,
         device=dev,
