@@ -205,7 +205,8 @@ def test_auto_times_the_runtimes_once_and_runs_the_fastest(tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "GEODETECT_CACHE": str(cache)}
     common = ["detect", scene, "--model", model_path, "--chip-size", 64, "--overlap", 16]
-    common += ["--threshold", 0.04, "--precision", "fp32", "--verbose"]
+    # the CPU's runtimes are what this test is about: pinned, so a CUDA machine runs it too
+    common += ["--threshold", 0.04, "--precision", "fp32", "--device", "cpu", "--verbose"]
 
     def run_detect(name, *extra):
         out = tmp_path / f"{name}.gpkg"
@@ -251,7 +252,7 @@ def test_each_runtime_gives_the_torch_fp32_layer(sample_model, tmp_path, runtime
     for name in ("torch", runtime):
         out = tmp_path / f"{name}.gpkg"
         args = ["detect", mosaic, "-m", sample_model, "-o", out, "--runtime", name]
-        proc = run(*args, "--precision", "fp32", "-q")
+        proc = run(*args, "--precision", "fp32", "--device", "cpu", "-q")
         assert proc.returncode == 0, proc.stderr
         layers[name] = gpd.read_file(out, layer="detections")
         proc = run("evaluate", out, "--truth", mosaic / "truth.gpkg", "--json")
@@ -286,7 +287,7 @@ def test_train_prepares_detection_on_this_machine(tmp_path):
     train = [
         sys.executable, "-m", "geodetect", "train", SAMPLE_DATA / "train" / "scene.tif",
         "--labels", SAMPLE_DATA / "train" / "truth.gpkg", "--out", model, "--steps", 20,
-        "--start", "none",
+        "--start", "none", "--device", "cpu",
     ]  # fmt: skip
     proc = subprocess.run(list(map(str, train)), capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -297,7 +298,7 @@ def test_train_prepares_detection_on_this_machine(tmp_path):
     assert len(list(tmp_path.glob("onnx/*-int8-*.onnx"))) == 1
     detect = [
         sys.executable, "-m", "geodetect", "detect", SAMPLE_DATA / "mosaic", "-m", model,
-        "-o", tmp_path / "out.gpkg",
+        "-o", tmp_path / "out.gpkg", "--device", "cpu",
     ]  # fmt: skip
     proc = subprocess.run(list(map(str, detect)), capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr

@@ -34,7 +34,14 @@ from safetensors.torch import save_file
 
 from geodetect.model import build_retinanet, save_model
 
-from conftest import NORTH_UP, SHARED_RASTERS, make_tiny_spec, paint_boxes, write_geotiff
+from conftest import (
+    NORTH_UP,
+    PROGRESS_LINE,
+    SHARED_RASTERS,
+    make_tiny_spec,
+    paint_boxes,
+    write_geotiff,
+)
 
 GEODETECT = [sys.executable, "-m", "geodetect"]
 FAST = ("--workers", "0", "-q")  # one process, no progress bar: stderr holds only errors
@@ -168,7 +175,7 @@ def big_scene(files):
 
 
 def start_detect(scene, model, out, *, workers: str | None = "0", **popen) -> subprocess.Popen:
-    """Start `geodetect detect` over many chips, with its progress bar on stderr
+    """Start `geodetect detect` over many chips, with its progress on stderr
     (``workers=None``: the default reader processes)."""
     # Every chip through the network (--screen off): the run must last until signalled.
     argv = _argv(
@@ -180,11 +187,13 @@ def start_detect(scene, model, out, *, workers: str | None = "0", **popen) -> su
 
 
 def wait_until_detecting(proc: subprocess.Popen) -> bytes:
-    """Block until the progress bar counts a finished chip: setup is over and the run
-    is in the middle of detection. Returns what stderr said so far."""
+    """Block until progress counts finished chips (stderr is a pipe: a plain line each
+    tenth of the chips; a bar on a terminal): setup is over and the run is in the middle
+    of detection. Returns what stderr said so far."""
     seen = b""
     deadline = time.monotonic() + 120
-    while not re.search(rb"\| *[1-9][0-9]*/[0-9]+ \[", seen):
+    started = rb"(\| *[1-9][0-9]*/[0-9]+ \[)|(geodetect: detect: [0-9]+% \([1-9][0-9]*/)"
+    while not re.search(started, seen):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"detect did not get going: {seen.decode(errors='replace')}")
@@ -200,9 +209,12 @@ def finish(proc: subprocess.Popen, seen: bytes) -> tuple[int, str]:
 
 
 def messages(stderr: str) -> list[str]:
-    """stderr without progress-bar renders (tqdm redraws with carriage returns)."""
+    """stderr without progress: a bar's renders (tqdm redraws with carriage returns) or
+    the plain progress lines written where stderr is not a terminal."""
     parts = stderr.replace("\r", "\n").splitlines()
-    return [p for p in parts if p.strip() and not p.startswith("detect:")]
+    return [
+        p for p in parts if p.strip() and not p.startswith("detect:") and not PROGRESS_LINE.match(p)
+    ]
 
 
 def assert_interrupted(code: int, stderr: str) -> None:
