@@ -259,9 +259,10 @@ class Drawing:
         base *= rng.uniform(1 - amount / 3, 1 + amount / 3, size=3)
         return tuple(np.clip(base, 0, 255))
 
-    def pick(self, table):
+    def pick(self, table, rng=None):
+        rng = self.rng if rng is None else rng
         weights = np.array([w for _, w in table], dtype=float)
-        k = int(self.rng.choice(len(table), p=weights / weights.sum()))
+        k = int(rng.choice(len(table), p=weights / weights.sum()))
         return k, table[k][0]
 
     def cast(self, geom_px, height_m: float, *, hull: bool = True):
@@ -349,10 +350,7 @@ class Drawing:
         white lines: a tennis court (36.6 x 18.3 m with its surround) in a park, a
         basketball half court in a yard."""
         rng = self.extra_rng
-        weights = np.array([w for _, w in _COURT_COLOURS])
-        surround, playing = _COURT_COLOURS[
-            int(rng.choice(len(weights), p=weights / weights.sum()))
-        ][0]
+        surround, playing = self.pick(_COURT_COLOURS, rng)[1]
         outline = box(-length / 2, -width / 2, length / 2, width / 2)
         outline_px = apply_frame(outline, frame)
         self.ground.add(
