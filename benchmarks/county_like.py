@@ -16,11 +16,15 @@ Mpx of imagery per second and Mpx through the network, the runtime ``auto`` chos
 why, AP50, precision, recall and F1 against the set's truth, and the CPU's name and
 instruction sets. ``--avx2`` runs as a CPU without AVX-512, bf16 or AMX would
 (``ONEDNN_MAX_CPU_ISA=AVX2``, ``--precision fp32``); ``--cold`` empties geodetect's
-cache first (the ONNX exports and timings a first run pays for).
+cache first (the ONNX exports and timings a first run pays for); ``--served`` reads the
+same files as URLs from a local HTTP server with range requests (``tests/servers.py``),
+as imagery published as Cloud-Optimized GeoTIFFs is read (the network's latency and
+bandwidth left out: what reading by HTTP costs in itself).
 
     python benchmarks/county_like.py --model sp.model --county-model start.model
     python benchmarks/county_like.py --model sp.model --sets real,ragged --avx2 --cold
     python benchmarks/county_like.py --model sp.model --detect-args "--runtime torch"
+    python benchmarks/county_like.py --model sp.model --sets real --served
 
 Nothing else should run on the machine meanwhile.
 """
@@ -28,6 +32,7 @@ Nothing else should run on the machine meanwhile.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -149,7 +154,20 @@ def main() -> None:
     parser.add_argument("--avx2", action="store_true", help="run as a CPU without bf16 would")
     parser.add_argument("--cold", action="store_true", help="empty geodetect's cache first")
     parser.add_argument("--json", action="store_true", help="also print every figure as JSON")
+    parser.add_argument("--served", action="store_true", help="read the files over HTTP")
     args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        serve = None
+        if args.served:
+            sys.path.insert(0, str(REPO / "tests"))
+            from servers import file_server
+
+            base, _ = stack.enter_context(file_server(Path("/")))
+            serve = lambda paths: [f"{base}{p.resolve()}" for p in paths]  # noqa: E731
+        measure(args, serve)
+
+
+def measure(args, serve) -> None:
 
     env = dict(os.environ)
     detect_args = shlex.split(args.detect_args)
@@ -165,6 +183,7 @@ def main() -> None:
         f"CPU: {machine['name']}, {machine['cores']} cores; has {', '.join(machine['has'])}; "
         f"lacks {', '.join(machine['lacks']) or 'nothing'}"
         + ("; run as AVX2 fp32 (ONEDNN_MAX_CPU_ISA=AVX2)" if args.avx2 else "")
+        + ("; files read over HTTP from a local server" if serve else "")
     )
     print(f"detect options: {shlex.join(detect_args) or '(defaults)'}; cache: {cache}")
     figures = {"cpu": machine, "avx2": args.avx2, "detect_args": detect_args, "sets": {}}
@@ -180,6 +199,8 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown set {name!r}")
         layer = args.work / f"{name}.gpkg"
+        if serve is not None:
+            images = serve(images)
         got = run_detect(images, model, layer, detect_args, env)
         got.update(score(layer, truth, env))
         seconds, km2 = got["seconds"], got["km2"] or 0.0

@@ -26,7 +26,7 @@ def parse_bands(text: str | None) -> list[int] | None:
 
 
 @click.command("detect")
-@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.argument("images", nargs=-1, metavar="IMAGE...")
 @click.option(
     "--model",
     "-m",
@@ -181,6 +181,8 @@ def parse_bands(text: str | None) -> list[int] | None:
     help="The imagery's acquisition date, written on every feature (default: each file's "
     "own, where its metadata states one, e.g. ACQUISITION_DATE).",
 )
+@options.stac
+@options.network
 @options.overwrite
 @options.verbosity
 def command(
@@ -216,7 +218,12 @@ def command(
     verbose,
     quiet,
 ):
-    """Detect objects in IMAGE... (GeoTIFF/VRT files, globs or folders) and write OUT.
+    """Detect objects in IMAGE... and write OUT.
+
+    IMAGE: GeoTIFF/VRT files, globs or folders; URLs (https://, s3://, gs://, az://,
+    /vsicurl/...) of Cloud-Optimized GeoTIFFs, read by range requests; @FILE for a list
+    of inputs, one per line; STAC items or item collections (.json files or URLs).
+    --stac URL searches a STAC API instead (or as well).
 
     All files are read on one target grid (the first file's CRS at the model's pixel
     size; files in other CRSs or resolutions through a warp), so an object on a file
@@ -264,10 +271,11 @@ def command(
         screen=screen,
         date=date,
     )
+    inputs = options.image_inputs(images)
     loaded = load_model(model_path, device=resolve_device(device))
     report = DetectionReport()
     detect(
-        list(images),
+        inputs,
         loaded,
         settings,
         journal=None if out == "-" else journal_dir(out),

@@ -66,6 +66,139 @@ def verbosity(f: F) -> F:
     )(f)
 
 
+def _set_network(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    from geodetect.io.remote import set_aws
+
+    if value:
+        set_aws(**{param.name: True})
+    return value
+
+
+def network(f: F) -> F:
+    """--no-sign-request and --requester-pays for imagery in S3 buckets (as the AWS
+    command line names them)."""
+    f = click.option(
+        "--requester-pays",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_network,
+        help="Read s3:// imagery from a requester-pays bucket (your account pays).",
+    )(f)
+    return click.option(
+        "--no-sign-request",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_network,
+        help="Read s3:// imagery anonymously (public buckets; no credentials needed).",
+    )(f)
+
+
+def _keep_stac(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.ensure_object(dict).setdefault("stac", {})[param.name] = value
+    return value
+
+
+def _parse_bbox(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is not None:
+        try:
+            box = tuple(float(v) for v in value.split(","))
+        except ValueError:
+            box = ()
+        if len(box) != 4 or box[0] > box[2] or box[1] > box[3]:
+            raise click.BadParameter(
+                f"{value!r}: give west,south,east,north in degrees (WGS 84)", param_hint="--bbox"
+            )
+        value = box
+    return _keep_stac(ctx, param, value)
+
+
+def stac(f: F) -> F:
+    """Imagery from a STAC API search (--stac URL with --collection, --bbox, --datetime,
+    --max-items) and the asset read from each item (--asset); read back by
+    :func:`image_inputs`."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--stac",
+                "stac_url",
+                metavar="URL",
+                callback=_keep_stac,
+                expose_value=False,
+                help="Search this STAC API for the imagery (with --collection, --bbox, "
+                "--datetime); each item found is an input, beside any IMAGE given.",
+            ),
+            click.option(
+                "--collection",
+                "collections",
+                multiple=True,
+                metavar="ID",
+                callback=_keep_stac,
+                expose_value=False,
+                help="--stac: the collection(s) to search (repeatable).",
+            ),
+            click.option(
+                "--bbox",
+                metavar="W,S,E,N",
+                callback=_parse_bbox,
+                expose_value=False,
+                help="--stac: the area to search, in degrees (WGS 84).",
+            ),
+            click.option(
+                "--datetime",
+                metavar="WHEN",
+                callback=_keep_stac,
+                expose_value=False,
+                help="--stac: a date or range (2023-06-01/2023-08-31, 2023, ../2022-12-31).",
+            ),
+            click.option(
+                "--max-items",
+                type=click.IntRange(min=1),
+                callback=_keep_stac,
+                expose_value=False,
+                help="--stac: at most this many items.",
+            ),
+            click.option(
+                "--asset",
+                metavar="KEY",
+                callback=_keep_stac,
+                expose_value=False,
+                help="The asset of each STAC item to read (default: its visual one).",
+            ),
+        ]
+    ):
+        f = decorator(f)
+    return f
+
+
+def image_inputs(images: tuple[str, ...], *, required: bool = True) -> list:
+    """The command's IMAGE arguments with STAC items and the --stac search resolved
+    into inputs (see :mod:`geodetect.io.stac`); ``required``: IMAGE or --stac must be
+    given."""
+    from geodetect.io.stac import Search, stac_inputs
+
+    given = click.get_current_context().obj.get("stac", {})
+    search = None
+    if given.get("stac_url"):
+        search = Search(
+            given["stac_url"],
+            tuple(given.get("collections") or ()),
+            given.get("bbox"),
+            given.get("datetime"),
+            given.get("max_items"),
+        )
+    else:
+        flags = {"collections": "--collection", "bbox": "--bbox", "datetime": "--datetime"}
+        terms = [
+            flag for key, flag in (flags | {"max_items": "--max-items"}).items() if given.get(key)
+        ]
+        if terms:
+            names = ", ".join(terms)
+            raise click.UsageError(f"{names} need --stac URL (the STAC API to search)")
+        if not images and required:
+            raise click.UsageError("give IMAGE... or --stac URL")
+    return stac_inputs(images, search=search, asset=given.get("asset"))
+
+
 def overwrite(f: F) -> F:
     return click.option(
         "--overwrite", is_flag=True, help="Replace OUT if it already exists (kept otherwise)."

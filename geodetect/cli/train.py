@@ -161,6 +161,8 @@ log = logging.getLogger("geodetect")
     "false alarms and train on chips around them too (costs some steps).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@options.stac
+@options.network
 @options.overwrite
 @options.verbosity
 def command(
@@ -198,7 +200,8 @@ def command(
     verbose,
     quiet,
 ):
-    """Train a detector on IMAGE... (GeoTIFFs, globs or folders) labelled by --labels,
+    """Train a detector on IMAGE... (GeoTIFFs, globs, folders, URLs, @lists, STAC
+    items; as for detect) labelled by --labels,
     or on a chip folder (--voc), COCO file (--coco) or YOLO folder (--yolo), and write
     the model to --out.
 
@@ -214,7 +217,7 @@ def command(
     from geodetect.train import train
 
     source = LabelSource.of(
-        list(images),
+        options.image_inputs(images, required=False),
         labels,
         voc=voc,
         coco=coco,

@@ -24,6 +24,7 @@ from geodetect.detect.runner import BlockResult, ChipReader, Detector, run_block
 from geodetect.errors import GeodetectError, InputError, RunError
 from geodetect.geometry import Block
 from geodetect.io.raster import configure_gdal
+from geodetect.io.remote import NetworkEnv
 from geodetect.model import file_id
 from geodetect.model.device import available_cpus
 
@@ -45,6 +46,9 @@ class _Payload:
     scaling: tuple
     device: str
     torch_threads: int | None  # None: the worker's thread count
+    # The client's credentials and GDAL settings for remote imagery (a worker started
+    # elsewhere has its own environment).
+    network: NetworkEnv
 
 
 class _WorkerRun:
@@ -70,6 +74,7 @@ class _WorkerRun:
             loaded = load_model(model, device=device)
         threads = payload.torch_threads or _worker_threads()
         torch.set_num_threads(max(1, threads))
+        payload.network.apply()
         configure_gdal()
         self.payload = payload
         self.detector = Detector.build(
@@ -266,7 +271,17 @@ def run_cluster(
     else:
         model_id = model.model_id
     payload = client.scatter(
-        _Payload(run_id, plan, config, model, model_id, tuple(scaling), device, torch_threads),
+        _Payload(
+            run_id,
+            plan,
+            config,
+            model,
+            model_id,
+            tuple(scaling),
+            device,
+            torch_threads,
+            NetworkEnv.here(),
+        ),
         broadcast=True,
     )
     futures = [

@@ -12,7 +12,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +25,7 @@ from geodetect.detect.tta import DIHEDRAL, FLIPS
 from geodetect.errors import RasterError
 from geodetect.io.raster import (
     MosaicGrid,
+    SceneInfo,
     configure_gdal,
     describe_all,
     expand_inputs,
@@ -103,7 +103,7 @@ def prepare(
     config = replace(config, runtime=runtime)
     config = replace(config, screen=_screen(options, loaded, device, config, plan, scaling))
     manifest = {
-        "inputs": [_file_stamp(m.info.path) for g in grids for m in g.members],
+        "inputs": [_file_stamp(m.info) for g in grids for m in g.members],
         "model": loaded.model_id,
         "options": config.identity(),
         # bf16 and fp32, a GPU and a CPU, torch and ONNX Runtime, eager and compiled
@@ -165,7 +165,12 @@ def run_config(options: DetectOptions, spec: ModelSpec, device: torch.device) ->
     return config
 
 
-def _file_stamp(path: Path) -> list:
+def _file_stamp(info: SceneInfo) -> list:
+    """A file's identity in the journal: its name, size and modification time, or for a
+    remote file what its server says (size, ETag, Last-Modified), never credentials."""
+    path = info.path
+    if info.remote_stamp is not None:
+        return [path.identity or str(path), *info.remote_stamp]
     try:
         st = path.stat()
         return [str(path), st.st_size, st.st_mtime_ns]

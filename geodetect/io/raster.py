@@ -18,8 +18,9 @@ import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,8 @@ from geodetect.errors import InputError, RasterError, RunError
 from geodetect.geometry.boxes import boxes_overlap, points_in_boxes
 from geodetect.geometry.grid import Grid, covering_window, window_box
 from geodetect.io.crs import raster_crs
+from geodetect.io.remote import NETWORK_DEFAULTS, Remote, is_remote, opening, stamp
+from geodetect.io.stac import is_stac, stac_inputs
 from geodetect.io.units import gsd_metres, local_utm
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,10 @@ _GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 # times the reader count can take a laptop's memory; 256 MB holds every tile a row of
 # 16 chips of 512 px touches and the next row's. Readers are processes, one chip at a
 # time each: GDAL's own decoding threads would only compete with them and the model.
-GDAL_DEFAULTS = {"GDAL_CACHEMAX": "256", "GDAL_NUM_THREADS": "1"}
+# Network reads get the settings of :data:`~geodetect.io.remote.NETWORK_DEFAULTS`.
+GDAL_DEFAULTS = {"GDAL_CACHEMAX": "256", "GDAL_NUM_THREADS": "1", **NETWORK_DEFAULTS}
+# Threads describing remote files at once (each mostly waits on its server).
+REMOTE_THREADS = 8
 # Files near a set of points up to which first_at tests each against all the points.
 FIRST_AT_NEAR = 32
 
@@ -61,8 +67,9 @@ FIRST_AT_NEAR = 32
 def open_raster(path: str | os.PathLike) -> rasterio.DatasetReader:
     """``rasterio.open`` without its NotGeoreferencedWarning: geodetect checks the
     georeferencing itself and says what is missing (an error for detection, nothing for
-    the image chips of VOC, COCO and YOLO folders, which have none by design)."""
-    with warnings.catch_warnings():
+    the image chips of VOC, COCO and YOLO folders, which have none by design). A
+    :class:`~geodetect.io.remote.Remote` file is opened with the network's settings."""
+    with warnings.catch_warnings(), opening(path):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return rasterio.open(path)
 
@@ -75,16 +82,32 @@ def configure_gdal() -> None:
         os.environ.setdefault(key, value)
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Turn paths, globs and folders into a sorted, de-duplicated list of raster files.
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path | Remote]:
+    """Turn paths, globs, folders, URLs and list files into a de-duplicated list of
+    raster files (globs and folders sorted, everything else in the order given).
+
+    A URL (``https://``, ``s3://``, ``gs://``, ``az://``) or a GDAL virtual path
+    (``/vsicurl/...``) becomes a :class:`~geodetect.io.remote.Remote`; ``@FILE`` reads
+    one input per line of FILE (blank lines and ``#`` comments skipped; relative paths
+    from FILE's folder); a STAC item or item collection (``.json``, file or URL) gives
+    each item's visual asset (:mod:`geodetect.io.stac`).
 
     Raises:
         InputError: an input matches nothing, or a folder holds no rasters.
     """
-    found: list[Path] = []
+    found: list[Path | Remote] = []
     for item in inputs:
-        text = str(item)
-        if any(ch in text for ch in "*?["):
+        if isinstance(item, Remote):
+            found.append(item)
+            continue
+        text = os.fspath(item)
+        if is_stac(text):
+            found.extend(expand_inputs(stac_inputs([text])))
+        elif is_remote(text):
+            found.append(Remote(text))
+        elif text.startswith("@"):
+            found.extend(expand_inputs(_list_file(Path(text[1:]))))
+        elif any(ch in text for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
             if not matches:
                 raise InputError(f"{text}: no file matches this pattern; check the path")
@@ -104,17 +127,39 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
             found.append(Path(text))
         else:
             raise InputError(f"{text}: no such file; check the path")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
+    unique = list(dict.fromkeys(p if isinstance(p, Remote) else p.resolve() for p in found))
     if not unique:
         raise InputError("no input rasters given")
     return unique
+
+
+def _list_file(path: Path) -> list[str]:
+    """The inputs a list file names, one per line (``@FILE`` on the command line)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise InputError(f"@{path}: no such list file; check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"@{path}: cannot read this list file ({exc})") from None
+    items = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            raise InputError(f"@{path}: names another list file ({line}); list the files")
+        is_relative = not is_remote(line) and not Path(line).is_absolute()
+        items.append(str(path.parent / line) if is_relative else line)
+    if not items:
+        raise InputError(f"@{path}: the list file names no inputs")
+    return items
 
 
 @dataclass(frozen=True)
 class SceneInfo:
     """What geodetect needs to know about one raster file (no pixel data)."""
 
-    path: Path
+    path: Path | Remote
     crs: CRS | None
     transform: Affine
     width: int
@@ -139,6 +184,8 @@ class SceneInfo:
     warp_resampling: str = "bilinear"
     # The acquisition date (ISO YYYY-MM-DD) the file's metadata states, if any.
     date: str | None = None
+    # A remote file's identity as its server states it: [size, ETag, Last-Modified].
+    remote_stamp: tuple | None = None
 
     @property
     def data_bands(self) -> list[int]:
@@ -217,8 +264,10 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
     Raises:
         RasterError: not a raster GDAL can read, no georeferencing, or no CRS (unless
             ``allow_no_crs``).
+        InputError: a remote file's server refuses it or cannot be reached.
     """
-    path = Path(path)
+    path = path if isinstance(path, Remote) else Path(path)
+    remote_stamp = tuple(stamp(path).as_list()) if isinstance(path, Remote) else None
     try:
         with open_raster(path) as ds:
             gcps, gcp_crs = ds.gcps
@@ -230,6 +279,8 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
                     "give the image itself"
                 )
             info = _describe(path, ds)
+            if remote_stamp is not None:
+                _warn_if_untiled(path, ds)
     except _GDAL_ERRORS as exc:
         raise RasterError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from None
     except UnicodeDecodeError:  # GDAL's message quoted undecodable bytes of the file
@@ -244,7 +295,28 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
         raise RasterError(
             f"{path}: has no geotransform or ground control points; georeference it first"
         )
-    return info
+    return replace(info, remote_stamp=remote_stamp) if remote_stamp is not None else info
+
+
+# A remote file read in strips this tall or more (or untiled) draws a warning: each chip
+# then fetches whole rows of the file.
+_STRIP_WARN_PX = 2048
+
+
+def _warn_if_untiled(path: Remote, ds) -> None:
+    """Warn that a remote file stored in strips costs whole rows per chip."""
+    block_h, block_w = ds.block_shapes[0]
+    if block_w < ds.width or ds.width < _STRIP_WARN_PX:
+        return
+    log.warning(
+        "%s: stored in strips of %d x %d px, not tiled, so each chip reads whole rows of "
+        "the file over the network (%.0f MB a row of chips); convert it to a "
+        "Cloud-Optimized GeoTIFF (gdal_translate -of COG) where it is served",
+        path,
+        block_w,
+        block_h,
+        ds.width * 512 * ds.count * np.dtype(ds.dtypes[0]).itemsize / 1e6,
+    )
 
 
 def _describe(path: Path, ds, warp_crs: tuple[str, str] | None = None, **warp) -> SceneInfo:
@@ -527,11 +599,17 @@ def open_mosaics(
     return build_mosaics(describe_all(expand_inputs(inputs), allow_no_crs=allow_no_crs))
 
 
-def describe_all(paths: Sequence[Path], *, allow_no_crs: bool = False) -> list[SceneInfo]:
-    """:func:`scene_info` of every file, in order (one at a time: threads bought nothing
-    on local disks, and a process that later forks reader processes is safer without
-    them)."""
-    return [scene_info(p, allow_no_crs=allow_no_crs) for p in paths]
+def describe_all(paths: Sequence[Path | Remote], *, allow_no_crs: bool = False) -> list[SceneInfo]:
+    """:func:`scene_info` of every file, in order. Local files one at a time (threads
+    bought nothing on local disks); remote ones by :data:`REMOTE_THREADS` threads, since
+    each waits on its server, all finished before anything forks reader processes."""
+    describe = partial(scene_info, allow_no_crs=allow_no_crs)
+    remote = [p for p in paths if isinstance(p, Remote)]
+    if len(remote) < 2:
+        return [describe(p) for p in paths]
+    with ThreadPoolExecutor(REMOTE_THREADS) as pool:
+        described = dict(zip(remote, pool.map(describe, remote), strict=True))
+    return [described[p] if isinstance(p, Remote) else describe(p) for p in paths]
 
 
 def resample_scene(info: SceneInfo, lattice: Affine, crs: CRS | None = None) -> SceneInfo:
@@ -579,6 +657,7 @@ def resample_scene(info: SceneInfo, lattice: Affine, crs: CRS | None = None) -> 
                 warp_to_crs=to_crs,
                 warp_resampling=resampling,
                 date=info.date,
+                remote_stamp=info.remote_stamp,
             )
     except _GDAL_ERRORS as exc:
         raise RasterError(
@@ -736,6 +815,13 @@ class GridReader:
                 block_valid = self._valid(ds, info, block, window)
             except (*_GDAL_ERRORS, OSError) as exc:
                 _raise_if_out_of_files(exc, info.path)
+                if isinstance(info.path, Remote):
+                    raise RunError(
+                        f"{info.path}: reading window (col {window.col_off}, row "
+                        f"{window.row_off}, {window.width}x{window.height}) over the network "
+                        f"failed: {_first_line(exc)}; rerun the same command to continue "
+                        "(finished blocks are kept)"
+                    ) from None
                 raise RasterError(
                     f"{info.path}: cannot read window (col {window.col_off}, row "
                     f"{window.row_off}, {window.width}x{window.height}): {_first_line(exc)}; "

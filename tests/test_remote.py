@@ -1,0 +1,289 @@
+"""Imagery read over HTTP: a mosaic of tiled GeoTIFFs served by a local server with range
+requests gives the layer of the same files on disk; a server that fails mid-run leaves
+the finished blocks, and the rerun gives the whole layer; credentials in a URL are
+written nowhere; servers that refuse, lose the file or do not answer ranges get one
+line naming the input."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from rasterio.warp import transform_bounds
+from servers import file_server, stac_api
+from shapely.geometry import box, mapping
+
+from geodetect.detect import detect
+from geodetect.errors import InputError
+from geodetect.io.raster import expand_inputs, scene_info
+from geodetect.io.remote import Remote, redact
+from geodetect.io.stac import stac_inputs
+from geodetect.model import build_retinanet, save_model
+
+from conftest import (
+    NORTH_UP,
+    assert_one_line_error,
+    make_tiny_spec,
+    paint_boxes,
+    random_boxes,
+    run_cli,
+    write_geotiff,
+)
+
+SECRET = "s3cr3t-signature"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A 2x2 mosaic of 320 x 240 px tiled GeoTIFFs with painted objects on its seams,
+    served over HTTP; yields (folder, base URL, behaviour, truth boxes)."""
+    root = tmp_path_factory.mktemp("served")
+    rng = np.random.default_rng(5)
+    boxes = random_boxes(rng, 480, 640, 30, max_size=28)
+    image = paint_boxes(480, 640, boxes)
+    image[2] += (np.arange(640, dtype=np.uint8)[None, :] // 5).astype(np.uint8)
+    for r in (0, 240):
+        for c in (0, 320):
+            part = image[:, r : r + 240, c : c + 320]
+            write_geotiff(
+                root / f"tile_{r:03d}_{c:03d}.tif",
+                part,
+                transform=NORTH_UP @ Affine.translation(c, r),
+                tiled=True,
+                blockxsize=128,
+                blockysize=128,
+            )
+    with file_server(root) as (url, behaviour):
+        yield root, url, behaviour, boxes
+
+
+def _urls(served, query: str = "") -> list[str]:
+    root, url, _, _ = served
+    return [f"{url}/{p.name}{query}" for p in sorted(root.glob("*.tif"))]
+
+
+def test_inputs_name_files_urls_and_list_files(tmp_path):
+    """URLs and GDAL paths become remote inputs (printed without credentials), a list
+    file's lines are inputs (relative to it), and local files stay paths."""
+    local = write_geotiff(tmp_path / "a.tif", np.zeros((3, 8, 8), np.uint8), transform=NORTH_UP)
+    listing = tmp_path / "list" / "inputs.txt"
+    listing.parent.mkdir()
+    listing.write_text("# two inputs\n../a.tif\n\nhttps://host/b.tif?token=abc\n", encoding="utf-8")
+    signed = f"https://user:pw@host/ortho/c%20d.tif?X-Amz-Signature={SECRET}&tile=2"
+    found = expand_inputs([f"@{listing}", signed, "s3://bucket/e.tif", "/vsicurl/https://h/f.TIF"])
+    assert found[0] == local.resolve()
+    assert [type(p) for p in found[1:]] == [Remote] * 4
+    assert [p.name for p in found[1:]] == ["b.tif", "c d.tif", "e.tif", "f.TIF"]
+    assert str(found[2]) == "https://host/ortho/c%20d.tif?X-Amz-Signature=…&tile=2"
+    assert SECRET not in repr(found) and "pw" not in str(found[2])
+    assert found[4].url == "https://h/f.TIF" and found[3].url is None
+    assert redact("/vsis3/bucket/x.tif") == "/vsis3/bucket/x.tif"
+    # the same URL twice is one input
+    assert len(expand_inputs(["https://host/b.tif", "https://host/b.tif"])) == 1
+    listing.write_text("# nothing\n", encoding="utf-8")
+    with pytest.raises(InputError, match="names no inputs"):
+        expand_inputs([f"@{listing}"])
+    with pytest.raises(InputError, match="no such list file"):
+        expand_inputs([f"@{tmp_path / 'missing.txt'}"])
+
+
+def test_a_served_mosaic_gives_the_layer_of_the_files_on_disk(served, oracle):
+    """The oracle over the four URLs (reader processes, the default) finds what it
+    finds in the local files, feature for feature, and every read was a range."""
+    root, _, behaviour, boxes = served
+    kwargs = dict(chip_size=96, overlap=48, progress=False)
+    local = detect(sorted(root.glob("*.tif")), oracle, **kwargs)
+    behaviour.requests.clear()
+    remote = detect(_urls(served), oracle, **kwargs)
+    assert len(local) >= len(boxes) - 2  # the oracle finds the painted objects
+    assert remote.geometry.to_wkb().tolist() == local.geometry.to_wkb().tolist()
+    attributes = [c for c in local.columns if c != "geometry"]
+    pd.testing.assert_frame_equal(remote[attributes], local[attributes])
+    gets = [r for r in behaviour.requests if r[0] == "GET"]
+    assert gets and all(r[2] and r[2].startswith("bytes=") for r in gets)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An untrained tiny RetinaNet: its boxes are arbitrary but exactly reproducible."""
+    torch.manual_seed(0)
+    spec = make_tiny_spec(score_threshold=0.0)
+    path = tmp_path_factory.mktemp("model") / "tiny.model"
+    return save_model(build_retinanet(spec, pretrained="none"), spec, path)
+
+
+# The detect options of the command-line tests.
+COMMON = ["--chip-size", "96", "--overlap", "16", "--block-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def local_layer(served, tiny_model, tmp_path_factory) -> gpd.GeoDataFrame:
+    """The tiny model's layer of the served files, read from disk by the CLI."""
+    root = served[0]
+    out = tmp_path_factory.mktemp("local") / "local.gpkg"
+    done = run_cli(
+        "detect", *sorted(root.glob("*.tif")), "--model", tiny_model, *COMMON, "--out", out
+    )
+    assert done.returncode == 0, done.stderr
+    layer = gpd.read_file(out, layer="detections")
+    assert len(layer) > 0
+    return layer
+
+
+def _same_layer(path, expected: gpd.GeoDataFrame) -> None:
+    got = gpd.read_file(path, layer="detections")
+    assert got.geometry.to_wkb().tolist() == expected.geometry.to_wkb().tolist()
+    pd.testing.assert_frame_equal(got.drop(columns="geometry"), expected.drop(columns="geometry"))
+
+
+def test_a_failing_server_keeps_finished_blocks_and_the_rerun_gives_the_local_layer(
+    served, tiny_model, local_layer, tmp_path
+):
+    """One file's server fails (HTTP 503) mid-run: one line naming it (no signature),
+    exit non-zero, no layer, the journal kept; the server back, the same command writes
+    the layer of the local files. The signed URL's signature and the URL's password are
+    in no output: layer, journal or log."""
+    _, _, behaviour, _ = served
+    common = ["--model", tiny_model, *COMMON]
+    urls = [u.replace("http://", f"http://user:{SECRET}@") for u in _urls(served, f"?sig={SECRET}")]
+    out = tmp_path / "remote.gpkg"
+    journal = tmp_path / ".remote.gpkg.geodetect"
+    behaviour.failing = {"tile_240_320.tif"}
+    try:
+        failed = run_cli("detect", *urls, *common, "--out", out)
+    finally:
+        behaviour.failing = set()
+    assert_one_line_error(failed, "tile_240_320.tif", "rerun")
+    assert SECRET not in failed.stderr and "?sig=…" in failed.stderr
+    assert not out.exists() and journal.is_dir()
+    done = len(list(journal.glob("*.parquet")))
+    # the URLs signed again (another signature): the same inputs, so the run continues
+    resigned = [u.replace(SECRET, "fresh-signature") for u in urls]
+    rerun = run_cli("detect", *resigned, *common, "--out", out, "--keep-journal", "-v")
+    assert rerun.returncode == 0, rerun.stderr
+    assert done >= 1 and f"resuming: {done} of" in rerun.stderr, rerun.stderr
+    assert SECRET not in rerun.stderr and "fresh-signature" not in rerun.stderr
+    for written in [out, *journal.rglob("*")]:
+        if written.is_file():
+            assert SECRET.encode() not in written.read_bytes(), written
+            assert b"fresh-signature" not in written.read_bytes(), written
+    _same_layer(out, local_layer)
+
+
+@pytest.mark.parametrize(
+    "case, needles",
+    [
+        ("missing", ["nothere.tif", "HTTP 404", "check the URL"]),
+        ("forbidden", ["tile_000_000.tif", "HTTP 403", "credentials"]),
+        ("no ranges", ["tile_000_000.tif", "range requests", "download"]),
+        ("unreachable", ["127.0.0.1:9", "cannot reach"]),
+    ],
+)
+def test_a_server_that_cannot_serve_chips_gets_one_line(served, case, needles):
+    """Refused, missing, unreachable, or without range requests: the input named, what
+    to do, before anything is read."""
+    _, url, behaviour, _ = served
+    target = f"{url}/tile_000_000.tif"
+    if case == "missing":
+        target = f"{url}/nothere.tif"
+    elif case == "unreachable":
+        target = "http://127.0.0.1:9/tile.tif"
+    behaviour.forbidden = {"tile_000_000.tif"} if case == "forbidden" else set()
+    behaviour.ranges = case != "no ranges"
+    try:
+        with pytest.raises(InputError) as raised:
+            scene_info(Remote(target))
+    finally:
+        behaviour.forbidden, behaviour.ranges = set(), True
+    for needle in needles:
+        assert needle in str(raised.value)
+
+
+def test_the_command_line_says_a_missing_url_in_one_line(served, tiny_model, tmp_path):
+    _, url, _, _ = served
+    out = tmp_path / "out.gpkg"
+    proc = run_cli("detect", f"{url}/gone.tif", "--model", tiny_model, "--out", out)
+    assert_one_line_error(proc, f"{url}/gone.tif", "HTTP 404")
+    assert not out.exists()
+
+
+def _item(path, href: str, *, date: str, collection: str = "ortho") -> dict:
+    """A STAC item for one GeoTIFF: its footprint in WGS 84, its picture as 'visual'."""
+    with rasterio.open(path) as ds:
+        w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": path.stem,
+        "collection": collection,
+        "bbox": [w, s, e, n],
+        "geometry": mapping(box(w, s, e, n)),
+        "properties": {"datetime": f"{date}T12:00:00Z", "updated": "2026-01-01T00:00:00Z"},
+        "links": [],
+        "assets": {
+            "thumbnail": {"href": "thumb.png", "type": "image/png", "roles": ["thumbnail"]},
+            "ortho": {"href": href, "type": "image/tiff; application=geotiff", "roles": ["visual"]},
+        },
+    }
+
+
+def test_stac_items_on_disk_and_served_give_their_visual_assets(served, tmp_path):
+    """An item collection file with relative hrefs gives the files beside it; the same
+    file served over HTTP gives the served files, known to the journal by item id,
+    asset and update time; --asset picks another asset, a missing one is one line."""
+    root, url, _, _ = served
+    files = sorted(root.glob("*.tif"))
+    items = [_item(p, p.name, date="2024-05-0" + str(i + 1)) for i, p in enumerate(files)]
+    catalogue = root / "items.json"
+    catalogue.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    assert expand_inputs([catalogue]) == [p.resolve() for p in files]
+    remote = expand_inputs([f"{url}/items.json"])
+    assert [r.uri for r in remote] == [f"{url}/{p.name}" for p in files]
+    assert remote[0].identity == f"stac:{files[0].stem}/ortho@2026-01-01T00:00:00Z"
+    with pytest.raises(InputError, match="has no asset 'nir'.*choose one with --asset"):
+        stac_inputs([str(catalogue)], asset="nir")
+    (single := tmp_path / "one.json").write_text(json.dumps({**items[0], "assets": {}}))
+    with pytest.raises(InputError, match="no visual asset"):
+        expand_inputs([single])
+    (other := tmp_path / "catalog.json").write_text(json.dumps({"type": "Catalog", "id": "c"}))
+    with pytest.raises(InputError, match="not a STAC item or item collection"):
+        expand_inputs([other])
+
+
+def test_a_stac_api_search_through_the_command_line_gives_the_local_layer(
+    served, tiny_model, local_layer, tmp_path
+):
+    """`detect --stac URL --collection --bbox --datetime`: the items found (two pages
+    of the API's answers, one item of another collection and one of another date left
+    out) are read over HTTP and give the layer of the same files on disk; a search that
+    finds nothing is one line."""
+    root, url, _, _ = served
+    files = sorted(root.glob("*.tif"))
+    items = [_item(p, f"{url}/{p.name}", date="2024-05-01") for p in files]
+    items.append(_item(files[0], f"{url}/{files[0].name}", date="2024-05-01", collection="dsm"))
+    items.append({**_item(files[1], f"{url}/{files[1].name}", date="2019-01-01"), "id": "old"})
+    w = min(i["bbox"][0] for i in items) - 0.01
+    s = min(i["bbox"][1] for i in items) - 0.01
+    bbox = f"{w},{s},{w + 0.1},{s + 0.1}"
+    common = ["--model", tiny_model, *COMMON]
+    out = tmp_path / "stac.gpkg"
+    with stac_api(items) as (api, searches):
+        search = ["--stac", api, "--collection", "ortho", "--bbox", bbox]
+        found = run_cli(
+            "detect", *search, "--datetime", "2024-05-01/2024-05-31", *common, "--out", out
+        )
+        none = run_cli(
+            "detect", *search, "--datetime", "2001", *common, "--out", tmp_path / "x.gpkg"
+        )
+    assert found.returncode == 0, found.stderr
+    assert len(searches) >= 2  # the answers came in pages
+    _same_layer(out, local_layer)
+    assert_one_line_error(none, "found no items", "--datetime")
+    usage = run_cli("detect", "--bbox", bbox, *common, "--out", tmp_path / "y.gpkg")
+    assert usage.returncode == 2 and "--bbox need --stac URL" in usage.stderr
