@@ -5,6 +5,7 @@ fails for a while)."""
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import http.server
 import json
@@ -29,6 +30,8 @@ class Behaviour:
     # GeoTIFF's header) are answered with 503: the file opens, its chips fail
     failing: set = field(default_factory=set)
     requests: list = field(default_factory=list)  # (method, path, Range header) seen
+    # "user:password" that basic authentication must give (None: anyone may read)
+    userpwd: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -52,6 +55,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with b.lock:
             b.requests.append((self.command, name, self.headers.get("Range")))
         path = self.root / name
+        if b.userpwd is not None:
+            given = self.headers.get("Authorization", "")
+            if given != "Basic " + base64.b64encode(b.userpwd.encode()).decode():
+                return self._status(401)
         if Path(name).name in b.forbidden:
             return self._status(403)
         wanted = self.headers.get("Range", "")

@@ -7,6 +7,7 @@ line naming the input."""
 from __future__ import annotations
 
 import json
+import os
 
 import geopandas as gpd
 import numpy as np
@@ -287,3 +288,28 @@ def test_a_stac_api_search_through_the_command_line_gives_the_local_layer(
     assert_one_line_error(none, "found no items", "--datetime")
     usage = run_cli("detect", "--bbox", bbox, *common, "--out", tmp_path / "y.gpkg")
     assert usage.returncode == 2 and "--bbox need --stac URL" in usage.stderr
+
+
+def test_credentials_set_after_the_workers_started_reach_them(served, tiny_model, tmp_path):
+    """A Dask cluster started before the credentials were set (as one on other machines
+    is): the run's GDAL settings travel with it, so its workers read a server that asks
+    for a password, and the layer is the in-process one."""
+    from dask.distributed import LocalCluster
+
+    _, _, behaviour, _ = served
+    urls = _urls(served)
+    options = dict(chip_size=96, overlap=16, block_size=2, progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster:
+        behaviour.userpwd = "reader:pa55"
+        try:
+            with pytest.raises(InputError, match="HTTP 401"):
+                detect(urls, tiny_model, **options)
+            os.environ["GDAL_HTTP_USERPWD"] = "reader:pa55"  # given back after the test
+            here = detect(urls, tiny_model, **options)
+            there = detect(urls, tiny_model, cluster=cluster.scheduler_address, **options)
+        finally:
+            behaviour.userpwd = None
+    # the same features; fp32 sums differ with the worker's thread count (0.1 mm, 1e-4)
+    assert len(here) == len(there) > 0
+    assert there.geometry.geom_equals_exact(here.geometry, tolerance=1e-4).all()
+    assert np.allclose(there["score"], here["score"], atol=1e-4)

@@ -215,11 +215,15 @@ def stamp(remote: Remote) -> Stamp:
         return Stamp(None, None, None)
     parts = urllib.parse.urlsplit(url)
     headers = {"Range": "bytes=0-0"}
-    if parts.username is not None:  # user:password@host, as curl sends it: basic auth
-        user = urllib.parse.unquote(parts.username)
-        word = urllib.parse.unquote(parts.password or "")
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{word}".encode()).decode()
+    # The basic authentication GDAL sends: user:password@host, or GDAL_HTTP_USERPWD.
+    userpwd = os.environ.get("GDAL_HTTP_USERPWD")
+    if parts.username is not None:
+        userpwd = (
+            f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        )
         url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    if userpwd:
+        headers["Authorization"] = "Basic " + base64.b64encode(userpwd.encode()).decode()
     request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
@@ -252,6 +256,7 @@ def _http_advice(remote: Remote, code: int) -> str:
     if code in (401, 403):
         return (
             f"{remote}: the server refuses access (HTTP {code}); check the credentials "
-            "(AWS_*, GS_*, AZURE_* or the URL's signature, which may have expired)"
+            "(AWS_*, GS_*, AZURE_*, GDAL_HTTP_USERPWD, or the URL's signature, which may "
+            "have expired)"
         )
     return f"{remote}: the server answered HTTP {code}; check the URL, or rerun later"
