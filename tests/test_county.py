@@ -129,6 +129,7 @@ def test_oracle_layer_is_the_same_for_any_block_size_and_reader_count(
         _same_layer(layers[0], other)
 
 
+@pytest.mark.slow
 def test_real_model_layer_is_the_same_on_a_dask_local_cluster(tmp_path, tiny_model, mosaic):
     """A real network, loaded once per Dask worker from the model file: the layer of a
     2-worker LocalCluster with 2-chip blocks equals the in-process run's."""
@@ -414,6 +415,7 @@ def test_a_dead_reader_process_ends_the_run_with_one_line(tmp_path, tiny_model):
     assert not out.exists() and list(journal.glob("*.parquet"))
 
 
+@pytest.mark.slow
 def test_a_running_cluster_by_address_or_client_gives_the_same_layer(tiny_model, mosaic):
     """`--cluster tcp://HOST:PORT` and the notebook API's Client reach an existing
     cluster; each gives the in-process layer."""

@@ -21,6 +21,7 @@ def _boxes(model, x, amp):
         return model(x)[0]["boxes"]
 
 
+@pytest.mark.slow
 def test_bf16_autocast_does_not_round_box_coordinates():
     # bf16 holds 8 significant bits: anchors or offsets in bf16 put every coordinate
     # between 256 and 512 on a multiple of 2 px.

@@ -24,6 +24,7 @@ def test_notebook_is_committed_without_outputs(path):
 
 
 @pytest.mark.notebook
+@pytest.mark.slow
 def test_notebook_runs_clean(swimming_notebook):
     """The notebook ran in the session's fixture (its model is the suite's sample model):
     every plot drawn, the model trained as the command line would, the layers valid."""
@@ -41,6 +42,7 @@ def test_notebook_runs_clean(swimming_notebook):
 
 
 @pytest.mark.notebook
+@pytest.mark.slow
 def test_county_notebook_runs_clean(sample_model, tmp_path):
     """Detect on a synthetic county, parcels against its roll, change between its
     flights, a review simulated from its truth, the estimate drawn against the true
@@ -66,6 +68,7 @@ def test_county_notebook_runs_clean(sample_model, tmp_path):
 SAMPLE = SAMPLE_DATA / "train"
 
 
+@pytest.mark.slow
 def test_the_notebook_api_trains_the_model_the_command_line_trains(tmp_path, capsys):
     """The same labels, seed and steps through `geodetect train` and through
     prepare_data / RetinaNet / fit / save give the same model: the same spec (score

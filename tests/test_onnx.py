@@ -189,6 +189,7 @@ def _layer_coordinates(layer):
     return np.array([shapely.get_coordinates(g) for g in layer.geometry])
 
 
+@pytest.mark.slow
 def test_auto_times_the_runtimes_once_and_runs_the_fastest(tmp_path):
     """A run of 256+ chips on a CPU: `auto` times torch, ONNX Runtime fp32 and int8 on
     chips of the run, remembers the figures, says what it picked and why, and gives
@@ -235,6 +236,7 @@ def test_auto_times_the_runtimes_once_and_runs_the_fastest(tmp_path):
     assert np.abs(_layer_coordinates(auto) - _layer_coordinates(asked)).max() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["onnxruntime", "int8"])
 def test_each_runtime_gives_the_torch_fp32_layer(sample_model, tmp_path, runtime):
     """The suite's trained sample model over the sample mosaic: ONNX Runtime fp32 gives
@@ -276,6 +278,7 @@ def test_each_runtime_gives_the_torch_fp32_layer(sample_model, tmp_path, runtime
     assert abs(scores[runtime]["ap50"] - scores["torch"]["ap50"]) <= 0.02, scores
 
 
+@pytest.mark.slow
 def test_train_prepares_detection_on_this_machine(tmp_path):
     """`train` keeps calibration chips in the model file, quantises and times the
     runtimes once, and says what `detect` will run; `detect` then picks from those

@@ -27,6 +27,7 @@ def _matched(a: np.ndarray, b: np.ndarray, iou: float = 0.5) -> tuple[int, int]:
     return len(set(i[ok])), len(set(j[ok]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
 def test_geodeep_runs_the_export_and_finds_what_geodetect_finds(
     sample_model, tmp_path, capsys, int8

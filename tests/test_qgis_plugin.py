@@ -15,6 +15,7 @@ import time
 import geopandas as gpd
 import numpy as np
 import pytest
+from servers import file_server
 
 from conftest import SAMPLE_DATA, run_cli
 
@@ -66,20 +67,30 @@ def test_the_plugin_is_enabled_and_lists_every_algorithm(qgis):
 
 
 @needs_qgis
-def test_detect_in_qgis_gives_the_command_lines_layer(qgis, sample_model, tmp_path):
+def test_detect_in_qgis_gives_the_command_lines_layer(qgis, untrained_model, tmp_path):
     tiles = sorted((SAMPLE_DATA / "mosaic").glob("*.tif"))
     cli_out, qgis_out = tmp_path / "cli.gpkg", tmp_path / "qgis.gpkg"
-    assert run_cli("detect", *tiles, "-m", sample_model, "-o", cli_out, "-q").returncode == 0
+    assert run_cli("detect", *tiles, "-m", untrained_model, "-o", cli_out, "-q").returncode == 0
     inputs = [f"INPUT={t}" for t in tiles]
-    proc = qgis("run", "geodetect:detect", "--", *inputs, f"MODEL={sample_model}",
+    proc = qgis("run", "geodetect:detect", "--", *inputs, f"MODEL={untrained_model}",
                 f"OUTPUT={qgis_out}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "detect: 9 of 9 chips" in proc.stdout  # geodetect's progress reached QGIS
     a, b = gpd.read_file(cli_out), gpd.read_file(qgis_out)
     assert len(a) == len(b) > 20
-    a, b = (df.sort_values("score", ascending=False).reset_index(drop=True) for df in (a, b))
+    a, b = _ordered(a), _ordered(b)
     np.testing.assert_allclose(a["score"], b["score"], rtol=1e-6)
     assert a.geometry.geom_equals_exact(b.geometry, tolerance=1e-6).all()
+    # the same tiles as layers of a project whose source is a URL (GDAL reads them over
+    # HTTP): the command line's layer again
+    url_out = tmp_path / "url.gpkg"
+    with file_server(SAMPLE_DATA / "mosaic") as (url, _):
+        inputs = [{"raster": f"/vsicurl/{url}/{t.name}"} for t in tiles]
+        parameters = {"INPUT": inputs, "MODEL": str(untrained_model), "OUTPUT": str(url_out)}
+        _pyqgis(tmp_path, "geodetect:detect", parameters)
+    c = _ordered(gpd.read_file(url_out))
+    np.testing.assert_allclose(a["score"], c["score"], rtol=1e-6)
+    assert a.geometry.geom_equals_exact(c.geometry, tolerance=1e-6).all()
     # the same file: its coverage layer and the style QGIS loads with it
     import pyogrio
 
@@ -91,6 +102,14 @@ def test_detect_in_qgis_gives_the_command_lines_layer(qgis, sample_model, tmp_pa
                 f"OUTPUT={result}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(result.read_text())["n_truth"] == 36
+
+
+def _ordered(layer: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Features by score, then place (scores can tie)."""
+    centre = layer.geometry.centroid
+    keyed = layer.assign(_x=centre.x.round(3), _y=centre.y.round(3))
+    ordered = keyed.sort_values(["score", "_x", "_y"], ascending=False)
+    return ordered.drop(columns=["_x", "_y"]).reset_index(drop=True)
 
 
 @needs_qgis
@@ -154,7 +173,8 @@ def test_the_runner_finds_the_recorded_command_and_says_what_to_do_without_one(
 # layers the context asks to load (qgis_process has no project and loads nothing).
 PYQGIS_RUN = """
 import json, sys
-from qgis.core import QgsApplication, QgsProcessingContext, QgsProject, QgsVectorLayer
+from qgis.core import (QgsApplication, QgsProcessingContext, QgsProject, QgsRasterLayer,
+                       QgsVectorLayer)
 QgsApplication.setPrefixPath("/usr", True)
 app = QgsApplication([], False)
 app.initQgis()
@@ -168,7 +188,16 @@ provider = GeodetectProvider()
 assert QgsApplication.processingRegistry().addProvider(provider)
 context = QgsProcessingContext()
 context.setProject(QgsProject.instance())
-processing.run(sys.argv[2], json.loads(sys.argv[3]), context=context)
+parameters = json.loads(sys.argv[3])
+# {"raster": SOURCE} stands for a raster layer of the project opened from SOURCE (a file,
+# or a URL GDAL reads over the network), as a user adds one to the map.
+for key, value in parameters.items():
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        layers = [QgsRasterLayer(v["raster"], f"raster {i}", "gdal") for i, v in enumerate(value)]
+        assert all(layer.isValid() for layer in layers), [v["raster"] for v in value]
+        QgsProject.instance().addMapLayers(layers)
+        parameters[key] = [layer.id() for layer in layers]
+processing.run(sys.argv[2], parameters, context=context)
 loaded = []
 for uri, details in context.layersToLoadOnCompletion().items():
     layer = QgsVectorLayer(uri, details.name, "ogr")

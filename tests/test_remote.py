@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-import torch
 from affine import Affine
 from rasterio.warp import transform_bounds
 from servers import file_server, stac_api
@@ -25,12 +24,10 @@ from geodetect.errors import InputError
 from geodetect.io.raster import expand_inputs, scene_info
 from geodetect.io.remote import Remote, redact
 from geodetect.io.stac import stac_inputs
-from geodetect.model import build_retinanet, save_model
 
 from conftest import (
     NORTH_UP,
     assert_one_line_error,
-    make_tiny_spec,
     paint_boxes,
     random_boxes,
     run_cli,
@@ -110,26 +107,17 @@ def test_a_served_mosaic_gives_the_layer_of_the_files_on_disk(served, oracle):
     assert gets and all(r[2] and r[2].startswith("bytes=") for r in gets)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """An untrained tiny RetinaNet: its boxes are arbitrary but exactly reproducible."""
-    torch.manual_seed(0)
-    spec = make_tiny_spec(score_threshold=0.0)
-    path = tmp_path_factory.mktemp("model") / "tiny.model"
-    return save_model(build_retinanet(spec, pretrained="none"), spec, path)
-
-
 # The detect options of the command-line tests.
 COMMON = ["--chip-size", "96", "--overlap", "16", "--block-size", "2"]
 
 
 @pytest.fixture(scope="module")
-def local_layer(served, tiny_model, tmp_path_factory) -> gpd.GeoDataFrame:
+def local_layer(served, untrained_model, tmp_path_factory) -> gpd.GeoDataFrame:
     """The tiny model's layer of the served files, read from disk by the CLI."""
     root = served[0]
     out = tmp_path_factory.mktemp("local") / "local.gpkg"
     done = run_cli(
-        "detect", *sorted(root.glob("*.tif")), "--model", tiny_model, *COMMON, "--out", out
+        "detect", *sorted(root.glob("*.tif")), "--model", untrained_model, *COMMON, "--out", out
     )
     assert done.returncode == 0, done.stderr
     layer = gpd.read_file(out, layer="detections")
@@ -144,14 +132,14 @@ def _same_layer(path, expected: gpd.GeoDataFrame) -> None:
 
 
 def test_a_failing_server_keeps_finished_blocks_and_the_rerun_gives_the_local_layer(
-    served, tiny_model, local_layer, tmp_path
+    served, untrained_model, local_layer, tmp_path
 ):
     """One file's server fails (HTTP 503) mid-run: one line naming it (no signature),
     exit non-zero, no layer, the journal kept; the server back, the same command writes
     the layer of the local files. The signed URL's signature and the URL's password are
     in no output: layer, journal or log."""
     _, _, behaviour, _ = served
-    common = ["--model", tiny_model, *COMMON]
+    common = ["--model", untrained_model, *COMMON]
     urls = [u.replace("http://", f"http://user:{SECRET}@") for u in _urls(served, f"?sig={SECRET}")]
     out = tmp_path / "remote.gpkg"
     journal = tmp_path / ".remote.gpkg.geodetect"
@@ -206,10 +194,10 @@ def test_a_server_that_cannot_serve_chips_gets_one_line(served, case, needles):
         assert needle in str(raised.value)
 
 
-def test_the_command_line_says_a_missing_url_in_one_line(served, tiny_model, tmp_path):
+def test_the_command_line_says_a_missing_url_in_one_line(served, untrained_model, tmp_path):
     _, url, _, _ = served
     out = tmp_path / "out.gpkg"
-    proc = run_cli("detect", f"{url}/gone.tif", "--model", tiny_model, "--out", out)
+    proc = run_cli("detect", f"{url}/gone.tif", "--model", untrained_model, "--out", out)
     assert_one_line_error(proc, f"{url}/gone.tif", "HTTP 404")
     assert not out.exists()
 
@@ -258,7 +246,7 @@ def test_stac_items_on_disk_and_served_give_their_visual_assets(served, tmp_path
 
 
 def test_a_stac_api_search_through_the_command_line_gives_the_local_layer(
-    served, tiny_model, local_layer, tmp_path
+    served, untrained_model, local_layer, tmp_path
 ):
     """`detect --stac URL --collection --bbox --datetime`: the items found (two pages
     of the API's answers, one item of another collection and one of another date left
@@ -272,7 +260,7 @@ def test_a_stac_api_search_through_the_command_line_gives_the_local_layer(
     w = min(i["bbox"][0] for i in items) - 0.01
     s = min(i["bbox"][1] for i in items) - 0.01
     bbox = f"{w},{s},{w + 0.1},{s + 0.1}"
-    common = ["--model", tiny_model, *COMMON]
+    common = ["--model", untrained_model, *COMMON]
     out = tmp_path / "stac.gpkg"
     with stac_api(items) as (api, searches):
         search = ["--stac", api, "--collection", "ortho", "--bbox", bbox]
@@ -290,7 +278,8 @@ def test_a_stac_api_search_through_the_command_line_gives_the_local_layer(
     assert usage.returncode == 2 and "--bbox need --stac URL" in usage.stderr
 
 
-def test_credentials_set_after_the_workers_started_reach_them(served, tiny_model, tmp_path):
+@pytest.mark.slow
+def test_credentials_set_after_the_workers_started_reach_them(served, untrained_model, tmp_path):
     """A Dask cluster started before the credentials were set (as one on other machines
     is): the run's GDAL settings travel with it, so its workers read a server that asks
     for a password, and the layer is the in-process one."""
@@ -303,10 +292,10 @@ def test_credentials_set_after_the_workers_started_reach_them(served, tiny_model
         behaviour.userpwd = "reader:pa55"
         try:
             with pytest.raises(InputError, match="HTTP 401"):
-                detect(urls, tiny_model, **options)
+                detect(urls, untrained_model, **options)
             os.environ["GDAL_HTTP_USERPWD"] = "reader:pa55"  # given back after the test
-            here = detect(urls, tiny_model, **options)
-            there = detect(urls, tiny_model, cluster=cluster.scheduler_address, **options)
+            here = detect(urls, untrained_model, **options)
+            there = detect(urls, untrained_model, cluster=cluster.scheduler_address, **options)
         finally:
             behaviour.userpwd = None
     # the same features; fp32 sums differ with the worker's thread count (0.1 mm, 1e-4)

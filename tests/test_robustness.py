@@ -225,6 +225,7 @@ def assert_interrupted(code: int, stderr: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("geodetect: error: interrupted"), lines
 
 
+@pytest.mark.slow
 def test_signals_mid_run(files, big_scene, tmp_path):
     """Ctrl-C, and SIGTERM with a reader process: exit 130, one line, nothing left in the
     folder. kill -9: no file at --out (an existing one surviving kill -9 is checked at the

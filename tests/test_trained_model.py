@@ -65,6 +65,7 @@ def _seam_pools(images, truth: gpd.GeoDataFrame) -> np.ndarray:
     return boxes[shapely.intersects(boxes, inner)]
 
 
+@pytest.mark.slow
 def test_a_briefly_trained_model_finds_the_pools_of_another_mosaic(sample_model, tmp_path, capsys):
     images = sorted((SAMPLE / "mosaic").glob("*.tif"))
     # sample_model: 300 seeded steps on sample_data/train from random weights

@@ -32,6 +32,8 @@ from .runner import geodetect_command, run
 COMMAND_SETTING = "GEODETECT_COMMAND"
 DETECTION_GROUP = ("detection", "Detection")
 COUNTY_GROUP = ("county", "County answers")
+# Raster sources GDAL reads over the network (the plugin cannot import geodetect).
+REMOTE_SOURCES = ("/vsi", "http://", "https://", "s3://", "gs://", "az://")
 
 
 def command_setting():
@@ -124,11 +126,18 @@ class GeodetectAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"{name}: give at least one raster layer or file")
         paths = []
         for layer in layers:
-            parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
-            path = parts.get("path") or layer.source()
+            source = layer.source()
+            # A raster GDAL reads over the network (a URL, /vsicurl/, /vsis3/...): the
+            # same source for geodetect, which reads it by range requests.
+            if layer.providerType() == "gdal" and source.lower().startswith(REMOTE_SOURCES):
+                paths.append(source)
+                continue
+            parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), source)
+            path = parts.get("path") or source
             if not os.path.exists(path):
+                kind = " (a WMS/WMTS/XYZ service)" if layer.providerType() == "wms" else ""
                 raise QgsProcessingException(
-                    f"{layer.name()}: not a raster file geodetect can read ({layer.source()}); "
+                    f"{layer.name()}: not a raster file geodetect can read{kind} ({source}); "
                     "save it as a GeoTIFF first"
                 )
             paths.append(path)
