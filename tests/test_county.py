@@ -24,9 +24,8 @@ from rasterio.warp import Resampling, reproject
 
 from geodetect.detect import default_overlap, detect
 from geodetect.geometry import pixel_boxes_to_map
-from geodetect.model import build_retinanet, save_model
 
-from conftest import NORTH_UP, make_tiny_spec, paint_boxes, random_boxes, write_geotiff
+from conftest import NORTH_UP, paint_boxes, random_boxes, write_geotiff
 
 GEODETECT = [sys.executable, "-m", "geodetect"]
 
@@ -71,12 +70,9 @@ def _identical(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """An untrained tiny RetinaNet: its boxes are arbitrary but exactly reproducible."""
-    root = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    spec = make_tiny_spec(score_threshold=0.0)
-    return save_model(build_retinanet(spec, pretrained="none"), spec, root / "tiny.model")
+def tiny_model(untrained_model):
+    """An untrained tiny RetinaNet (the suite's): arbitrary but reproducible boxes."""
+    return untrained_model
 
 
 @pytest.fixture(scope="module")

@@ -144,8 +144,10 @@ def test_a_failing_server_keeps_finished_blocks_and_the_rerun_gives_the_local_la
     out = tmp_path / "remote.gpkg"
     journal = tmp_path / ".remote.gpkg.geodetect"
     behaviour.failing = {"tile_240_320.tif"}
+    # GDAL retries a 503 three times, waiting 1, 2 then 4 s: not retried, it fails at once
+    no_retry = dict(os.environ, GDAL_HTTP_MAX_RETRY="0")
     try:
-        failed = run_cli("detect", *urls, *common, "--out", out)
+        failed = run_cli("detect", *urls, *common, "--out", out, env=no_retry)
     finally:
         behaviour.failing = set()
     assert_one_line_error(failed, "tile_240_320.tif", "rerun")
@@ -302,3 +304,69 @@ def test_credentials_set_after_the_workers_started_reach_them(served, untrained_
     assert len(here) == len(there) > 0
     assert there.geometry.geom_equals_exact(here.geometry, tolerance=1e-4).all()
     assert np.allclose(there["score"], here["score"], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def s3(served):
+    """An S3-compatible server (moto's) holding the served tiles in a bucket; yields
+    the tiles' s3:// URLs and the environment that points GDAL at the server."""
+    moto_server = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET}
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{host}:{port}",
+        region_name="us-east-1",
+        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+    )
+    client.create_bucket(Bucket="ortho")
+    urls = []
+    for path in sorted(served[0].glob("*.tif")):  # public: anyone may read them
+        client.upload_file(str(path), "ortho", f"2024/{path.name}", {"ACL": "public-read"})
+        urls.append(f"s3://ortho/2024/{path.name}")
+    nowhere = str(served[0] / "no-such-file")
+    where = {
+        "AWS_S3_ENDPOINT": f"{host}:{port}",
+        "AWS_HTTPS": "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
+        "AWS_REGION": "us-east-1",
+        # no credentials but the test's: not this machine's files nor a cloud's metadata
+        "AWS_SHARED_CREDENTIALS_FILE": nowhere,
+        "CPL_AWS_CREDENTIALS_FILE": nowhere,
+        "AWS_CONFIG_FILE": nowhere,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "CPL_AWS_AUTODETECT_EC2": "NO",
+    }
+    try:
+        yield urls, where, keys
+    finally:
+        server.stop()
+
+
+def test_a_bucket_read_with_credentials_or_anonymously_gives_the_local_layer(
+    s3, untrained_model, local_layer, tmp_path
+):
+    """s3:// URLs from an S3-compatible server: with credentials in the environment (which
+    appear nowhere), and with --no-sign-request and none; without either, one line."""
+    urls, where, keys = s3
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    common = ["--model", untrained_model, *COMMON]
+    signed = run_cli(
+        "detect", *urls, *common, "--out", tmp_path / "signed.gpkg", "--keep-journal", "-v",
+        env=clean | where | keys,
+    )  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    _same_layer(tmp_path / "signed.gpkg", local_layer)
+    assert SECRET not in signed.stderr
+    for written in tmp_path.rglob("*"):
+        assert not written.is_file() or SECRET.encode() not in written.read_bytes(), written
+    anonymous = tmp_path / "anonymous.gpkg"
+    public = ["detect", *urls, *common, "--no-sign-request", "--out", anonymous]
+    assert run_cli(*public, env=clean | where).returncode == 0
+    _same_layer(anonymous, local_layer)
+    refused = run_cli("detect", *urls, *common, "--out", tmp_path / "x.gpkg", env=clean | where)
+    assert_one_line_error(refused, "s3://ortho/2024/tile_000_000.tif", "--no-sign-request")

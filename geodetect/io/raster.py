@@ -282,6 +282,12 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
             if remote_stamp is not None:
                 _warn_if_untiled(path, ds)
     except _GDAL_ERRORS as exc:
+        if isinstance(path, Remote):
+            raise RasterError(
+                f"{path}: cannot be opened over the network ({_first_line(exc)}); check the "
+                "URL and the credentials (AWS_*, GS_*, AZURE_*; --no-sign-request for a "
+                "public bucket)"
+            ) from None
         raise RasterError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from None
     except UnicodeDecodeError:  # GDAL's message quoted undecodable bytes of the file
         raise RasterError(f"{path}: not a raster GDAL can read (garbled header)") from None
