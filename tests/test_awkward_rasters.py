@@ -39,6 +39,9 @@ def tiny_model(tmp_path_factory):
 
 def run_detect(path, model, **kw):
     kw.setdefault("threshold", 0.05)
+    # These tests are about the rasters: torch, not `auto` (which would time three
+    # runtimes for each run of 256 chips or more; tested in test_onnx.py).
+    kw.setdefault("runtime", "torch")
     return detect([path], model, workers=0, progress=False, **kw)
 
 

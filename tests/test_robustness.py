@@ -178,9 +178,11 @@ def start_detect(scene, model, out, *, workers: str | None = "0", **popen) -> su
     """Start `geodetect detect` over many chips, with its progress on stderr
     (``workers=None``: the default reader processes)."""
     # Every chip through the network (--screen off): the run must last until signalled.
+    # torch, not `auto`, which would first time three runtimes (what is interrupted here
+    # is detection; `auto` is tested in test_onnx.py).
     argv = _argv(
         ["detect", scene, "--model", model, "--out", out, "--chip-size", "128"]
-        + ["--overlap", "0", "--batch-size", "1", "--screen", "off"]
+        + ["--overlap", "0", "--batch-size", "1", "--screen", "off", "--runtime", "torch"]
         + ([] if workers is None else ["--workers", workers])
     )
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
