@@ -289,6 +289,14 @@ def run_cli(*args, cwd=None, prefix=(), env=None) -> subprocess.CompletedProcess
     )
 
 
+def sigint_as_in_a_terminal() -> None:
+    """A child's Ctrl-C as in a terminal (``preexec_fn``), wherever the suite runs: a
+    shell starts background jobs with SIGINT ignored, and children inherit that."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # A progress line where stderr is not a terminal: "geodetect: detect: 30% (144/480 chips"
 PROGRESS_LINE = re.compile(r"^geodetect: [\w ]+: (\d+% )?\(\d+(/\d+)? \w+s, ")
 

@@ -210,14 +210,20 @@ def test_corrupt_names_file_and_window_or_is_skipped(shared_rasters, tiny_model,
     )  # default reader processes: the error crosses from one
     assert_clean_error(proc, "corrupt.tif", "window")
     assert not out.exists() and list(tmp_path.iterdir()) == []
-    # The same from a Dask worker: its own log and the error's GDAL chain stay out of it.
-    on_dask = cli(
-        "detect", path, "--model", tiny_model.path, "--out", out, "--chip-size", "512",
-        "--cluster", "local:1", "-q",
-    )  # fmt: skip
-    assert_clean_error(on_dask, "corrupt.tif", "window")
-    assert not out.exists() and list(tmp_path.iterdir()) == []
     report = DetectionReport()
     run_detect(path, tiny_model, skip_bad_chips=True, report=report, chip_size=256)
     assert report.skipped_windows and all("corrupt.tif" in m for m in report.skipped_windows)
     assert report.chips_read > 0
+
+
+@pytest.mark.slow
+def test_corrupt_file_on_a_dask_worker_is_one_line(shared_rasters, tiny_model, tmp_path):
+    """The damaged window from a Dask worker: its own log and the error's GDAL chain
+    stay out of the one line."""
+    out = tmp_path / "c.gpkg"
+    on_dask = cli(
+        "detect", shared_rasters / "corrupt.tif", "--model", tiny_model.path, "--out", out,
+        "--chip-size", "512", "--cluster", "local:1", "-q",
+    )  # fmt: skip
+    assert_clean_error(on_dask, "corrupt.tif", "window")
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -25,7 +25,7 @@ from rasterio.warp import Resampling, reproject
 from geodetect.detect import default_overlap, detect
 from geodetect.geometry import pixel_boxes_to_map
 
-from conftest import NORTH_UP, paint_boxes, random_boxes, write_geotiff
+from conftest import NORTH_UP, paint_boxes, random_boxes, sigint_as_in_a_terminal, write_geotiff
 
 GEODETECT = [sys.executable, "-m", "geodetect"]
 
@@ -153,6 +153,7 @@ def test_real_model_layer_is_the_same_on_a_dask_local_cluster(tmp_path, tiny_mod
     assert after == {k: v for k, v in environ.items() if not k.startswith("__DASK")}
 
 
+@pytest.mark.slow
 def test_cli_on_a_dask_local_cluster_gives_the_in_process_layer(tmp_path, tiny_model, mosaic):
     """`geodetect detect --cluster local:2`, as a user runs it (a real LocalCluster of two
     worker processes, 2x2-chip blocks spread over both), writes the layer the
@@ -218,9 +219,7 @@ def test_stopped_run_resumes_and_gives_the_uninterrupted_layer(tmp_path, uninter
         [*GEODETECT, *map(str, args), "--out", str(out), "-q"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        # Ctrl-C as in a terminal, even where the suite runs in the background (a shell
-        # starts background jobs with SIGINT ignored, and children inherit that).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=sigint_as_in_a_terminal,
     )
     deadline = time.monotonic() + 120
     while len(list(journal.glob("*.parquet"))) < (3 if sig == signal.SIGKILL else 1):

@@ -81,16 +81,6 @@ def test_detect_in_qgis_gives_the_command_lines_layer(qgis, untrained_model, tmp
     a, b = _ordered(a), _ordered(b)
     np.testing.assert_allclose(a["score"], b["score"], rtol=1e-6)
     assert a.geometry.geom_equals_exact(b.geometry, tolerance=1e-6).all()
-    # the same tiles as layers of a project whose source is a URL (GDAL reads them over
-    # HTTP): the command line's layer again
-    url_out = tmp_path / "url.gpkg"
-    with file_server(SAMPLE_DATA / "mosaic") as (url, _):
-        inputs = [{"raster": f"/vsicurl/{url}/{t.name}"} for t in tiles]
-        parameters = {"INPUT": inputs, "MODEL": str(untrained_model), "OUTPUT": str(url_out)}
-        _pyqgis(tmp_path, "geodetect:detect", parameters)
-    c = _ordered(gpd.read_file(url_out))
-    np.testing.assert_allclose(a["score"], c["score"], rtol=1e-6)
-    assert a.geometry.geom_equals_exact(c.geometry, tolerance=1e-6).all()
     # the same file: its coverage layer and the style QGIS loads with it
     import pyogrio
 
@@ -102,6 +92,24 @@ def test_detect_in_qgis_gives_the_command_lines_layer(qgis, untrained_model, tmp
                 f"OUTPUT={result}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(result.read_text())["n_truth"] == 36
+
+
+@needs_qgis
+@pytest.mark.slow
+def test_detect_in_qgis_reads_layers_whose_source_is_a_url(untrained_model, tmp_path):
+    """The tiles as layers of a project whose source is a URL (GDAL reads them over
+    HTTP), as a user adds them to the map: the command line's layer of the files."""
+    tiles = sorted((SAMPLE_DATA / "mosaic").glob("*.tif"))
+    cli_out, url_out = tmp_path / "cli.gpkg", tmp_path / "url.gpkg"
+    assert run_cli("detect", *tiles, "-m", untrained_model, "-o", cli_out, "-q").returncode == 0
+    with file_server(SAMPLE_DATA / "mosaic") as (url, _):
+        inputs = [{"raster": f"/vsicurl/{url}/{t.name}"} for t in tiles]
+        parameters = {"INPUT": inputs, "MODEL": str(untrained_model), "OUTPUT": str(url_out)}
+        _pyqgis(tmp_path, "geodetect:detect", parameters)
+    a, c = _ordered(gpd.read_file(cli_out)), _ordered(gpd.read_file(url_out))
+    assert len(a) == len(c) > 20
+    np.testing.assert_allclose(a["score"], c["score"], rtol=1e-6)
+    assert a.geometry.geom_equals_exact(c.geometry, tolerance=1e-6).all()
 
 
 def _ordered(layer: gpd.GeoDataFrame) -> gpd.GeoDataFrame:

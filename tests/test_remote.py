@@ -347,6 +347,7 @@ def s3(served):
         server.stop()
 
 
+@pytest.mark.slow
 def test_a_bucket_read_with_credentials_or_anonymously_gives_the_local_layer(
     s3, untrained_model, local_layer, tmp_path
 ):
@@ -370,3 +371,16 @@ def test_a_bucket_read_with_credentials_or_anonymously_gives_the_local_layer(
     _same_layer(anonymous, local_layer)
     refused = run_cli("detect", *urls, *common, "--out", tmp_path / "x.gpkg", env=clean | where)
     assert_one_line_error(refused, "s3://ortho/2024/tile_000_000.tif", "--no-sign-request")
+
+
+def test_a_remote_file_in_strips_draws_a_warning_and_a_tiled_one_none(tmp_path, caplog):
+    """Every chip of a file stored in strips reads whole rows of it over the network:
+    a warning says so and how to convert it; a tiled file is read without one."""
+    image = np.zeros((3, 64, 2400), dtype=np.uint8)
+    write_geotiff(tmp_path / "strips.tif", image, transform=NORTH_UP, tiled=False)
+    write_geotiff(tmp_path / "tiled.tif", image, transform=NORTH_UP, tiled=True)
+    with file_server(tmp_path) as (url, _), caplog.at_level("WARNING", logger="geodetect"):
+        scene_info(Remote(f"{url}/tiled.tif"))
+        assert caplog.text == ""
+        scene_info(Remote(f"{url}/strips.tif"))
+    assert "strips.tif: stored in strips" in caplog.text and "gdal_translate -of COG" in caplog.text

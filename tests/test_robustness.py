@@ -40,6 +40,7 @@ from conftest import (
     SHARED_RASTERS,
     make_tiny_spec,
     paint_boxes,
+    sigint_as_in_a_terminal,
     write_geotiff,
 )
 
@@ -185,7 +186,13 @@ def start_detect(scene, model, out, *, workers: str | None = "0", **popen) -> su
         + ["--overlap", "0", "--batch-size", "1", "--screen", "off", "--runtime", "torch"]
         + ([] if workers is None else ["--workers", workers])
     )
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=sigint_as_in_a_terminal,
+        **popen,
+    )
 
 
 def wait_until_detecting(proc: subprocess.Popen) -> bytes:
@@ -322,6 +329,7 @@ def test_interrupt_where_python_mishandles_it(tmp_path, place):
         capture_output=True,
         text=True,
         timeout=60,
+        preexec_fn=sigint_as_in_a_terminal,
     )
     assert proc.stdout == ""  # the interrupt was not lost
     assert_interrupted(proc.returncode, proc.stderr)
@@ -361,6 +369,7 @@ def test_signal_while_writing_keeps_existing_output(files, tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=sigint_as_in_a_terminal,
         )
     for sig, popen in procs.items():
         out, err = popen.communicate(timeout=300)

@@ -102,6 +102,9 @@ def run(
         errors="replace",
         env=env,
         start_new_session=True,
+        # SIGINT is how a cancel stops the run: handled even where QGIS itself was
+        # started with it ignored (a background job inherits that, and passes it on).
+        preexec_fn=_sigint_handled if os.name == "posix" else None,
     )
     out: list[str] = []
 
@@ -156,6 +159,10 @@ def run(
     result.returncode = proc.returncode
     result.stdout = "".join(out)
     return result
+
+
+def _sigint_handled() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
