@@ -76,9 +76,6 @@ class Remote(os.PathLike):
     def __repr__(self) -> str:
         return f"Remote({redact(self.uri)!r}, identity={self.identity!r})"
 
-    def __lt__(self, other) -> bool:
-        return str(self) < str(other)
-
     @property
     def url(self) -> str | None:
         """The http(s) URL behind it, when there is one (``/vsicurl/`` unwrapped)."""
