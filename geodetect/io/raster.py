@@ -40,7 +40,7 @@ from geodetect.errors import InputError, RasterError, RunError
 from geodetect.geometry.boxes import boxes_overlap, points_in_boxes
 from geodetect.geometry.grid import Grid, covering_window, window_box
 from geodetect.io.crs import raster_crs
-from geodetect.io.remote import NETWORK_DEFAULTS, Remote, is_remote, opening, stamp
+from geodetect.io.remote import CREDENTIALS, NETWORK_DEFAULTS, Remote, is_remote, opening, stamp
 from geodetect.io.stac import is_stac, stac_inputs
 from geodetect.io.units import gsd_metres, local_utm
 
@@ -285,8 +285,7 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
         if isinstance(path, Remote):
             raise RasterError(
                 f"{path}: cannot be opened over the network ({_first_line(exc)}); check the "
-                "URL and the credentials (AWS_*, GS_*, AZURE_*; --no-sign-request for a "
-                "public bucket)"
+                f"URL and {CREDENTIALS}"
             ) from None
         raise RasterError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from None
     except UnicodeDecodeError:  # GDAL's message quoted undecodable bytes of the file
@@ -304,8 +303,8 @@ def scene_info(path: str | os.PathLike, *, allow_no_crs: bool = False) -> SceneI
     return replace(info, remote_stamp=remote_stamp) if remote_stamp is not None else info
 
 
-# A remote file read in strips this tall or more (or untiled) draws a warning: each chip
-# then fetches whole rows of the file.
+# A remote file at least this wide stored in strips (blocks as wide as the file) draws a
+# warning: each chip then fetches whole rows of the file.
 _STRIP_WARN_PX = 2048
 
 
@@ -316,7 +315,7 @@ def _warn_if_untiled(path: Remote, ds) -> None:
         return
     log.warning(
         "%s: stored in strips of %d x %d px, not tiled, so each chip reads whole rows of "
-        "the file over the network (%.0f MB a row of chips); convert it to a "
+        "the file over the network (%.0f MB a row of 512 px chips); convert it to a "
         "Cloud-Optimized GeoTIFF (gdal_translate -of COG) where it is served",
         path,
         block_w,

@@ -37,6 +37,11 @@ NETWORK_DEFAULTS = {
 # Set only while a remote file is opened: GDAL would otherwise list the remote folder
 # (or probe a dozen sidecar names) for each file. Local files keep their sidecars.
 OPEN_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+# Where credentials come from, as the error lines name them.
+CREDENTIALS = (
+    "the credentials (AWS_*, GS_*, AZURE_*, GDAL_HTTP_USERPWD; --no-sign-request for a "
+    "public bucket)"
+)
 # How long the probe of one URL waits for the server.
 PROBE_TIMEOUT_S = 30
 # Query keys of signed URLs (S3 and Google presigned, Azure SAS): their values are
@@ -252,8 +257,7 @@ def _http_advice(remote: Remote, code: int) -> str:
         return f"{remote}: not found on the server (HTTP 404); check the URL"
     if code in (401, 403):
         return (
-            f"{remote}: the server refuses access (HTTP {code}); check the credentials "
-            "(AWS_*, GS_*, AZURE_*, GDAL_HTTP_USERPWD, or the URL's signature, which may "
-            "have expired)"
+            f"{remote}: the server refuses access (HTTP {code}); check {CREDENTIALS}, or "
+            "the URL's signature, which may have expired"
         )
     return f"{remote}: the server answered HTTP {code}; check the URL, or rerun later"
