@@ -6,6 +6,7 @@ train on São Paulo's ``train/`` sheets, detect over ``val/`` with the defaults,
 A row with 0 steps is the cold start (``--start none``).
 
     python benchmarks/start.py --start-steps 0,400,800,1600,3200 --steps 2800
+    python benchmarks/start.py --start-steps 2000 --confusers --steps 800 --sets val
 
 ``--steps`` trains the real run for a fixed number of steps (what an 8-minute budget
 buys on the machine in ``benchmarks/README.md``), so the rows differ only by their
@@ -29,6 +30,14 @@ def main() -> None:
     parser = real.parser()
     parser.description = __doc__.splitlines()[0]
     parser.add_argument("--start-steps", default="0,400,800,1600,3200")
+    parser.add_argument(
+        "--confusers",
+        action="store_true",
+        help="draw the suburb with sports courts and solar panels (synth --confusers)",
+    )
+    parser.add_argument(
+        "--hard-examples", action="store_true", help="mine the suburb for false alarms"
+    )
     args = parser.parse_args()
     keep = args.keep
     rows = []
@@ -45,7 +54,14 @@ def main() -> None:
                 from geodetect.train.start import StartRecipe
 
                 began = time.monotonic()
-                path = build_synthetic_start(StartRecipe(steps=steps), progress=False)
+                path = build_synthetic_start(
+                    StartRecipe(
+                        steps=steps,
+                        confusers=args.confusers,
+                        hard_examples=args.hard_examples,
+                    ),
+                    progress=False,
+                )
                 build_minutes = (time.monotonic() - began) / 60
                 run.train_args = f"{args.train_args} --init {path}"
             else:

@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,26 +27,11 @@ from geodetect.detect import detect
 from geodetect.io.labels import LabelSource
 from geodetect.model import LoadedModel, load_model, resolve_device, save_model
 from geodetect.plots import plot_detections, plot_history, plot_lr_find, show_chips
-from geodetect.train import (
-    EpochStats,
-    LRFinderResult,
-    TrainingData,
-    evaluate_chips,
-    fit,
-    load_labelled,
-    lr_find,
-    prepare_training_data,
-)
-from geodetect.train.fit import DEFAULT_LR
-from geodetect.train.run import Length, new_model
-from geodetect.train.score import AREA_MAX_WINDOWS, AREA_SHARE
-from geodetect.train.spec import (
-    default_batch_size,
-    default_chip_size,
-    default_workers,
-    finish_spec,
-    record_object_sizes,
-)
+from geodetect.train import EpochStats, LRFinderResult, TrainingData, evaluate_chips, lr_find
+from geodetect.train.options import Length, Start, TrainOptions
+from geodetect.train.run import Budget, Prepared, finish, fit_model, new_model
+from geodetect.train.run import prepare_data as cut_chips
+from geodetect.train.spec import default_batch_size, with_object_sizes
 
 __all__ = ["DetectionData", "RetinaNet", "detect_objects", "plot_detections", "prepare_data"]
 
@@ -63,6 +48,8 @@ class DetectionData:
     chip_size: int
     batch_size: int
     seed: int = 0
+    #: The training options asked so far (:class:`RetinaNet` and its ``fit`` add theirs).
+    options: TrainOptions = dataclasses.field(default_factory=TrainOptions)
 
     @property
     def classes(self) -> list[str]:
@@ -147,15 +134,13 @@ def prepare_data(
         >>> data = prepare_data("ortho/*.tif", labels="pools.gpkg", chip_size=256)  # doctest: +SKIP
         >>> data.show_batch()                                                       # doctest: +SKIP
     """
-    source = LabelSource.guess(path, labels, class_field=class_field, review=review)
-    labelled = load_labelled(source, gsd=gsd)
-    if chip_size is None:
-        chip_size = default_chip_size(labelled.typical_object_px)
-    training = prepare_training_data(
-        labelled, chip_size=chip_size, val_fraction=val_fraction, seed=seed
+    options = TrainOptions.of(  # checked before anything is read, as the command line's
+        chip_size=chip_size, batch_size=batch_size, val_fraction=val_fraction, gsd=gsd, seed=seed
     )
-    device = resolve_device("auto")
-    return DetectionData(training, chip_size, batch_size or default_batch_size(device), seed)
+    source = LabelSource.guess(path, labels, class_field=class_field, review=review)
+    training, chip_size = cut_chips(source, options)
+    batch_size = batch_size or default_batch_size(resolve_device(options.device))
+    return DetectionData(training, chip_size, batch_size, seed, options)
 
 
 class RetinaNet:
@@ -207,34 +192,36 @@ class RetinaNet:
         self.device = resolve_device(device)
         self.history: list[EpochStats] = []
         self.lr_finder: LRFinderResult | None = None
+        self._origin: Path | None = None
         if _loaded is not None:
             self.spec, self.model = _loaded.spec, _loaded.model
+            self.options = (data.options if data is not None else TrainOptions()).but(
+                backbone=self.spec.backbone,
+                preset=self.spec.preset,
+                start=Start("resume", _loaded.path),
+                device=device,
+            )
         else:
             if data is None:
                 raise ValueError(
                     "RetinaNet needs data (from prepare_data) or use RetinaNet.from_model(path)"
                 )
-            anchors = {}
-            if scales is not None:
-                anchors["anchor_scales"] = [float(s) for s in scales]
-            if ratios is not None:
-                anchors["anchor_ratios"] = [float(r) for r in ratios]
-            self.spec, self.model, started = new_model(
-                data.training,
+            self.options = data.options.but(
                 backbone=backbone,
                 preset=preset,
-                chip_size=data.chip_size,
-                start=start,
-                init=init,
+                anchor_scales=scales,
+                anchor_ratios=ratios,
+                start=Start.of(start, init=init),
                 device=device,
-                seed=data.seed,
-                **anchors,
             )
-            record_object_sizes(self.spec, data.training.labelled)
-            self.spec.training = {
-                "initialised_from": None if started is None else str(started),
-                "start": "model" if init is not None else start,
-            }
+            spec, self.model, self._origin = new_model(
+                data.training, self.options, chip_size=data.chip_size
+            )
+            origin = None if self._origin is None else str(self._origin)
+            self.spec = dataclasses.replace(
+                with_object_sizes(spec, data.training.labelled),
+                training={"initialised_from": origin, "start": self.options.start.kind},
+            )
         self.model.to(self.device).eval()
 
     def __repr__(self) -> str:
@@ -286,7 +273,7 @@ class RetinaNet:
 
         Args:
             epochs: planned epochs. Given none of ``epochs``, ``steps`` and
-                ``max_minutes``: :data:`~geodetect.train.fit.DEFAULT_STEPS` steps, as
+                ``max_minutes``: :data:`~geodetect.train.options.DEFAULT_STEPS` steps, as
                 ``geodetect train``.
             lr: peak learning rate (default: :meth:`lr_find`'s suggestion when it ran,
                 else ``geodetect train``'s 2e-3).
@@ -297,59 +284,35 @@ class RetinaNet:
         Returns:
             The per-epoch history; with ``plot``, the loss and AP curves are shown.
         """
-        length = Length.of(epochs, steps, max_minutes)  # as the command line checks it
         data = self._need_data()
-        if lr is None:
-            lr = self.lr_finder.suggested if self.lr_finder else DEFAULT_LR
-        deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
-        seed = data.seed if seed is None else seed
-        torch.manual_seed(seed)
-        # The same reservation as the command line: a share of the budget for the area.
-        val_area = data.training.val_area(max_windows=AREA_MAX_WINDOWS)
-        fit_deadline = deadline
-        if deadline is not None and val_area is not None:
-            fit_deadline = deadline - max(5.0, AREA_SHARE * (deadline - time.monotonic()))
-        result = fit(
-            self.model,
-            data.training,
-            epochs=length.planned_epochs,
-            steps=length.steps,
+        if lr is None and self.lr_finder:
+            lr = self.lr_finder.suggested
+        options = self.options.but(  # checked before any step, as the command line's
+            length=Length.of(epochs, steps, max_minutes),
             lr=lr,
-            batch_size=data.batch_size,
-            device=self.device,
-            deadline=fit_deadline,
             patience=patience,
-            workers=default_workers(self.device),
-            seed=seed,
-        )
-        self.model = result.model
-        area = finish_spec(
-            self.model,
-            self.spec,
-            data.training,
-            result.best,
+            seed=data.seed if seed is None else seed,
             batch_size=data.batch_size,
-            device=self.device,
-            workers=default_workers(self.device),
-            deadline=deadline,
-            val_area=val_area,
+            device=str(self.device),
         )
+        budget = Budget.of(options.length)
+        fitted = fit_model(self.model, data.training, options, budget)
+        self.model = fitted.result.model
+        prepared = Prepared(data.training, self.spec, self.model, options.start, self._origin)
+        spec = finish(prepared, fitted, options, budget)
         offset = self.history[-1].epoch if self.history else 0
-        for h in result.history:
+        for h in fitted.result.history:
             h.epoch += offset
-        self.history.extend(result.history)
-        self.spec.training = {
-            **self.spec.training,
-            "steps": self.spec.training.get("steps", 0) + result.steps,
-            "score_threshold": self.spec.score_threshold,
-            "val_area": area,
-            "lr": lr,
-            "batch_size": data.batch_size,
-            "seed": seed,
-        }
+        self.history.extend(fitted.result.history)
+        before = self.spec.training.get("steps", 0)
+        record = {**spec.training, "steps": before + fitted.result.steps}
+        record["epochs"] = len(self.history)
+        record["history"] = [dataclasses.asdict(h) for h in self.history]
+        record["start"] = self.spec.training.get("start", record["start"])
+        self.spec = dataclasses.replace(spec, training=record)
         if plot and self.history:
             _show(plot_history(self.history))
-        return result.history
+        return fitted.result.history
 
     def plot_losses(self) -> Figure:
         """Training loss and validation AP50 per epoch."""
@@ -400,11 +363,8 @@ class RetinaNet:
         """Write the one model file ``geodetect detect`` reads (safetensors + metadata)."""
         spec = self.spec
         if self.history:
-            spec.training = {
-                **spec.training,
-                "epochs": len(self.history),
-                "val_map_50": max((h.map_50 or 0) for h in self.history),
-            }
+            best = max((h.map_50 or 0) for h in self.history)
+            spec = dataclasses.replace(spec, training={**spec.training, "val_map_50": best})
         return save_model(self.model, spec, path, overwrite=overwrite)
 
     def loaded(self) -> LoadedModel:

@@ -12,9 +12,10 @@ import shapely
 
 from geodetect.county import DetectionLayer
 from geodetect.county.estimate import estimate
-from geodetect.county.review import draw_review, read_review
+from geodetect.county.review import draw_review
 from geodetect.errors import InputError
 from geodetect.io.export import write_batches
+from geodetect.io.review import read_review
 
 from conftest import assert_one_line_error, run_cli
 

@@ -23,7 +23,7 @@ from geodetect.io.raster import GridReader, open_mosaics, resample_to_gsd, scene
 from geodetect.io.target import choose_target
 from geodetect.train import load_labelled, prepare_training_data
 from geodetect.train.augment import NO_AUGMENTATION
-from geodetect.train.data import (
+from geodetect.train.sizes import (
     COARSEN_FROM,
     MAX_COARSEN,
     MIN_SMALL_PX,

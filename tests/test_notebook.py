@@ -49,7 +49,7 @@ def test_county_notebook_runs_clean(sample_model, tmp_path):
     count, and retraining from the review: every layer written, the model's record
     holding what it learnt from the review. The notebook uses the model `make demo`
     leaves, here the suite's sample model (its own training is that model's recipe)."""
-    from geodetect.county.review import read_review
+    from geodetect.io.review import read_review
     from geodetect.model import load_model
 
     work, images = run_notebook(COUNTY, tmp_path, demo_model=sample_model)

@@ -28,15 +28,10 @@ from geodetect.train import (
     train,
 )
 from geodetect.train.augment import dihedral, resize
-from geodetect.train.data import (
-    TRAIN,
-    VAL,
-    LabelledData,
-    SplitMap,
-    chip_targets,
-    label_nms_iou,
-    label_second_box_iou,
-)
+from geodetect.train.chips import chip_targets
+from geodetect.train.labelled import LabelledData
+from geodetect.train.sizes import label_nms_iou, label_second_box_iou
+from geodetect.train.split import TRAIN, VAL, SplitMap
 
 from conftest import NORTH_UP, paint_boxes, random_boxes, write_geotiff
 
@@ -191,7 +186,7 @@ def test_one_cycle_lr_shape():
     assert one_cycle_lr(1.0, max_lr=1.0) == pytest.approx(1 / 1000)
 
 
-TINY = dict(chip_size=64, batch_size=4, pretrained="none", progress=False, patience=None)
+TINY = dict(chip_size=64, batch_size=4, start="none", progress=False, patience=None)
 
 
 def test_one_epoch_writes_a_model_file_detection_can_read(labelled_scene, tmp_path):
@@ -248,10 +243,10 @@ def test_max_minutes_budget_is_respected(labelled_scene, tmp_path, capfd):
 def test_no_budget_trains_the_default_steps(labelled_scene, monkeypatch):
     """Given no epochs, steps or minutes, a run takes DEFAULT_STEPS steps: the same model
     on any machine (the value is measured in benchmarks/README.md; a small one here)."""
-    import geodetect.train.run as run
+    import geodetect.train.options as options
 
     tif, labels, _ = labelled_scene
-    monkeypatch.setattr(run, "DEFAULT_STEPS", 3)
+    monkeypatch.setattr(options, "DEFAULT_STEPS", 3)
     result = train(LabelSource.of([tif], labels), None, **TINY)
     assert (result.steps, result.stop_reason) == (3, "steps")
 
@@ -432,7 +427,7 @@ def test_a_length_asked_twice_is_refused_before_anything_is_read(tmp_path):
     """--steps with --epochs, or a length that is not positive, is refused before the
     labels are read (the label file here does not exist) or a model is built, by the
     command line's train() and by the notebook API alike."""
-    from geodetect.train.run import Length
+    from geodetect.train.options import Length
 
     missing = LabelSource.of([tmp_path / "nope.tif"], tmp_path / "nope.gpkg")
     with pytest.raises(InputError, match="--steps or --epochs"):

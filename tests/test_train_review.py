@@ -20,7 +20,8 @@ from geodetect.io.labels import LabelSource
 from geodetect.model import build_retinanet
 from geodetect.model.build import centres_inside
 from geodetect.train import Augmentation, load_labelled, prepare_training_data
-from geodetect.train.data import REJECTED, TRAIN, ChipSet, plan_split
+from geodetect.train.chips import REJECTED, ChipSet
+from geodetect.train.split import TRAIN, plan_split
 
 from conftest import (
     NORTH_UP,

@@ -17,9 +17,10 @@ from geodetect.geometry import pixel_boxes_to_map
 from geodetect.io.labels import LabelSource
 from geodetect.model import load_model
 from geodetect.train import load_labelled, prepare_training_data, train
-from geodetect.train.data import HARD, TRAIN, VAL, SplitMap
+from geodetect.train.chips import HARD
 from geodetect.train.fit import mine_hard_examples
 from geodetect.train.score import area_threshold, f1_standard_error, plateau_middle_threshold
+from geodetect.train.split import TRAIN, VAL, SplitMap
 
 from conftest import NORTH_UP, OracleDetector, paint_boxes, random_boxes, write_geotiff
 
@@ -137,7 +138,7 @@ def _painted_scene(tmp_path, *, seed):
 
 def test_init_starts_a_new_model_from_another_ones_weights(tmp_path):
     tif, labels = _painted_scene(tmp_path, seed=2)
-    tiny = dict(chip_size=64, batch_size=4, pretrained="none", progress=False, val_fraction=0)
+    tiny = dict(chip_size=64, batch_size=4, start="none", progress=False, val_fraction=0)
     first = train(LabelSource.of([tif], labels), tmp_path / "a.model", epochs=1, **tiny)
     source = load_model(first.path).model.state_dict()
     second = train(LabelSource.of([tif], labels), None, epochs=1, init=first.path, lr=1e-12, **tiny)
@@ -194,7 +195,7 @@ def test_train_builds_the_synthetic_start_once_and_starts_from_it(
     with pytest.raises(SystemExit) as exc:
         main(["weights", "synth", "-q"])  # already there
     assert exc.value.code == 1
-    cold = train(LabelSource.of([tif], labels), None, pretrained="none", **tiny)
+    cold = train(LabelSource.of([tif], labels), None, start="none", **tiny)
     assert cold.spec.training["initialised_from"] is None
     assert cold.spec.training["start"] == "none"
 

@@ -14,7 +14,7 @@ from geodetect.cli import main
 from geodetect.errors import InputError, LabelError
 from geodetect.io.labels import LabelSource, is_yolo_folder, read_yolo
 from geodetect.model import read_spec
-from geodetect.train.data import load_labelled
+from geodetect.train.labelled import load_labelled
 
 from conftest import paint_boxes, write_geotiff
 

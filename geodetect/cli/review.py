@@ -112,8 +112,8 @@ def estimate(detections, reviewed, partial, as_json, verbose, quiet):
     """
     from geodetect.county import read_detections
     from geodetect.county.estimate import estimate as estimate_total
-    from geodetect.county.review import read_review
     from geodetect.errors import InputError
+    from geodetect.io.review import read_review
 
     layer = read_detections(detections)
     items, squares, missed, strata = read_review(reviewed)

@@ -215,6 +215,7 @@ def command(
     """
     from geodetect.io.labels import LabelSource
     from geodetect.train import train
+    from geodetect.train.options import TrainOptions
 
     source = LabelSource.of(
         options.image_inputs(images, required=False),
@@ -229,29 +230,31 @@ def command(
     )
     result = train(
         source,
-        out,
-        backbone=backbone,
-        preset=preset,
-        chip_size=chip_size,
-        gsd=gsd,
-        epochs=epochs,
-        steps=steps,
-        max_minutes=max_minutes,
-        batch_size=batch_size,
-        lr=lr,
-        find_lr=find_lr,
-        val_fraction=val_fraction,
-        patience=patience,
-        device=device,
-        precision=precision,
-        workers=workers,
-        overwrite=overwrite,
-        resume=resume,
-        pretrained=start,
-        init=init,
-        hard_examples=hard_examples,
-        seed=seed,
-        progress=not quiet,
+        TrainOptions.of(
+            out=out,
+            backbone=backbone,
+            preset=preset,
+            chip_size=chip_size,
+            gsd=gsd,
+            epochs=epochs,
+            steps=steps,
+            max_minutes=max_minutes,
+            batch_size=batch_size,
+            lr=lr,
+            find_lr=find_lr,
+            val_fraction=val_fraction,
+            patience=patience,
+            device=device,
+            precision=precision,
+            workers=workers,
+            overwrite=overwrite,
+            resume=resume,
+            start=start,
+            init=init,
+            hard_examples=hard_examples,
+            seed=seed,
+            progress=not quiet,
+        ),
     )
     click.echo(result.summary())
     _prepare_detection(out, device)

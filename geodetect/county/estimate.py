@@ -32,8 +32,9 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from geodetect.county.review import REASONS, STRATA, parse_verdicts, squares_done
+from geodetect.county.review import STRATA
 from geodetect.errors import InputError
+from geodetect.io.review import REASONS, parse_verdicts, squares_done
 
 Z95 = 1.959964
 

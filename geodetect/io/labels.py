@@ -70,7 +70,7 @@ class LabelSource:
     ``review``: a review filled in QGIS (``geodetect sample``) over the same ``images``,
     with or without a label layer (``path`` None): its confirmed detections and drawn
     pools are objects, its rejections hard negatives, and only where it looked counts
-    as known (see :func:`geodetect.county.review.review_labels`).
+    as known (see :func:`geodetect.io.review.review_labels`).
     """
 
     kind: str
@@ -666,7 +666,7 @@ def read_yolo(folder: str | os.PathLike[str]) -> list[ChipLabels]:
 
     Chips come split by split, train first, then val/valid, then test (other split
     folders count as train), each sorted by file name. The order matters: chip folders
-    give their last chips to validation (:func:`geodetect.train.data.plan_split`), so
+    give their last chips to validation (:func:`geodetect.train.split.plan_split`), so
     validation chips tend to be the exporter's own validation images.
 
     Returns:

@@ -26,9 +26,11 @@ FORMAT = "geodetect-model"
 FORMAT_VERSION = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSpec:
-    """Architecture, input contract and provenance of a geodetect detector.
+    """Architecture, input contract and provenance of a geodetect detector: a frozen
+    value (change one with :func:`dataclasses.replace`), so that a model handed to
+    detection or kept by a notebook is never altered behind its owner's back.
 
     Band statistics are in the raw units of the imagery the model was trained on
     (e.g. 0-255 for uint8, reflectance counts for uint16): inputs are normalised as
@@ -59,12 +61,12 @@ class ModelSpec:
     score_threshold: float = 0.5
     # Same-class detections overlapping more than this IoU are one object (NMS, and the
     # merge of chip overlaps): set in training from how much the labels overlap (see
-    # geodetect.train.data.label_nms_iou); 0.5 in older model files.
+    # geodetect.train.sizes.label_nms_iou); 0.5 in older model files.
     nms_iou: float = 0.5
     # A box overlapping a better one of its class by more than this IoU, with the centre
     # of one of the two inside the other, is a second box of one object and goes (in the
     # chip and in the map merge); set in training from the labels (see
-    # geodetect.train.data.label_second_box_iou); 0.3 in older model files. None: off.
+    # geodetect.train.sizes.label_second_box_iou); 0.3 in older model files. None: off.
     second_box_iou: float | None = 0.3
     # Kept boxes become the score-weighted mean of same-class candidates overlapping
     # them by at least this IoU (box voting); None or 1 turns it off.

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from geodetect.train.data import ChipSet, TrainingData
+from geodetect.train.chips import ChipSet
+from geodetect.train.data import TrainingData
 
 #: Windows kept: enough for stable MinMax ranges of the activations, few enough to
 #: weigh a few MB in the model file (16 x 3 x 256 x 256 bytes = 3 MB).

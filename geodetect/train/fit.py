@@ -30,26 +30,14 @@ from geodetect.model import (
 )
 from geodetect.model.build import centres_inside
 from geodetect.progress import progress_bar
-from geodetect.train.data import (
-    HARD,
-    TRAIN,
-    ChipItem,
-    ChipSet,
-    TrainingData,
-    area_windows,
-    chip_loader,
-)
+from geodetect.train.chips import HARD, ChipItem, ChipSet, area_windows, chip_loader
+from geodetect.train.data import TrainingData
+from geodetect.train.options import DEFAULT_EPOCHS, DEFAULT_LR
 from geodetect.train.score import AREA_MAX_WINDOWS, evaluate_chips, predict
+from geodetect.train.split import TRAIN
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LR = 2e-3
-DEFAULT_EPOCHS = 60  # fit()'s own default; a training run without a budget takes DEFAULT_STEPS
-# A training run given no budget (no epochs, steps or minutes) takes this many steps:
-# about 30 minutes on a 2-core CPU (7,749 steps in 30 minutes on an Intel Xeon), a few on
-# a GPU. On real 0.2 m orthophotos (benchmarks/README.md, real.py) 30 minutes gave AP50
-# 0.843, AP75 0.731, F1 0.846 where 8 minutes gave 0.789, 0.617, 0.824.
-DEFAULT_STEPS = 8000
 WEIGHT_DECAY = 1e-4
 PCT_START = 0.15
 EVAL_FROM = 0.5  # validate only once this much of the schedule is done (and at the end)

@@ -4,18 +4,19 @@ training run of a fixed recipe, built the first time a machine needs it."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from geodetect.errors import InputError, OutputError
+from geodetect.errors import OutputError
 from geodetect.io.labels import LabelSource
 from geodetect.model import (
     ModelSpec,
@@ -24,23 +25,18 @@ from geodetect.model import (
     resolve_device,
     save_model,
 )
-from geodetect.train.augment import Augmentation
 from geodetect.train.calibration import calibration_chips
-from geodetect.train.data import (
-    TrainingData,
-    load_labelled,
-    prepare_training_data,
-)
+from geodetect.train.chips import ChipSet
+from geodetect.train.data import TrainingData, prepare_training_data
 from geodetect.train.fit import (
-    DEFAULT_EPOCHS,
-    DEFAULT_LR,
-    DEFAULT_STEPS,
     MINE_AT,
     MINE_AT_OPTED_IN,
     FitResult,
     fit,
     lr_find,
 )
+from geodetect.train.labelled import load_labelled
+from geodetect.train.options import DEFAULT_LR, Length, Start, TrainOptions
 from geodetect.train.score import AREA_MAX_WINDOWS, AREA_MIN_OBJECTS, AREA_SHARE
 from geodetect.train.spec import (
     check_resumable,
@@ -52,7 +48,7 @@ from geodetect.train.spec import (
     log_sizes,
     spec_for,
 )
-from geodetect.train.start import StartRecipe, check_start, start_recipe
+from geodetect.train.start import StartRecipe, start_recipe
 
 log = logging.getLogger(__name__)
 
@@ -106,87 +102,82 @@ class TrainResult(FitResult):
 
 
 @dataclass(frozen=True)
-class Length:
-    """How long a run trains, checked before anything is read or built: planned
-    ``epochs`` or ``steps`` (not both) and a wall-clock budget ``max_minutes``, either or
-    both. Given none, :data:`~geodetect.train.fit.DEFAULT_STEPS` steps (the same model on
-    any machine). :meth:`of` is the one place this policy lives: ``geodetect train`` and
-    the notebook API (:meth:`geodetect.RetinaNet.fit`) both go through it."""
+class Budget:
+    """A run's wall clock: when it began and the ``time.monotonic()`` by which it must
+    end (None: no budget). Immutable: :meth:`extended` gives the budget after a pause
+    that does not count, such as a one-time build of the synthetic start."""
 
-    epochs: int | None = None
-    steps: int | None = None
-    max_minutes: float | None = None
-
-    #: Planned epochs when the budget alone sets the length (it ends the run first).
-    BUDGET_EPOCHS = 10_000
+    began: float
+    deadline: float | None = None
 
     @classmethod
-    def of(
-        cls,
-        epochs: int | None = None,
-        steps: int | None = None,
-        max_minutes: float | None = None,
-    ) -> Length:
-        """The length asked for, with the default filled in.
+    def of(cls, length: Length) -> Budget:
+        now = time.monotonic()
+        return cls(now, None if length.max_minutes is None else now + 60.0 * length.max_minutes)
 
-        Raises:
-            InputError: both ``epochs`` and ``steps``, or a value that is not positive.
-        """
-        if steps is not None and epochs is not None:
-            raise InputError("give --steps or --epochs, not both")
-        for name, value in (("--epochs", epochs), ("--steps", steps)):
-            if value is not None and (int(value) != value or value < 1):
-                raise InputError(f"{name} {value}: give a whole number of at least 1")
-        if max_minutes is not None and not max_minutes > 0:
-            raise InputError(f"--max-minutes {max_minutes}: give a number of minutes above 0")
-        if epochs is None and steps is None and max_minutes is None:
-            steps = DEFAULT_STEPS  # read now: tests and benchmarks set it
-        return cls(epochs, steps, max_minutes)
+    def extended(self, seconds: float) -> Budget:
+        return self if self.deadline is None else Budget(self.began, self.deadline + seconds)
+
+    def less(self, seconds: float) -> float | None:
+        """The deadline ``seconds`` earlier (None without one)."""
+        return None if self.deadline is None else self.deadline - seconds
+
+    def area_reserve(self, val_area: ChipSet | None) -> float:
+        """Seconds kept at the end for choosing the threshold over the validation area:
+        :data:`AREA_SHARE` of what is left, at least 5 s (0 without a budget or area)."""
+        if self.deadline is None or val_area is None:
+            return 0.0
+        return max(5.0, AREA_SHARE * (self.deadline - time.monotonic()))
 
     @property
-    def planned_epochs(self) -> int:
-        """The ``epochs`` :func:`~geodetect.train.fit.fit` plans with (it counts
-        ``steps`` instead when they are given)."""
-        if self.epochs is not None:
-            return self.epochs
-        return self.BUDGET_EPOCHS if self.max_minutes is not None else DEFAULT_EPOCHS
+    def minutes(self) -> float:
+        return (time.monotonic() - self.began) / 60
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What preparing gives fitting: the labelled imagery cut into chips, the spec and
+    network to train and where their weights came from (``origin``: the model file, None
+    for ImageNet or random weights)."""
+
+    data: TrainingData
+    spec: ModelSpec
+    model: nn.Module
+    start: Start
+    origin: Path | None
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What fitting gives finishing: the fit itself and the settings it ran with."""
+
+    result: FitResult
+    lr: float
+    batch_size: int
+    workers: int
+    val_area: ChipSet | None
 
 
 def train(
     source: LabelSource,
-    out: str | os.PathLike[str] | None = None,
-    *,
-    backbone: str = "resnet18",
-    preset: str = "lite",
-    chip_size: int | None = None,
-    gsd: float | None = None,
-    box_loss: str | None = None,
-    epochs: int | None = None,
-    steps: int | None = None,
-    max_minutes: float | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    find_lr: bool = False,
-    val_fraction: float = 0.2,
-    patience: int | None = None,
-    augmentation: Augmentation | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    workers: int | None = None,
-    overwrite: bool = False,
-    resume: str | os.PathLike[str] | None = None,
-    init: str | os.PathLike[str] | None = None,
-    hard_examples: bool = False,
-    seed: int = 0,
-    pretrained: str = "synthetic",
-    progress: bool = True,
+    options: TrainOptions | str | os.PathLike[str] | None = None,
+    /,
+    **asked: Any,
 ) -> TrainResult:
-    """Train a detector from labelled imagery and write one model file.
+    """Train a detector from labelled imagery and write one model file: prepare
+    (:func:`prepare`: labels, sizes, GSD, chips, start), fit (:func:`fit_model`), finish
+    (:func:`finish`: sizes, threshold, the training record) and write.
 
     Args:
         source: where the labels come from: rasters + a label layer, a VOC chip folder,
             a COCO JSON file or a YOLO folder (:class:`geodetect.io.labels.LabelSource`,
             e.g. ``LabelSource.of(["ortho/*.tif"], "pools.gpkg")``).
+        options: the run's :class:`~geodetect.train.options.TrainOptions`; or, instead,
+            the model file to write (or None) with the other options by ``geodetect
+            train``'s names as keywords (:meth:`TrainOptions.of`), e.g.
+            ``train(source, "m.model", steps=800)``.
+
+    What the options do:
         out: model file to write (None: keep the model in memory only).
         preset: ``"lite"`` (128 channels, 2 convolutions per head branch) or
             ``"standard"`` (256, 4).
@@ -194,32 +185,27 @@ def train(
             the stored model's when resuming).
         gsd: training pixel size in metres; the model detects at it (default: the
             rasters' upper median, coarser where the objects are large in pixels, see
-            :func:`geodetect.train.data.object_scaled_gsd`; the stored model's when
+            :func:`geodetect.train.sizes.object_scaled_gsd`; the stored model's when
             resuming).
-        box_loss: RetinaNet box loss (default: the spec's).
-        epochs: planned epochs; with ``max_minutes`` alone the budget sets the length.
-            Given none of ``epochs``, ``steps`` and ``max_minutes``, the run takes
-            :data:`~geodetect.train.fit.DEFAULT_STEPS` steps (about 30 minutes on a
-            2-core CPU).
-        steps: planned optimizer steps (instead of ``epochs``): the same seeded run
-            gives the same model on any machine, however slow or busy; with
-            ``max_minutes`` too, whichever comes first ends it.
-        max_minutes: wall-clock budget for the whole call (reading labels, sampling,
-            training, validation and saving).
+        epochs, steps, max_minutes: the run's :class:`Length`. ``steps``: the same
+            seeded run gives the same model on any machine, however slow or busy; with
+            ``max_minutes`` too, whichever comes first ends it. Given none,
+            :data:`~geodetect.train.options.DEFAULT_STEPS` steps (about 30 minutes on a
+            2-core CPU). ``max_minutes`` covers the whole call (reading labels,
+            sampling, training, validation and saving), not a first build of the
+            synthetic start.
         lr: peak learning rate of the one-cycle schedule (default 2e-3).
         find_lr: run :func:`lr_find` first and use its suggestion (ignored with ``lr``).
-        resume: a model file to continue from: its architecture, classes, chip size and
-            band scaling are kept, the weights start where they were (optimizer state is
-            not stored in model files, so the schedule starts afresh).
-        init: a model file whose weights start a new model (e.g. one trained on
-            ``geodetect synth`` imagery): every tensor of the same name and shape is
-            copied; chip size, band scaling and GSD come from the new data. Takes the
-            place of ImageNet weights.
+        start, init, resume: the run's :class:`Start`: ``start`` ``"synthetic"`` (or
+            ``"auto"``; the default), ``"imagenet"`` or ``"none"``; ``init`` a model file
+            whose weights start a new model (every tensor of the same name and shape;
+            chip size, band scaling and GSD come from the new data); ``resume`` a model
+            file to continue (its architecture, classes, chip size and band scaling are
+            kept; optimizer state is not stored in model files, so the schedule starts
+            afresh).
         hard_examples: at 30 % and 60 % of the schedule, add chips around the model's
             most confident false alarms in the training area (see
             :func:`mine_hard_examples`).
-        pretrained: what a new model starts from (see :func:`new_model`):
-            ``"synthetic"`` (or ``"auto"``; the default), ``"imagenet"`` or ``"none"``.
         precision: ``"auto"`` (bf16 where the GPU or CPU computes it natively),
             ``"fp32"`` or ``"bf16"``.
 
@@ -227,208 +213,214 @@ def train(
         OutputError: ``out`` exists (without ``overwrite``) or its folder does not.
         InputError, LabelError, RasterError: unusable inputs; nothing is written.
     """
-    started = time.monotonic()
-    length = Length.of(epochs, steps, max_minutes)  # before anything is read or built
-    deadline = None if max_minutes is None else started + max_minutes * 60.0
-    out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        if out_path.exists() and not overwrite:
-            raise OutputError(f"{out_path}: already exists; pass --overwrite to replace it")
-        if not (out_path.parent if str(out_path.parent) else Path(".")).is_dir():
-            raise OutputError(f"{out_path}: folder {out_path.parent} does not exist; create it")
-    dev = resolve_device(device)
-    amp = autocast_dtype(dev, precision)  # refuses an impossible precision before any work
-    torch.manual_seed(seed)
-
-    if resume is not None and init is not None:
-        raise InputError(
-            "--resume continues a model and --init starts a new one from its weights; "
-            "give one of them"
-        )
-    base = load_model(resume) if resume is not None else None
-    if base is not None and chip_size is not None and chip_size != base.spec.chip_size:
-        log.warning(
-            "--chip-size %d ignored: the resumed model works on %d-pixel chips",
-            chip_size,
-            base.spec.chip_size,
-        )
-    if base is not None and gsd is not None and base.spec.gsd and gsd != base.spec.gsd:
-        log.warning("--gsd %g ignored: the resumed model works at %g m", gsd, base.spec.gsd)
-    if chip_size is not None and (chip_size % 32 or chip_size < 32):
-        raise InputError(f"--chip-size {chip_size}: must be a multiple of 32 and at least 32")
-
-    labelled = load_labelled(
-        source, gsd=gsd if base is None or not base.spec.gsd else base.spec.gsd
-    )
-    if base is not None:
-        size = base.spec.chip_size
-    else:
-        size = chip_size or default_chip_size(labelled.typical_object_px)
-    log_sizes(labelled, size, chosen=chip_size is None and base is None)
-    if base is not None:
-        check_resumable(base.spec, labelled.classes, labelled.num_bands, resume)
-    data = prepare_training_data(
-        labelled,
-        chip_size=size,
-        val_fraction=val_fraction,
-        augmentation=augmentation,
-        seed=seed,
-        band_stats=None if base is None else (base.spec.band_mean, base.spec.band_std),
-    )
-
-    if base is not None:
-        spec = copy.deepcopy(base.spec)
-        model = base.model
-    else:
-        extra = {"box_loss": box_loss} if box_loss else {}
-        start_kind = "model" if init is not None else check_start(pretrained)
-        built = time.monotonic()
-        spec, model, init = new_model(
-            data,
-            backbone=backbone,
-            preset=preset,
-            chip_size=size,
-            start=pretrained,
-            init=init,
-            device=device,
-            seed=seed,
-            progress=progress,
-            **extra,
-        )
-        if deadline is not None:  # a one-time start build is not part of the budget
-            deadline += time.monotonic() - built
-    batch = batch_size or default_batch_size(dev)
-    n_workers = default_workers(dev) if workers is None else workers
-    if lr is None and find_lr:
-        lr = lr_find(
-            model.to(dev),
-            data.train,
-            batch_size=batch,
-            device=dev,
-            workers=n_workers,
-            precision=precision,
-        ).suggested
-    lr = lr or DEFAULT_LR
-    val_area = data.val_area(max_windows=AREA_MAX_WINDOWS)
-    area_reserve = 0.0
-    if deadline is not None and val_area is not None:
-        area_reserve = max(5.0, AREA_SHARE * (deadline - time.monotonic()))
-    fitted = fit(
-        model,
-        data,
-        epochs=length.planned_epochs,
-        steps=length.steps,
-        batch_size=batch,
-        lr=lr,
-        device=dev,
-        deadline=None if deadline is None else deadline - _SAVE_RESERVE_S - area_reserve,
-        patience=patience,
-        workers=n_workers,
-        progress=progress,
-        seed=seed,
-        precision=precision,
-        mine_at=MINE_AT_OPTED_IN if hard_examples else MINE_AT,
-    )
-
-    area = finish_spec(
-        fitted.model,
-        spec,
-        data,
-        fitted.best,
-        batch_size=batch,
-        device=dev,
-        precision=precision,
-        workers=n_workers,
-        deadline=None if deadline is None else deadline - _SAVE_RESERVE_S,
-        val_area=val_area,
-    )
-    spec.training = {
-        "source": labelled.source,
-        "objects": labelled.num_objects,
-        "train_chips": len(data.train),
-        "val_chips": 0 if data.val is None else len(data.val),
-        "epochs": len(fitted.history),
-        "steps": fitted.steps,
-        "best_epoch": None if fitted.best is None else fitted.best.epoch,
-        "val_map_50": None if fitted.best is None else fitted.best.map_50,
-        "val_map": None if fitted.best is None else fitted.best.map,
-        "val_centre_error_px": None if fitted.best is None else fitted.best.centre_error_px,
-        "score_threshold": spec.score_threshold,
-        "val_area": area,
-        "stop_reason": fitted.stop_reason,
-        "lr": lr,
-        "batch_size": batch,
-        "precision": "fp32" if amp is None else "bf16",
-        "device": str(dev),
-        "seed": seed,
-        "resumed_from": None if resume is None else str(resume),
-        "initialised_from": None if init is None else str(init),
-        "start": "resumed" if base is not None else start_kind,
-        "hard_examples": hard_examples,
-        "minutes": round((time.monotonic() - started) / 60, 2),
-        "history": [asdict(h) for h in fitted.history],
-    }
+    if not isinstance(options, TrainOptions):
+        options = TrainOptions.of(out=options, **asked)
+    elif asked:
+        raise TypeError("give train() a TrainOptions or its fields as keywords, not both")
+    budget = Budget.of(options.length)  # options were checked before anything below
+    device = resolve_device(options.device)
+    autocast_dtype(device, options.precision)  # refuses an impossible precision first
+    torch.manual_seed(options.seed)
+    prepared, budget = prepare(source, options, budget)
+    fitted = fit_model(prepared.model, prepared.data, options, budget)
+    spec = finish(prepared, fitted, options, budget)
     saved = None
-    if out_path is not None:
+    if options.out is not None:
         saved = save_model(
-            fitted.model,
+            fitted.result.model,
             spec,
-            out_path,
-            overwrite=overwrite,
-            calibration=calibration_chips(data, val_area),
+            options.out,
+            overwrite=options.overwrite,
+            calibration=calibration_chips(prepared.data, fitted.val_area),
         )
     result = TrainResult(
-        **vars(fitted), spec=spec, path=saved, total_seconds=time.monotonic() - started
+        **vars(fitted.result),
+        spec=spec,
+        path=saved,
+        total_seconds=time.monotonic() - budget.began,
     )
-    log.info("training done in %.1f min (%s)", result.total_seconds / 60, fitted.stop_reason)
+    log.info("training done in %.1f min (%s)", result.total_seconds / 60, fitted.result.stop_reason)
     return result
 
 
+def prepare_data(
+    source: LabelSource, options: TrainOptions, base: ModelSpec | None = None
+) -> tuple[TrainingData, int]:
+    """The labelled imagery read at the training GSD and cut into chips split by area,
+    and the chip size: the options' or ``base``'s (a resumed model's), else chosen from
+    the objects' sizes (:func:`default_chip_size`)."""
+    gsd = options.gsd if base is None or not base.gsd else base.gsd
+    labelled = load_labelled(source, gsd=gsd)
+    size = base.chip_size if base is not None else options.chip_size
+    size = size or default_chip_size(labelled.typical_object_px)
+    log_sizes(labelled, size, chosen=options.chip_size is None and base is None)
+    if base is not None:
+        check_resumable(base, labelled.classes, labelled.num_bands, options.start.path)
+    data = prepare_training_data(
+        labelled,
+        chip_size=size,
+        val_fraction=options.val_fraction,
+        augmentation=options.augmentation,
+        seed=options.seed,
+        band_stats=None if base is None else (base.band_mean, base.band_std),
+    )
+    return data, size
+
+
+def prepare(source: LabelSource, options: TrainOptions, budget: Budget) -> tuple[Prepared, Budget]:
+    """Labels, sizes, GSD, chips and the network to train (a resumed model, or a new one
+    from its start); the budget comes back extended by a one-time build of the
+    synthetic start, which it does not count."""
+    base = load_model(options.start.path) if options.start.resumes else None
+    if base is not None:
+        for name, unit in (("chip_size", " px"), ("gsd", " m")):
+            asked, kept = getattr(options, name), getattr(base.spec, name)
+            if asked is not None and kept and asked != kept:
+                log.warning(
+                    "--%s %g ignored: the resumed model works at %g%s",
+                    name.replace("_", "-"),
+                    asked,
+                    kept,
+                    unit,
+                )
+    data, size = prepare_data(source, options, None if base is None else base.spec)
+    if base is not None:
+        prepared = Prepared(data, base.spec, base.model, options.start, None)
+        return prepared, budget
+    built = time.monotonic()
+    spec, model, origin = new_model(data, options, chip_size=size)
+    budget = budget.extended(time.monotonic() - built)  # a start build is not the budget's
+    return Prepared(data, spec, model, options.start, origin), budget
+
+
+def fit_model(
+    model: nn.Module, data: TrainingData, options: TrainOptions, budget: Budget
+) -> Fitted:
+    """Fit ``model`` to ``data`` within the budget, keeping a share of it for choosing
+    the threshold over the validation area and a few seconds for saving; the learning
+    rate is the options', else a sweep's when ``find_lr``, else :data:`DEFAULT_LR`."""
+    device = resolve_device(options.device)
+    batch = options.batch_size or default_batch_size(device)
+    workers = default_workers(device) if options.workers is None else options.workers
+    lr = options.lr
+    if lr is None and options.find_lr:
+        lr = lr_find(
+            model.to(device),
+            data.train,
+            batch_size=batch,
+            device=device,
+            workers=workers,
+            precision=options.precision,
+        ).suggested
+    lr = lr or DEFAULT_LR
+    val_area = data.val_area(max_windows=AREA_MAX_WINDOWS)
+    result = fit(
+        model,
+        data,
+        epochs=options.length.planned_epochs,
+        steps=options.length.steps,
+        batch_size=batch,
+        lr=lr,
+        device=device,
+        deadline=budget.less(_SAVE_RESERVE_S + budget.area_reserve(val_area)),
+        patience=options.patience,
+        workers=workers,
+        progress=options.progress,
+        seed=options.seed,
+        precision=options.precision,
+        mine_at=MINE_AT_OPTED_IN if options.hard_examples else MINE_AT,
+    )
+    return Fitted(result, lr, batch, workers, val_area)
+
+
+def finish(prepared: Prepared, fitted: Fitted, options: TrainOptions, budget: Budget) -> ModelSpec:
+    """The spec to write: the objects' sizes and the score threshold
+    (:func:`finish_spec`) and the training record."""
+    result, data = fitted.result, prepared.data
+    spec, area = finish_spec(
+        result.model,
+        prepared.spec,
+        data,
+        result.best,
+        batch_size=fitted.batch_size,
+        device=resolve_device(options.device),
+        precision=options.precision,
+        workers=fitted.workers,
+        deadline=budget.less(_SAVE_RESERVE_S),
+        val_area=fitted.val_area,
+    )
+    best = result.best
+    amp = autocast_dtype(resolve_device(options.device), options.precision)
+    start = options.start
+    record = {
+        "source": data.labelled.source,
+        "objects": data.labelled.num_objects,
+        "train_chips": len(data.train),
+        "val_chips": 0 if data.val is None else len(data.val),
+        "epochs": len(result.history),
+        "steps": result.steps,
+        "best_epoch": None if best is None else best.epoch,
+        "val_map_50": None if best is None else best.map_50,
+        "val_map": None if best is None else best.map,
+        "val_centre_error_px": None if best is None else best.centre_error_px,
+        "score_threshold": spec.score_threshold,
+        "val_area": area,
+        "stop_reason": result.stop_reason,
+        "lr": fitted.lr,
+        "batch_size": fitted.batch_size,
+        "precision": "fp32" if amp is None else "bf16",
+        "device": str(resolve_device(options.device)),
+        "seed": options.seed,
+        "resumed_from": str(start.path) if start.resumes else None,
+        "initialised_from": None if prepared.origin is None else str(prepared.origin),
+        "start": "resumed" if start.resumes else start.kind,
+        "hard_examples": options.hard_examples,
+        "minutes": round(budget.minutes, 2),
+        "history": [asdict(h) for h in result.history],
+    }
+    return dataclasses.replace(spec, training=record)
+
+
 def new_model(
-    data: TrainingData,
-    *,
-    chip_size: int,
-    backbone: str = "resnet18",
-    preset: str = "lite",
-    start: str = "synthetic",
-    init: str | os.PathLike[str] | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    progress: bool = True,
-    **overrides,
+    data: TrainingData, options: TrainOptions, *, chip_size: int
 ) -> tuple[ModelSpec, nn.Module, Path | None]:
     """A new detector for ``data`` (:func:`spec_for`) and the weights it starts from,
-    the same for ``train`` and the notebook API.
-
-    Args:
-        start: ``"synthetic"`` (or ``"auto"``): the synthetic starting model of the
-            architecture, built once per machine when it is not cached yet (see
-            :mod:`geodetect.train.start`); ``"imagenet"``: torchvision's backbone
-            weights, which must be cached; ``"none"``: random weights.
-        init: a model file whose weights start it instead (every tensor of the same
-            name and shape).
-        seed: seeds the random initialisation of what the start does not give.
+    the same for ``train`` and the notebook API: the synthetic starting model of the
+    architecture (built once per machine when it is not cached yet, see
+    :mod:`geodetect.train.start`), torchvision's ImageNet backbone weights (which must
+    be cached), random weights, or the weights of a model file (every tensor of the same
+    name and shape). The options' seed seeds what the start does not give.
 
     Returns:
         The spec, the network, and the model file its weights came from (None for
         ImageNet or random weights).
 
     Raises:
-        InputError: an unknown ``start``, or ``init`` shares no weights with it.
+        InputError: the start file shares no weights with it.
         ModelFileError: ImageNet weights asked for but not cached.
     """
-    start = check_start(start)
-    if init is None and start == "synthetic":
-        init = synthetic_start(backbone, preset, device=device, progress=progress)
-    if init is None and start == "none":
+    start = options.start
+    init = start.path if start.kind == "model" else None
+    if start.kind == "synthetic":
+        init = synthetic_start(
+            options.backbone, options.preset, device=options.device, progress=options.progress
+        )
+    if start.kind == "none":
         log.info("the model starts from random weights (--start none)")
-    torch.manual_seed(seed)
+    overrides = {}
+    if options.box_loss:
+        overrides["box_loss"] = options.box_loss
+    if options.anchor_scales is not None:
+        overrides["anchor_scales"] = list(options.anchor_scales)
+    if options.anchor_ratios is not None:
+        overrides["anchor_ratios"] = list(options.anchor_ratios)
+    torch.manual_seed(options.seed)
     spec, model = spec_for(
         data,
-        backbone=backbone,
-        preset=preset,
+        backbone=options.backbone,
+        preset=options.preset,
         chip_size=chip_size,
-        pretrained="imagenet" if init is None and start == "imagenet" else "none",
+        pretrained="imagenet" if start.kind == "imagenet" else "none",
         **overrides,
     )
     if init is not None:
@@ -471,17 +463,19 @@ def build_synthetic_start(
         # save_model writes the model file atomically (temporary file, then rename).
         train(
             LabelSource.of(scene.image_paths, scene.truth_path),
-            target,
-            backbone=recipe.backbone,
-            preset=recipe.preset,
-            steps=recipe.steps,
-            batch_size=recipe.batch_size,
-            hard_examples=recipe.hard_examples,
-            seed=recipe.seed,
-            device=device,
-            pretrained="none",
-            overwrite=overwrite,
-            progress=progress,
+            TrainOptions.of(
+                out=target,
+                backbone=recipe.backbone,
+                preset=recipe.preset,
+                steps=recipe.steps,
+                batch_size=recipe.batch_size,
+                hard_examples=recipe.hard_examples,
+                seed=recipe.seed,
+                device=device,
+                start="none",
+                overwrite=overwrite,
+                progress=progress,
+            ),
         )
     log.info(
         "synthetic starting model built in %.1f min: %s",

@@ -21,7 +21,7 @@ from geodetect.model import (
     autocast_dtype,
 )
 from geodetect.model.build import centres_inside
-from geodetect.train.data import (
+from geodetect.train.chips import (
     ChipSet,
     chip_loader,
 )
@@ -164,7 +164,7 @@ def plateau_middle_threshold(
 
 def only_known(prediction: dict, target: dict) -> dict:
     """The detections of a chip whose centres lie where its labels are complete (the
-    target's ``known`` boxes, see :class:`~geodetect.train.data.ChipSet`): elsewhere
+    target's ``known`` boxes, see :class:`~geodetect.train.chips.ChipSet`): elsewhere
     nothing is known, so a detection is neither right nor wrong. All of them when the
     whole chip is known."""
     known = target.get("known")

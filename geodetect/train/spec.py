@@ -4,6 +4,7 @@ for ``geodetect train``, :func:`geodetect.train.train` and the notebook API."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -19,14 +20,11 @@ from geodetect.model import (
 )
 from geodetect.model.build import first_conv_for_bands
 from geodetect.model.device import available_cpus
-from geodetect.train.data import (
-    ChipSet,
-    TrainingData,
-    label_nms_iou,
-    label_second_box_iou,
-)
+from geodetect.train.chips import ChipSet
+from geodetect.train.data import TrainingData
 from geodetect.train.fit import EpochStats
 from geodetect.train.score import AREA_MAX_WINDOWS, AREA_MIN_OBJECTS, area_threshold
+from geodetect.train.sizes import label_nms_iou, label_second_box_iou
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +73,7 @@ def finish_spec(
     workers: int = 0,
     deadline: float | None = None,
     val_area: ChipSet | None = None,
-) -> dict | None:
+) -> tuple[ModelSpec, dict | None]:
     """Everything training decides after fitting, shared by ``geodetect train``,
     :func:`train` and the notebook API so that the same labels give the same model file:
     the training objects' sizes (detection plans its chip overlap from them) and the
@@ -90,15 +88,16 @@ def finish_spec(
         deadline: ``time.monotonic()`` value by which the area scan stops.
 
     Returns:
-        What :func:`area_threshold` measured, or None without a validation area.
+        The finished spec (``spec`` is not changed), and what :func:`area_threshold`
+        measured, or None without a validation area.
     """
-    record_object_sizes(spec, data.labelled)
+    spec = with_object_sizes(spec, data.labelled)
     if best is not None and best.threshold is not None:
-        spec.score_threshold = best.threshold
+        spec = dataclasses.replace(spec, score_threshold=best.threshold)
     if val_area is None:
         val_area = data.val_area(max_windows=AREA_MAX_WINDOWS)
     if val_area is None:
-        return None
+        return spec, None
     area = area_threshold(
         model,
         val_area,
@@ -109,7 +108,7 @@ def finish_spec(
         deadline=deadline,
     )
     if area["n_truth"] >= AREA_MIN_OBJECTS:
-        spec.score_threshold = area["threshold"]
+        spec = dataclasses.replace(spec, score_threshold=area["threshold"])
         log.info(
             "score threshold %.2f: the middle of the thresholds whose F1 (averaged with "
             "the neighbours') is within one standard error of the best over %d "
@@ -131,7 +130,7 @@ def finish_spec(
             area["n_truth"],
             AREA_MIN_OBJECTS,
         )
-    return area
+    return spec, area
 
 
 def copy_matching_weights(model: nn.Module, source_model: nn.Module, *, source) -> int:
@@ -156,11 +155,14 @@ def copy_matching_weights(model: nn.Module, source_model: nn.Module, *, source) 
     return len(same)
 
 
-def record_object_sizes(spec: ModelSpec, labelled) -> None:
-    """Store the training objects' sizes in ``spec`` (kept when a resumed model saw larger
+def with_object_sizes(spec: ModelSpec, labelled) -> ModelSpec:
+    """``spec`` with the training objects' sizes (kept when a resumed model saw larger
     ones): detection plans its chip overlap from them."""
-    spec.max_object_px = max(labelled.max_object_px, spec.max_object_px or 0.0)
-    spec.typical_object_px = max(labelled.typical_object_px, spec.typical_object_px or 0.0)
+    return dataclasses.replace(
+        spec,
+        max_object_px=max(labelled.max_object_px, spec.max_object_px or 0.0),
+        typical_object_px=max(labelled.typical_object_px, spec.typical_object_px or 0.0),
+    )
 
 
 def log_sizes(labelled, chip_size: int, *, chosen: bool) -> None:

@@ -27,13 +27,7 @@ from pathlib import Path
 
 import torch
 
-from geodetect.errors import InputError
-
 log = logging.getLogger(__name__)
-
-#: What a new model starts from: ``synthetic`` (the default), ``imagenet`` (torchvision's
-#: backbone weights, which must be in torch's cache) or ``none`` (random weights).
-STARTS = ("synthetic", "imagenet", "none")
 
 
 @dataclass(frozen=True)
@@ -154,15 +148,3 @@ def start_recipe(backbone: str = "resnet18", preset: str = "lite") -> StartRecip
 def synthetic_start_path(backbone: str = "resnet18", preset: str = "lite") -> Path:
     """Where the synthetic starting model of ``backbone``/``preset`` is kept."""
     return start_recipe(backbone, preset).path
-
-
-def check_start(start: str) -> str:
-    """``start`` as a name in :data:`STARTS` (``auto`` is ``synthetic``).
-
-    Raises:
-        InputError: an unknown name.
-    """
-    start = "synthetic" if start == "auto" else start
-    if start not in STARTS:
-        raise InputError(f"unknown start {start!r}; choose one of {', '.join(STARTS)}")
-    return start
