@@ -141,7 +141,9 @@ def stac(f: F) -> F:
                 metavar="W,S,E,N",
                 callback=_parse_bbox,
                 expose_value=False,
-                help="--stac: the area to search, in degrees (WGS 84).",
+                help="The area, in degrees (WGS 84): where --stac searches, or what is "
+                "read from a tile service (an IMAGE such as https://host/{z}/{x}/{y}.png, "
+                "read at the model's GSD or --gsd).",
             ),
             click.option(
                 "--datetime",
@@ -175,6 +177,7 @@ def image_inputs(images: tuple[str, ...], *, required: bool = True) -> list:
     into inputs (see :mod:`geodetect.io.stac`); ``required``: IMAGE or --stac must be
     given."""
     from geodetect.io.stac import Search, stac_inputs
+    from geodetect.io.tiles import with_area
 
     given = click.get_current_context().obj.get("stac", {})
     search = None
@@ -187,7 +190,7 @@ def image_inputs(images: tuple[str, ...], *, required: bool = True) -> list:
             given.get("max_items"),
         )
     else:
-        flags = {"collections": "--collection", "bbox": "--bbox", "datetime": "--datetime"}
+        flags = {"collections": "--collection", "datetime": "--datetime"}
         terms = [
             flag for key, flag in (flags | {"max_items": "--max-items"}).items() if given.get(key)
         ]
@@ -196,7 +199,9 @@ def image_inputs(images: tuple[str, ...], *, required: bool = True) -> list:
             raise click.UsageError(f"{names} need --stac URL (the STAC API to search)")
         if not images and required:
             raise click.UsageError("give IMAGE... or --stac URL")
-    return stac_inputs(images, search=search, asset=given.get("asset"))
+    inputs = stac_inputs(images, search=search, asset=given.get("asset"))
+    # --bbox without --stac: the area read from the tile services among the inputs.
+    return inputs if search is not None else with_area(inputs, given.get("bbox"))
 
 
 def overwrite(f: F) -> F:

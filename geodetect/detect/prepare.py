@@ -33,6 +33,7 @@ from geodetect.io.raster import (
     grid_has_data,
 )
 from geodetect.io.target import TargetChoice, choose_target, target_grids
+from geodetect.io.tiles import resolve_services
 from geodetect.model import LoadedModel, ModelSpec, autocast_dtype, load_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,10 @@ def _grids(
     if _all_grids(inputs):
         grids = list(inputs)
         return grids, TargetChoice(grids[0].crs, None, None)
-    infos = describe_all(expand_inputs(inputs), allow_no_crs=options.allow_no_crs)
+    # A tile service is read at --gsd, else at the model's GSD.
+    gsd = options.gsd if isinstance(options.gsd, float) else spec.gsd
+    files = resolve_services(expand_inputs(inputs), gsd)
+    infos = describe_all(files, allow_no_crs=options.allow_no_crs)
     choice = choose_target(infos, model_gsd=spec.gsd, gsd=options.gsd, crs=options.crs)
     return target_grids(infos, choice), choice
 

@@ -42,6 +42,7 @@ from geodetect.geometry.grid import Grid, covering_window, window_box
 from geodetect.io.crs import raster_crs
 from geodetect.io.remote import CREDENTIALS, NETWORK_DEFAULTS, Remote, is_remote, opening, stamp
 from geodetect.io.stac import is_stac, stac_inputs
+from geodetect.io.tiles import TileService, is_tile_service, resolve_services
 from geodetect.io.units import gsd_metres, local_utm
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,9 @@ def configure_gdal() -> None:
         os.environ.setdefault(key, value)
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path | Remote]:
+def expand_inputs(
+    inputs: Iterable[str | os.PathLike | TileService],
+) -> list[Path | Remote | TileService]:
     """Turn paths, globs, folders, URLs and list files into a de-duplicated list of
     raster files (globs and folders sorted, everything else in the order given).
 
@@ -90,18 +93,22 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path | Remote]:
     (``/vsicurl/...``) becomes a :class:`~geodetect.io.remote.Remote`; ``@FILE`` reads
     one input per line of FILE (blank lines and ``#`` comments skipped; relative paths
     from FILE's folder); a STAC item or item collection (``.json``, file or URL) gives
-    each item's visual asset (:mod:`geodetect.io.stac`).
+    each item's visual asset (:mod:`geodetect.io.stac`); a tile URL template
+    (``https://host/{z}/{x}/{y}.png``) becomes a :class:`~geodetect.io.tiles.TileService`,
+    which :func:`~geodetect.io.tiles.resolve_services` reads at a pixel size.
 
     Raises:
         InputError: an input matches nothing, or a folder holds no rasters.
     """
-    found: list[Path | Remote] = []
+    found: list[Path | Remote | TileService] = []
     for item in inputs:
-        if isinstance(item, Remote):
+        if isinstance(item, Remote | TileService):
             found.append(item)
             continue
         text = os.fspath(item)
-        if is_stac(text):
+        if is_tile_service(text):
+            found.append(TileService(text))
+        elif is_stac(text):
             found.extend(expand_inputs(stac_inputs([text])))
         elif is_remote(text):
             found.append(Remote(text))
@@ -127,7 +134,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path | Remote]:
             found.append(Path(text))
         else:
             raise InputError(f"{text}: no such file; check the path")
-    unique = list(dict.fromkeys(p if isinstance(p, Remote) else p.resolve() for p in found))
+    kept = (Remote, TileService)
+    unique = list(dict.fromkeys(p if isinstance(p, kept) else p.resolve() for p in found))
     if not unique:
         raise InputError("no input rasters given")
     return unique
@@ -598,10 +606,15 @@ def build_mosaics(infos: Sequence[SceneInfo]) -> list[MosaicGrid]:
 
 
 def open_mosaics(
-    inputs: Iterable[str | os.PathLike], *, allow_no_crs: bool = False
+    inputs: Iterable[str | os.PathLike | TileService],
+    *,
+    allow_no_crs: bool = False,
+    gsd: float | None = None,
 ) -> list[MosaicGrid]:
-    """Expand inputs and group them into mosaic grids (see :func:`build_mosaics`)."""
-    return build_mosaics(describe_all(expand_inputs(inputs), allow_no_crs=allow_no_crs))
+    """Expand inputs and group them into mosaic grids (see :func:`build_mosaics`); tile
+    services are read at ``gsd`` metres."""
+    files = resolve_services(expand_inputs(inputs), gsd)
+    return build_mosaics(describe_all(files, allow_no_crs=allow_no_crs))
 
 
 def describe_all(paths: Sequence[Path | Remote], *, allow_no_crs: bool = False) -> list[SceneInfo]:

@@ -27,6 +27,7 @@ from types import ModuleType
 
 import torch
 
+from geodetect.cache import cache_folder, cache_root
 from geodetect.errors import GeodetectError, InputError, ModelFileError, OutputError
 from geodetect.model.file import METADATA_KEY, LoadedModel
 from geodetect.model.runtime import HeadOutputs, level_sizes
@@ -209,13 +210,9 @@ def onnx_available() -> bool:
 
 
 def cache_dir() -> Path:
-    """Where exported networks are kept: ``$GEODETECT_CACHE/onnx``, else
-    ``$XDG_CACHE_HOME/geodetect/onnx`` (default ``~/.cache/geodetect/onnx``)."""
-    root = os.environ.get("GEODETECT_CACHE")
-    if root:
-        return Path(root) / "onnx"
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "geodetect" / "onnx"
+    """Where exported networks are kept: the ``onnx`` folder of geodetect's cache
+    (:func:`geodetect.cache.cache_root`)."""
+    return cache_root() / "onnx"
 
 
 def cached_export(loaded: LoadedModel) -> Path:
@@ -242,10 +239,4 @@ def cached_export(loaded: LoadedModel) -> Path:
 
 def make_cache_dir(folder: Path) -> None:
     """Create the ONNX cache folder, or say how to choose another."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{folder}: cannot create the ONNX cache ({exc.strerror}); set GEODETECT_CACHE "
-            "to a writable folder or pass --runtime torch"
-        ) from None
+    cache_folder(folder.name, what="ONNX cache", instead=" or pass --runtime torch")

@@ -162,7 +162,7 @@ def load_labelled(source: LabelSource, *, gsd: float | None = None) -> LabelledD
                 described["review_counts"] = review.counts
             return LabelledData(boxes, classes, source=described)
 
-        opened = open_mosaics(list(source.images))
+        opened = open_mosaics(list(source.images), gsd=gsd)  # a tile service at --gsd
         labelled = on(to_training_gsd(opened, gsd=gsd))
         finest = labelled.gsd()
         if gsd is None and finest:
