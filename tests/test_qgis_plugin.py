@@ -15,6 +15,7 @@ import time
 import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio
 from servers import file_server
 
 from conftest import SAMPLE_DATA, run_cli
@@ -112,6 +113,48 @@ def test_detect_in_qgis_reads_layers_whose_source_is_a_url(untrained_model, tmp_
     assert a.geometry.geom_equals_exact(c.geometry, tolerance=1e-6).all()
 
 
+@needs_qgis
+@pytest.mark.slow
+def test_detect_in_qgis_reads_an_xyz_tile_layer_over_the_area_set(untrained_model, tmp_path):
+    """An XYZ tile layer (QGIS's "XYZ Tiles" connection) with the area to read set in
+    the dialog: the command line's layer of the same template and --bbox; without an
+    area, one line asking for it."""
+    import urllib.parse
+
+    from rasterio.warp import transform_bounds
+    from servers import xyz_tiles
+
+    from geodetect.io.tiles import TileService
+
+    scene = SAMPLE_DATA / "mosaic" / "scene_r0_c0.tif"
+    with rasterio.open(scene) as ds:
+        area = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
+    zoom = TileService("https://h/{z}/{x}/{y}.png", area).zoom_for(0.3)  # the model's GSD
+    xyz_tiles(scene, tmp_path / "tiles", zoom)
+    cli_out, qgis_out = tmp_path / "cli.gpkg", tmp_path / "qgis.gpkg"
+    with file_server(tmp_path / "tiles") as (url, _):
+        template = f"{url}/{{z}}/{{x}}/{{y}}.png"
+        bbox = ",".join(f"{v:.7f}" for v in area)
+        done = run_cli("detect", template, "--bbox", bbox, "-m", untrained_model, "-o", cli_out)
+        assert done.returncode == 0, done.stderr
+        source = f"type=xyz&url={urllib.parse.quote(template, safe='')}&zmax=22&zmin=0"
+        parameters = {
+            "INPUT": [{"raster": source, "provider": "wms"}],
+            "MODEL": str(untrained_model),
+            "AREA": f"{area[0]},{area[2]},{area[1]},{area[3]} [EPSG:4326]",
+            "OUTPUT": str(qgis_out),
+        }
+        _pyqgis(tmp_path, "geodetect:detect", parameters)
+        del parameters["AREA"]
+        failed = _pyqgis(tmp_path, "geodetect:detect", parameters, fails=True)
+    assert "tile service covers the world; set the area" in failed
+    a = _ordered(gpd.read_file(cli_out, layer="detections"))
+    c = _ordered(gpd.read_file(qgis_out, layer="detections"))
+    assert len(a) == len(c) > 5
+    np.testing.assert_allclose(a["score"], c["score"], rtol=1e-6)
+    assert a.geometry.geom_equals_exact(c.geometry, tolerance=1e-6).all()
+
+
 def _ordered(layer: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """Features by score, then place (scores can tie)."""
     centre = layer.geometry.centroid
@@ -198,10 +241,12 @@ context = QgsProcessingContext()
 context.setProject(QgsProject.instance())
 parameters = json.loads(sys.argv[3])
 # {"raster": SOURCE} stands for a raster layer of the project opened from SOURCE (a file,
-# or a URL GDAL reads over the network), as a user adds one to the map.
+# or a URL GDAL reads over the network; "provider": "wms" for an XYZ tile layer's
+# source), as a user adds one to the map.
 for key, value in parameters.items():
     if isinstance(value, list) and value and isinstance(value[0], dict):
-        layers = [QgsRasterLayer(v["raster"], f"raster {i}", "gdal") for i, v in enumerate(value)]
+        layers = [QgsRasterLayer(v["raster"], f"raster {i}", v.get("provider", "gdal"))
+                  for i, v in enumerate(value)]
         assert all(layer.isValid() for layer in layers), [v["raster"] for v in value]
         QgsProject.instance().addMapLayers(layers)
         parameters[key] = [layer.id() for layer in layers]
@@ -216,7 +261,9 @@ print(json.dumps(loaded))
 """
 
 
-def _pyqgis(tmp_path, algorithm, parameters):
+def _pyqgis(tmp_path, algorithm, parameters, *, fails=False):
+    """Run ``algorithm`` as the Toolbox does; the layers it loads, or with ``fails``
+    its error output (it must fail)."""
     python = "/usr/bin/python3"
     script = tmp_path / "run_in_qgis.py"
     script.write_text(PYQGIS_RUN)
@@ -227,6 +274,9 @@ def _pyqgis(tmp_path, algorithm, parameters):
         [python, script, PLUGIN_DIR.parent, algorithm, json.dumps(parameters)],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
+    if fails:
+        assert proc.returncode != 0, proc.stdout
+        return proc.stderr
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

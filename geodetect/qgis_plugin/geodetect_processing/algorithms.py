@@ -7,14 +7,17 @@ import json
 import os
 import shlex
 import tempfile
+import urllib.parse
 
 from qgis.core import (
+    QgsCoordinateReferenceSystem,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -120,11 +123,15 @@ class GeodetectAlgorithm(QgsProcessingAlgorithm):
 
     # --- turning parameters into paths ---------------------------------------------
 
-    def raster_paths(self, parameters, name, context):
+    def raster_paths(self, parameters, name, context, area=None):
+        """The rasters' sources as geodetect takes them: files, URLs, and an XYZ tile
+        layer's URL template followed by ``--bbox`` (the ``area`` parameter in degrees),
+        since a tile service covers the world (an algorithm without ``area`` refuses
+        tile layers)."""
         layers = self.parameterAsLayerList(parameters, name, context)
         if not layers:
             raise QgsProcessingException(f"{name}: give at least one raster layer or file")
-        paths = []
+        paths, services = [], []
         for layer in layers:
             source = layer.source()
             # A raster GDAL reads over the network (a URL, /vsicurl/, /vsis3/...): the
@@ -132,15 +139,39 @@ class GeodetectAlgorithm(QgsProcessingAlgorithm):
             if layer.providerType() == "gdal" and source.lower().startswith(REMOTE_SOURCES):
                 paths.append(source)
                 continue
+            if layer.providerType() == "wms":
+                query = dict(urllib.parse.parse_qsl(source))
+                if query.get("type") == "xyz" and "{z}" in query.get("url", ""):
+                    services.append(query["url"])
+                    continue
+                raise QgsProcessingException(
+                    f"{layer.name()}: a WMS/WMTS service geodetect cannot read ({source}); "
+                    "add its XYZ tiles as a layer (https://host/{z}/{x}/{y}.png), or save "
+                    "the area as a GeoTIFF first"
+                )
             parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), source)
             path = parts.get("path") or source
             if not os.path.exists(path):
-                kind = " (a WMS/WMTS/XYZ service)" if layer.providerType() == "wms" else ""
                 raise QgsProcessingException(
-                    f"{layer.name()}: not a raster file geodetect can read{kind} ({source}); "
+                    f"{layer.name()}: not a raster file geodetect can read ({source}); "
                     "save it as a GeoTIFF first"
                 )
             paths.append(path)
+        if services and area is None:
+            raise QgsProcessingException(
+                f"{layers[0].name()}: a tile service layer is read by 'Detect objects'; to "
+                "train on it, save the labelled area as a GeoTIFF first"
+            )
+        if services:
+            if parameters.get(area) in (None, ""):
+                raise QgsProcessingException(
+                    f"{layers[0].name()}: a tile service covers the world; set the area to "
+                    "read (the map canvas' extent, a layer's, or one drawn)"
+                )
+            wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+            box = self.parameterAsExtent(parameters, area, context, wgs84)
+            bbox = [box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()]
+            paths += [*services, "--bbox", ",".join(f"{v:.7f}" for v in bbox)]
         return paths
 
     def vector_path(self, parameters, name, context, feedback, *, whole_file=False):
@@ -205,6 +236,11 @@ class DetectAlgorithm(GeodetectAlgorithm):
         )
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", extension="model"))
         self.addParameter(
+            QgsProcessingParameterExtent(
+                "AREA", "Area to read from a tile service layer (XYZ)", optional=True
+            )
+        )
+        self.addParameter(
             QgsProcessingParameterNumber(
                 "THRESHOLD",
                 "Minimum score (empty: the model's)",
@@ -235,7 +271,7 @@ class DetectAlgorithm(GeodetectAlgorithm):
 
     def arguments(self, parameters, context, feedback):
         out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
-        args = ["detect", *self.raster_paths(parameters, "INPUT", context)]
+        args = ["detect", *self.raster_paths(parameters, "INPUT", context, area="AREA")]
         args += ["--model", self.parameterAsFile(parameters, "MODEL", context), "--out", out]
         if parameters.get("THRESHOLD") not in (None, ""):
             args += ["--threshold", str(self.parameterAsDouble(parameters, "THRESHOLD", context))]
