@@ -281,3 +281,85 @@ def xyz_tiles(scene: Path, root: Path, zoom: int, *, tms: bool = False) -> tuple
                 ) as out:
                     out.write(tile)
     return area
+
+
+def matrix_tiles(scene: Path, root: Path, crs: str, origin: tuple, pixel: float) -> tuple:
+    """Cut ``scene`` into the 256 px PNG tiles (RGB and alpha) of a tile matrix in
+    ``crs`` with its upper left corner at ``origin`` and ``pixel`` CRS units a pixel, as
+    ``root/COL/ROW.png``; returns the (first, last) columns and rows written."""
+    import math
+    import warnings
+
+    import numpy as np
+    import rasterio
+    from affine import Affine
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.warp import Resampling, reproject, transform_bounds
+
+    with rasterio.open(scene) as ds:
+        west, south, east, north = transform_bounds(ds.crs, crs, *ds.bounds)
+        data = ds.read()
+        valid = np.full((1, *data.shape[1:]), 255, np.uint8)
+        where = dict(src_transform=ds.transform, src_crs=ds.crs, dst_crs=crs)
+    span = 256 * pixel
+    cols = (math.floor((west - origin[0]) / span), math.floor((east - origin[0]) / span))
+    rows = (math.floor((origin[1] - north) / span), math.floor((origin[1] - south) / span))
+    for col in range(cols[0], cols[1] + 1):
+        for row in range(rows[0], rows[1] + 1):
+            at = Affine(pixel, 0, origin[0] + col * span, 0, -pixel, origin[1] - row * span)
+            tile = np.zeros((4, 256, 256), np.uint8)
+            reproject(data, tile[:3], dst_transform=at, resampling=Resampling.bilinear, **where)
+            reproject(valid, tile[3:], dst_transform=at, resampling=Resampling.nearest, **where)
+            path = root / str(col) / f"{row}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with warnings.catch_warnings():  # a tile has no georeferencing of its own
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(
+                    path, "w", driver="PNG", width=256, height=256, count=4, dtype="uint8"
+                ) as out:
+                    out.write(tile)
+    return cols, rows
+
+
+def wmts_capabilities(url: str, template: str, sets: dict) -> str:
+    """A WMTS 1.0.0 capabilities document of one layer, ``ortho``, in the tile matrix
+    sets ``sets`` ({name: (CRS URN, origin, [(matrix id, pixel in CRS units, matrix
+    width and height in tiles)...])}), its tiles at ``url``/``template`` (with
+    {TileMatrixSet}, {TileMatrix}, {TileCol}, {TileRow}), plus a second layer,
+    ``other``, in the first set only, so that a layer must be named."""
+    matrix_sets, links = [], []
+    for name, (crs, origin, matrices) in sets.items():
+        rows = "".join(
+            f"<TileMatrix><ows:Identifier>{ident}</ows:Identifier>"
+            f"<ScaleDenominator>{pixel / 0.28e-3!r}</ScaleDenominator>"
+            f"<TopLeftCorner>{origin[0]!r} {origin[1]!r}</TopLeftCorner>"
+            "<TileWidth>256</TileWidth><TileHeight>256</TileHeight>"
+            f"<MatrixWidth>{size}</MatrixWidth><MatrixHeight>{size}</MatrixHeight></TileMatrix>"
+            for ident, pixel, size in matrices
+        )
+        matrix_sets.append(
+            f"<TileMatrixSet><ows:Identifier>{name}</ows:Identifier>"
+            f"<ows:SupportedCRS>{crs}</ows:SupportedCRS>{rows}</TileMatrixSet>"
+        )
+        links.append(
+            f"<TileMatrixSetLink><TileMatrixSet>{name}</TileMatrixSet></TileMatrixSetLink>"
+        )
+    resource = f'<ResourceURL format="image/png" resourceType="tile" template="{url}/{template}"/>'
+    layer = (
+        "<Layer><ows:Title>{0}</ows:Title><ows:Identifier>{0}</ows:Identifier>"
+        '<Style isDefault="true"><ows:Identifier>default</ows:Identifier></Style>'
+        "<Format>image/png</Format>{1}{2}</Layer>"
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<Capabilities xmlns="http://www.opengis.net/wmts/1.0" '
+        'xmlns:ows="http://www.opengis.net/ows/1.1" '
+        'xmlns:xlink="http://www.w3.org/1999/xlink" version="1.0.0">'
+        "<ows:ServiceIdentification><ows:ServiceType>OGC WMTS</ows:ServiceType>"
+        "<ows:ServiceTypeVersion>1.0.0</ows:ServiceTypeVersion></ows:ServiceIdentification>"
+        "<Contents>"
+        + layer.format("ortho", "".join(links), resource)
+        + layer.format("other", links[0], resource)
+        + "".join(matrix_sets)
+        + "</Contents></Capabilities>"
+    )

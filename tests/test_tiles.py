@@ -6,17 +6,18 @@ an area, a wrong template or a zoom level the service lacks get one line."""
 from __future__ import annotations
 
 import math
+import re
 
 import geopandas as gpd
 import numpy as np
 import pytest
-from servers import file_server, xyz_tiles
+from servers import file_server, matrix_tiles, wmts_capabilities, xyz_tiles
 
 from geodetect.detect import detect
 from geodetect.errors import InputError
 from geodetect.evaluate import evaluate
 from geodetect.io.raster import expand_inputs
-from geodetect.io.tiles import TileService, is_tile_service
+from geodetect.io.tiles import TileService, is_tile_service, with_area
 
 from conftest import (
     NORTH_UP,
@@ -161,3 +162,59 @@ def test_training_reads_a_tile_service_at_the_gsd_asked(service, tmp_path, monke
     assert labelled.gsd() == pytest.approx(0.3, rel=0.02)  # ground metres
     with pytest.raises(InputError, match="give --gsd"):
         load_labelled(LabelSource.of([tiles], truth))
+
+
+# The UTM tile matrix set's upper left corner: whole 0.3 m pixels from the scene's.
+UTM_ORIGIN = (500000.0 - 0.3 * 3000, 3300000.0 + 0.3 * 2000)
+
+
+@pytest.fixture(scope="module")
+def wmts(service):
+    """The scene's tiles behind a WMTS: layer ``ortho`` in Web Mercator (``xyz``, the
+    XYZ tiles) and in the scene's own UTM zone at its own pixels (``utm``), beside a
+    second layer; yields the capabilities URL."""
+    scene, area, url, _ = service
+    root = scene.parent
+    matrix_tiles(scene, root / "utm" / "b", "EPSG:32617", UTM_ORIGIN, 0.3)
+    merc = [(str(z), 2 * 20037508.342789244 / 256 / 2**z, 2**z) for z in range(21)]
+    utm = [("a", 0.6, 64), ("b", 0.3, 128), ("c", 0.15, 256)]
+    half = 20037508.342789244
+    sets = {
+        "xyz": ("urn:ogc:def:crs:EPSG::3857", (-half, half), merc),
+        "utm": ("urn:ogc:def:crs:EPSG::32617", UTM_ORIGIN, utm),
+    }
+    template = "{TileMatrixSet}/{TileMatrix}/{TileCol}/{TileRow}.png"
+    capabilities = wmts_capabilities(url, template, sets)
+    (root / "WMTSCapabilities.xml").write_text(capabilities, encoding="utf-8")
+    return f"{url}/WMTSCapabilities.xml"
+
+
+def test_a_wmts_layer_is_read_in_its_tile_matrix_sets_crs_at_the_gsd(
+    service, wmts, oracle, monkeypatch, tmp_path
+):
+    """A WMTS layer in the scene's own UTM zone at its pixels gives the scene's layer
+    exactly; in Web Mercator, every object in its place. Several layers without
+    layer=, an unknown layer or matrix set, and no area are one line each."""
+    monkeypatch.setenv("GEODETECT_CACHE", str(tmp_path / "cache"))
+    scene, area, _, _ = service
+    kwargs = dict(chip_size=96, overlap=48, progress=False)
+    local = detect([scene], oracle, **kwargs)
+    (utm,) = with_area([f"WMTS:{wmts},layer=ortho,tilematrixset=utm"], area)
+    same = detect([utm], oracle, gsd=0.3, **kwargs)
+    assert same.crs.to_epsg() == 32617
+    assert len(same) == len(local) >= 28
+    found = evaluate(same, local, iou=0.99)
+    assert found.recall == 1.0 and found.precision == 1.0
+    (merc,) = with_area([f"WMTS:{wmts},tilematrixset=xyz,layer=ortho"], area)
+    placed = evaluate(detect([merc], oracle, gsd=0.3, **kwargs), local, iou=0.75)
+    assert placed.recall == 1.0 and placed.precision == 1.0
+    for text, needle in [
+        (f"WMTS:{wmts}", "2 layers; choose one with WMTS:URL,layer=NAME (ortho, other)"),
+        (f"WMTS:{wmts},layer=roads", "no layer 'roads'"),
+        (f"WMTS:{wmts},layer=other,tilematrixset=utm", "no tile matrix set 'utm' (xyz)"),
+    ]:
+        (named,) = with_area([text], area)
+        with pytest.raises(InputError, match=re.escape(needle)):
+            named.window(0.3)
+    with pytest.raises(InputError, match="give the area"):
+        detect([f"WMTS:{wmts},layer=ortho"], oracle, gsd=0.3, **kwargs)

@@ -31,7 +31,7 @@ from geodetect.errors import InputError, LabelError
 from geodetect.geometry.boxes import boxes_overlap
 from geodetect.geometry.grid import window_box
 from geodetect.io.raster import Member, MosaicGrid, scene_info
-from geodetect.io.tiles import TileService
+from geodetect.io.tiles import SERVICES, TileService, WmtsService
 from geodetect.io.units import layer_utm
 from geodetect.io.vectors import layer_name, read_layer, repair_geometries, to_crs_checked
 
@@ -76,7 +76,7 @@ class LabelSource:
 
     kind: str
     path: Path | None
-    images: tuple[str | TileService, ...] = ()
+    images: tuple[str | TileService | WmtsService, ...] = ()
     layer: str | int | None = None
     class_field: str | None = None
     point_size: float | None = None
@@ -143,7 +143,7 @@ class LabelSource:
             kind,
             None if path is None else Path(path),
             # a tile service keeps its area; anything else is a path or URL
-            tuple(p if isinstance(p, TileService) else os.fspath(p) for p in images or ()),
+            tuple(p if isinstance(p, SERVICES) else os.fspath(p) for p in images or ()),
             layer=layer,
             class_field=class_field,
             point_size=point_size,

@@ -42,7 +42,7 @@ from geodetect.geometry.grid import Grid, covering_window, window_box
 from geodetect.io.crs import raster_crs
 from geodetect.io.remote import CREDENTIALS, NETWORK_DEFAULTS, Remote, is_remote, opening, stamp
 from geodetect.io.stac import is_stac, stac_inputs
-from geodetect.io.tiles import TileService, is_tile_service, resolve_services
+from geodetect.io.tiles import SERVICES, TileService, is_service, resolve_services, service_of
 from geodetect.io.units import gsd_metres, local_utm
 
 log = logging.getLogger(__name__)
@@ -94,20 +94,21 @@ def expand_inputs(
     one input per line of FILE (blank lines and ``#`` comments skipped; relative paths
     from FILE's folder); a STAC item or item collection (``.json``, file or URL) gives
     each item's visual asset (:mod:`geodetect.io.stac`); a tile URL template
-    (``https://host/{z}/{x}/{y}.png``) becomes a :class:`~geodetect.io.tiles.TileService`,
-    which :func:`~geodetect.io.tiles.resolve_services` reads at a pixel size.
+    (``https://host/{z}/{x}/{y}.png``) or a WMTS (``WMTS:URL,layer=NAME``) becomes a
+    service value (:mod:`geodetect.io.tiles`), which
+    :func:`~geodetect.io.tiles.resolve_services` reads at a pixel size.
 
     Raises:
         InputError: an input matches nothing, or a folder holds no rasters.
     """
     found: list[Path | Remote | TileService] = []
     for item in inputs:
-        if isinstance(item, Remote | TileService):
+        if isinstance(item, (Remote, *SERVICES)):
             found.append(item)
             continue
         text = os.fspath(item)
-        if is_tile_service(text):
-            found.append(TileService(text))
+        if is_service(text):
+            found.append(service_of(text))
         elif is_stac(text):
             found.extend(expand_inputs(stac_inputs([text])))
         elif is_remote(text):
@@ -134,7 +135,7 @@ def expand_inputs(
             found.append(Path(text))
         else:
             raise InputError(f"{text}: no such file; check the path")
-    kept = (Remote, TileService)
+    kept = (Remote, *SERVICES)
     unique = list(dict.fromkeys(p if isinstance(p, kept) else p.resolve() for p in found))
     if not unique:
         raise InputError("no input rasters given")

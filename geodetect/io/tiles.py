@@ -71,17 +71,13 @@ class TileService:
                 f"{redact(template)}: a tile URL template needs {{z}}, {{x}} and {{y}} (or "
                 "{-y} for TMS), e.g. https://host/tiles/{z}/{x}/{y}.png"
             )
-        if self.area is not None:
-            west, south, east, north = (float(v) for v in self.area)
-            if not (-180 <= west < east <= 180 and -85 < south < north < 85):
-                raise InputError(
-                    f"--bbox {self.area}: give west,south,east,north in degrees, within "
-                    "180 W-180 E and 85 S-85 N, west < east and south < north"
-                )
-            object.__setattr__(self, "area", (west, south, east, north))
+        object.__setattr__(self, "area", _checked_area(self.area))
 
     def __str__(self) -> str:
         return redact(self.template)
+
+    def with_area(self, area) -> TileService:
+        return TileService(self.template, area)
 
     @property
     def host(self) -> str:
@@ -116,7 +112,14 @@ class TileService:
         service = folder / f"{self.host}-z{zoom}-{key[:8]}.xml"
         _write_if_changed(service, self._wms_xml(zoom, folder / "fetched"))
         vrt = folder / f"{self.host}-z{zoom}-{key}.vrt"
-        _write_if_changed(vrt, _window_vrt(service, zoom, cols, rows))
+        window = (
+            cols[0] * TILE,
+            rows[0] * TILE,
+            (cols[1] - cols[0] + 1) * TILE,
+            (rows[1] - rows[0] + 1) * TILE,
+        )
+        pixel = _ZOOM0 / 2**zoom
+        _write_if_changed(vrt, _window_vrt(service, "EPSG:3857", pixel, (-_HALF, _HALF), window))
         return vrt
 
     def tile_url(self, zoom: int, x: int, y: int) -> str:
@@ -182,42 +185,297 @@ class TileService:
             raise InputError(f"{where} is empty (HTTP 204): check the --bbox")
 
 
+_WMTS_PREFIX = "WMTS:"
+_OWS = "{http://www.opengis.net/ows/1.1}"
+_WMTS = "{http://www.opengis.net/wmts/1.0}"
+# WMTS's standardised rendering pixel, 0.28 mm: a matrix's pixel in metres is its scale
+# denominator times this.
+_RENDERING_PIXEL_M = 0.28e-3
+
+
+def is_wmts(text: str | os.PathLike) -> bool:
+    """``WMTS:URL[,layer=...][,tilematrixset=...]`` (GDAL's syntax), or a capabilities
+    URL (``.../WMTSCapabilities.xml``, ``...?SERVICE=WMTS&REQUEST=GetCapabilities``)."""
+    text = os.fspath(text)
+    lowered = text.lower()
+    return text.upper().startswith(_WMTS_PREFIX) or (
+        lowered.startswith(("http://", "https://"))
+        and ("wmtscapabilities" in lowered or "service=wmts" in lowered)
+    )
+
+
+@dataclass(frozen=True)
+class TileMatrix:
+    """One zoom level of a WMTS tile matrix set."""
+
+    identifier: str
+    pixel: float  # CRS units
+    origin: tuple[float, float]  # upper left corner
+    tile: tuple[int, int]  # width, height in pixels
+    size: tuple[int, int]  # matrix width, height in tiles
+
+
+@dataclass(frozen=True)
+class WmtsService:
+    """A WMTS layer (its capabilities URL, the layer and tile matrix set, None where
+    the capabilities offer one) and the area to read (as :class:`TileService`)."""
+
+    url: str
+    layer: str | None = None
+    matrix_set: str | None = None
+    area: tuple[float, float, float, float] | None = None
+
+    @classmethod
+    def parse(cls, text: str, area=None) -> WmtsService:
+        """``WMTS:URL,layer=L,tilematrixset=S`` (options in any order) or a URL."""
+        body = text[len(_WMTS_PREFIX) :] if text.upper().startswith(_WMTS_PREFIX) else text
+        url, *options = body.split(",")
+        named = {}
+        for option in options:
+            key, _, value = option.partition("=")
+            named[key.strip().lower()] = value.strip()
+        unknown = set(named) - {"layer", "tilematrixset"}
+        if unknown:
+            raise InputError(
+                f"{redact(url)}: unknown WMTS option(s) {', '.join(sorted(unknown))}; give "
+                "WMTS:URL,layer=NAME,tilematrixset=NAME"
+            )
+        return cls(url, named.get("layer"), named.get("tilematrixset"), _checked_area(area))
+
+    def __str__(self) -> str:
+        return f"WMTS {redact(self.url)}" + (f" layer {self.layer}" if self.layer else "")
+
+    def with_area(self, area) -> WmtsService:
+        return WmtsService(self.url, self.layer, self.matrix_set, _checked_area(area))
+
+    @property
+    def host(self) -> str:
+        return urllib.parse.urlsplit(self.url).hostname or "wmts"
+
+    def window(self, gsd: float) -> Path:
+        """The VRT of the layer at the coarsest tile matrix whose ground pixel at the
+        area is at most :data:`ZOOM_TOLERANCE` coarser than ``gsd``, cut to the whole
+        tiles under the area (see :meth:`TileService.window`).
+
+        Raises:
+            InputError: no area; capabilities that cannot be read or lack the layer or
+                matrix set; a tile matrix set in a CRS without metres or degrees.
+        """
+        from pyproj import Transformer
+
+        from geodetect.io.units import gsd_metres
+
+        if self.area is None:
+            raise InputError(
+                f"{self}: a WMTS layer covers a whole country or more; give the area to "
+                "read with --bbox WEST,SOUTH,EAST,NORTH (degrees)"
+            )
+        layer, matrix_set, crs, matrices = self._capabilities()
+        centre = ((self.area[0] + self.area[2]) / 2, (self.area[1] + self.area[3]) / 2)
+        to_crs = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+        x, y = to_crs.transform(*centre)
+
+        def ground(m: TileMatrix) -> float:
+            from affine import Affine
+
+            at = Affine(m.pixel, 0.0, x - m.pixel / 2, 0.0, -m.pixel, y + m.pixel / 2)
+            return gsd_metres(crs, at, 1, 1) or m.pixel
+
+        fine_enough = [m for m in matrices if ground(m) <= gsd * (1 + ZOOM_TOLERANCE)]
+        matrix = (
+            max(fine_enough, key=lambda m: m.pixel)
+            if fine_enough
+            else min(matrices, key=lambda m: m.pixel)
+        )
+        xs, ys = to_crs.transform(
+            [self.area[0], self.area[2], self.area[0], self.area[2]],
+            [self.area[1], self.area[1], self.area[3], self.area[3]],
+        )
+        span_x, span_y = matrix.tile[0] * matrix.pixel, matrix.tile[1] * matrix.pixel
+        col0 = max(0, math.floor((min(xs) - matrix.origin[0]) / span_x))
+        col1 = min(matrix.size[0] - 1, math.floor((max(xs) - matrix.origin[0]) / span_x))
+        row0 = max(0, math.floor((matrix.origin[1] - max(ys)) / span_y))
+        row1 = min(matrix.size[1] - 1, math.floor((matrix.origin[1] - min(ys)) / span_y))
+        if col1 < col0 or row1 < row0:
+            raise InputError(f"{self}: the --bbox lies outside the layer's tile matrix set")
+        ident = f"{self.url}|{layer}|{matrix_set}|{matrix.identifier}|{col0, col1, row0, row1}"
+        key = hashlib.sha256(ident.encode()).hexdigest()[:12]
+        folder = cache_folder("tiles", what="tile cache")
+        name = f"{self.host}-{_safe(layer)}-{_safe(matrix.identifier)}"
+        service = folder / f"{name}-{key[:8]}.xml"
+        _write_if_changed(
+            service,
+            "<GDAL_WMTS>\n"
+            f"  <GetCapabilitiesUrl>{escape(self.url)}</GetCapabilitiesUrl>\n"
+            f"  <Layer>{escape(layer)}</Layer>\n"
+            f"  <TileMatrixSet>{escape(matrix_set)}</TileMatrixSet>\n"
+            f"  <TileMatrix>{escape(matrix.identifier)}</TileMatrix>\n"
+            "  <BandsCount>4</BandsCount>\n"
+            "  <ZeroBlockHttpCodes>204,404</ZeroBlockHttpCodes>\n"
+            f"  <Cache><Path>{escape(str(folder / 'fetched'))}</Path></Cache>\n"
+            "</GDAL_WMTS>\n",
+        )
+        window = (
+            col0 * matrix.tile[0],
+            row0 * matrix.tile[1],
+            (col1 - col0 + 1) * matrix.tile[0],
+            (row1 - row0 + 1) * matrix.tile[1],
+        )
+        vrt = folder / f"{name}-{key}.vrt"
+        srs = crs.to_wkt()
+        _write_if_changed(vrt, _window_vrt(service, srs, matrix.pixel, matrix.origin, window))
+        return vrt
+
+    def _capabilities(self):
+        """(layer, tile matrix set, its CRS, its matrices) from the capabilities."""
+        import xml.etree.ElementTree as ET
+
+        from pyproj import CRS
+
+        try:
+            with urllib.request.urlopen(self.url, timeout=PROBE_TIMEOUT_S) as response:
+                root = ET.fromstring(response.read())
+        except urllib.error.HTTPError as exc:
+            raise InputError(
+                f"{self}: the capabilities could not be read (HTTP {exc.code}); check the URL"
+            ) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise InputError(f"{self}: cannot reach the server ({reason}); check the URL") from None
+        except ET.ParseError as exc:
+            raise InputError(f"{self}: not a WMTS capabilities document ({exc})") from None
+        contents = root.find(f"{_WMTS}Contents")
+        layers = [] if contents is None else contents.findall(f"{_WMTS}Layer")
+        names = [ly.findtext(f"{_OWS}Identifier") for ly in layers]
+        if not layers:
+            raise InputError(f"{self}: the capabilities list no layer; check the URL")
+        if self.layer is None and len(layers) > 1:
+            raise InputError(
+                f"{self}: the service has {len(layers)} layers; choose one with "
+                f"WMTS:URL,layer=NAME ({', '.join(names[:8])}{'...' if len(names) > 8 else ''})"
+            )
+        chosen = layers[0] if self.layer is None else None
+        for ly, nm in zip(layers, names, strict=True):
+            if nm == self.layer:
+                chosen = ly
+        if chosen is None:
+            raise InputError(
+                f"{self}: no layer {self.layer!r} in the capabilities ({', '.join(names[:8])})"
+            )
+        layer = chosen.findtext(f"{_OWS}Identifier")
+        links = [
+            ln.findtext(f"{_WMTS}TileMatrixSet")
+            for ln in chosen.findall(f"{_WMTS}TileMatrixSetLink")
+        ]
+        if self.matrix_set is not None and self.matrix_set not in links:
+            raise InputError(
+                f"{self}: the layer has no tile matrix set {self.matrix_set!r} ({', '.join(links)})"
+            )
+        matrix_set = self.matrix_set or links[0]
+        for candidate in contents.findall(f"{_WMTS}TileMatrixSet"):
+            if candidate.findtext(f"{_OWS}Identifier") == matrix_set:
+                break
+        else:
+            raise InputError(f"{self}: the capabilities define no tile matrix set {matrix_set!r}")
+        crs = CRS.from_user_input(candidate.findtext(f"{_OWS}SupportedCRS").strip())
+        unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+        if crs.is_geographic:  # degrees: the 0.28 mm pixel is measured on WMTS's sphere
+            unit = 2 * math.pi * 6378137.0 / 360.0
+        swap = crs.axis_info and crs.axis_info[0].direction.lower() in ("north", "south")
+        matrices = []
+        for m in candidate.findall(f"{_WMTS}TileMatrix"):
+            corner = [float(v) for v in m.findtext(f"{_WMTS}TopLeftCorner").split()]
+            if swap:  # northing (or latitude) first, as the CRS orders its axes
+                corner.reverse()
+
+            def whole(name: str, m=m) -> int:
+                return int(m.findtext(f"{_WMTS}{name}"))
+
+            matrices.append(
+                TileMatrix(
+                    m.findtext(f"{_OWS}Identifier"),
+                    float(m.findtext(f"{_WMTS}ScaleDenominator")) * _RENDERING_PIXEL_M / unit,
+                    (corner[0], corner[1]),
+                    (whole("TileWidth"), whole("TileHeight")),
+                    (whole("MatrixWidth"), whole("MatrixHeight")),
+                )
+            )
+        if not matrices:
+            raise InputError(f"{self}: the tile matrix set {matrix_set!r} has no matrices")
+        return layer, matrix_set, crs, matrices
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:40]
+
+
+def _checked_area(area) -> tuple[float, float, float, float] | None:
+    if area is None:
+        return None
+    west, south, east, north = (float(v) for v in area)
+    if not (-180 <= west < east <= 180 and -85 < south < north < 85):
+        raise InputError(
+            f"--bbox {tuple(area)}: give west,south,east,north in degrees, within "
+            "180 W-180 E and 85 S-85 N, west < east and south < north"
+        )
+    return (west, south, east, north)
+
+
+#: The input values that are services, read by :func:`resolve_services`.
+SERVICES = (TileService, WmtsService)
+
+
+def service_of(text: str | os.PathLike, area=None):
+    """The service ``text`` names (a WMTS or an XYZ/TMS template), with ``area``."""
+    text = os.fspath(text)
+    if is_wmts(text):
+        return WmtsService.parse(text, area)
+    return TileService(text, area)
+
+
 def with_area(inputs: list, area: tuple[float, float, float, float] | None) -> list:
-    """``inputs`` with ``area`` given to each tile service among them (a template as
-    text becomes a :class:`TileService`).
+    """``inputs`` with ``area`` given to each service among them (a service named as
+    text becomes a :class:`TileService` or :class:`WmtsService`).
 
     Raises:
-        InputError: ``area`` given but no input is a tile service.
+        InputError: ``area`` given but no input is a service.
     """
     if area is None:
         return inputs
     out = [
-        TileService(os.fspath(i) if not isinstance(i, TileService) else i.template, area)
-        if isinstance(i, TileService) or is_tile_service(i)
+        i.with_area(area)
+        if isinstance(i, SERVICES)
+        else service_of(i, area)
+        if is_service(i)
         else i
         for i in inputs
     ]
-    if not any(isinstance(i, TileService) for i in out):
+    if not any(isinstance(i, SERVICES) for i in out):
         raise InputError(
             "--bbox is the area of a STAC search (--stac URL) or of a tile service "
-            "(https://host/{z}/{x}/{y}.png); no input is either"
+            "(https://host/{z}/{x}/{y}.png, WMTS:URL); no input is either"
         )
     return out
 
 
+def is_service(text) -> bool:
+    """Whether ``text`` names a tile service: XYZ/TMS or WMTS."""
+    return not isinstance(text, SERVICES) and (is_wmts(text) or is_tile_service(text))
+
+
 def resolve_services(inputs: list, gsd: float | None, *, hint: str = "--gsd METRES") -> list:
-    """``inputs`` with each tile service replaced by its window VRT at ``gsd`` metres
-    (see :meth:`TileService.window`).
+    """``inputs`` with each service replaced by its window VRT at ``gsd`` metres (see
+    :meth:`TileService.window`).
 
     Raises:
-        InputError: a tile service but no ``gsd`` (``hint`` says how to give one).
+        InputError: a service but no ``gsd`` (``hint`` says how to give one).
     """
-    if not any(isinstance(i, TileService) for i in inputs):
+    if not any(isinstance(i, SERVICES) for i in inputs):
         return inputs
     if gsd is None:
-        first = next(i for i in inputs if isinstance(i, TileService))
+        first = next(i for i in inputs if isinstance(i, SERVICES))
         raise InputError(f"{first}: a tile service is read at a stated pixel size; give {hint}")
-    return [i.window(gsd) if isinstance(i, TileService) else i for i in inputs]
+    return [i.window(gsd) if isinstance(i, SERVICES) else i for i in inputs]
 
 
 def _tile_range(
@@ -237,12 +495,18 @@ def _tile_range(
     return (col(west), col(east)), (row(north), row(south))
 
 
-def _window_vrt(service: Path, zoom: int, cols: tuple[int, int], rows: tuple[int, int]) -> str:
-    """A VRT of the service's tiles ``cols`` x ``rows`` at ``zoom`` (RGB and alpha)."""
-    size = _ZOOM0 / 2**zoom
-    x_off, y_off = cols[0] * TILE, rows[0] * TILE
-    width, height = (cols[1] - cols[0] + 1) * TILE, (rows[1] - rows[0] + 1) * TILE
-    origin_x, origin_y = -_HALF + x_off * size, _HALF - y_off * size
+def _window_vrt(
+    service: Path,
+    srs: str,
+    pixel: float,
+    origin: tuple[float, float],
+    window: tuple[int, int, int, int],
+) -> str:
+    """A VRT of ``window`` (column and row offset, width, height, in pixels of
+    ``pixel`` CRS units from the service's ``origin``, its upper left corner) of the
+    service description file ``service``: RGB and alpha."""
+    x_off, y_off, width, height = window
+    origin_x, origin_y = origin[0] + x_off * pixel, origin[1] - y_off * pixel
     bands = []
     for band, colour in enumerate(("Red", "Green", "Blue", "Alpha"), start=1):
         bands.append(
@@ -258,9 +522,8 @@ def _window_vrt(service: Path, zoom: int, cols: tuple[int, int], rows: tuple[int
         )
     return (
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n'
-        "  <SRS>EPSG:3857</SRS>\n"
-        f"  <GeoTransform>{origin_x!r}, {size!r}, 0, {origin_y!r}, 0, {-size!r}</GeoTransform>\n"
-        f'  <Metadata><MDI key="ZOOM_LEVEL">{zoom}</MDI></Metadata>\n'
+        f"  <SRS>{escape(srs)}</SRS>\n"
+        f"  <GeoTransform>{origin_x!r}, {pixel!r}, 0, {origin_y!r}, 0, {-pixel!r}</GeoTransform>\n"
         + "".join(bands)
         + "</VRTDataset>\n"
     )

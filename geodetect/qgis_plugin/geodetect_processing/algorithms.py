@@ -124,8 +124,8 @@ class GeodetectAlgorithm(QgsProcessingAlgorithm):
     # --- turning parameters into paths ---------------------------------------------
 
     def raster_paths(self, parameters, name, context, area=None):
-        """The rasters' sources as geodetect takes them: files, URLs, and an XYZ tile
-        layer's URL template followed by ``--bbox`` (the ``area`` parameter in degrees),
+        """The rasters' sources as geodetect takes them: files, URLs, and an XYZ or
+        WMTS tile layer's service followed by ``--bbox`` (the ``area`` parameter in degrees),
         since a tile service covers the world (an algorithm without ``area`` refuses
         tile layers)."""
         layers = self.parameterAsLayerList(parameters, name, context)
@@ -144,10 +144,15 @@ class GeodetectAlgorithm(QgsProcessingAlgorithm):
                 if query.get("type") == "xyz" and "{z}" in query.get("url", ""):
                     services.append(query["url"])
                     continue
+                if query.get("tileMatrixSet") and query.get("url"):  # a WMTS layer
+                    services.append(
+                        f"WMTS:{query['url']},layer={query.get('layers', '')},"
+                        f"tilematrixset={query['tileMatrixSet']}"
+                    )
+                    continue
                 raise QgsProcessingException(
-                    f"{layer.name()}: a WMS/WMTS service geodetect cannot read ({source}); "
-                    "add its XYZ tiles as a layer (https://host/{z}/{x}/{y}.png), or save "
-                    "the area as a GeoTIFF first"
+                    f"{layer.name()}: a WMS service geodetect cannot read ({source}); add "
+                    "its WMTS or XYZ tiles as a layer, or save the area as a GeoTIFF first"
                 )
             parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), source)
             path = parts.get("path") or source
@@ -174,18 +179,20 @@ class GeodetectAlgorithm(QgsProcessingAlgorithm):
             paths += [*services, "--bbox", ",".join(f"{v:.7f}" for v in bbox)]
         return paths
 
-    def vector_path(self, parameters, name, context, feedback, *, whole_file=False):
+    def vector_path(self, parameters, name, context, feedback, *, whole_file=False, named=True):
         """(path, layer name or None) of a vector input: its file when it has one (a
         layer inside a GeoPackage named), else a temporary GeoPackage copy. With
         ``whole_file`` (a layer geodetect wrote, read with its coverage layer) the file
-        is needed as it is."""
+        is needed as it is. ``named=False``: the command takes no layer name, so a
+        layer named inside a file (which may hold others) is copied too."""
         layer = self.parameterAsVectorLayer(parameters, name, context)
         if layer is None:
             return None, None
         parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
-        path = parts.get("path")
-        if layer.providerType() == "ogr" and path and os.path.isfile(path):
-            return path, parts.get("layerName") or None
+        path, layer_name = parts.get("path"), parts.get("layerName") or None
+        is_file = layer.providerType() == "ogr" and path and os.path.isfile(path)
+        if is_file and (named or whole_file or layer_name is None):
+            return path, layer_name
         if whole_file:
             raise QgsProcessingException(
                 f"{layer.name()}: give the file geodetect detect wrote (it holds the "
@@ -478,7 +485,8 @@ class ChangeAlgorithm(GeodetectAlgorithm):
         out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         args = ["change", old, new, "--out", out]
         args += ["--max-shift", f"{self.parameterAsDouble(parameters, 'MAX_SHIFT', context):g}"]
-        parcels, _ = self.vector_path(parameters, "PARCELS", context, feedback)
+        # `change` reads the parcels file's only layer: one named in a file is copied
+        parcels, _ = self.vector_path(parameters, "PARCELS", context, feedback, named=False)
         if parcels:
             args += ["--parcels", parcels]
             field = self.parameterAsString(parameters, "ID_FIELD", context)
