@@ -112,9 +112,15 @@ def command(
 
 def _table(summary: dict) -> str:
     (dx, dy), (sx, sy) = summary["shift_m"], summary["shift_se_m"]
+    if summary["pools_for_shift"]:
+        offset = (
+            f"offset NEW - OLD: dx {dx:+.2f} m (+/- {sx:.2f}), dy {dy:+.2f} m (+/- {sy:.2f}), "
+            f"from {summary['pools_for_shift']} pool(s)"
+        )
+    else:
+        offset = "offset NEW - OLD: none found (no pool pair within --max-shift); none applied"
     lines = [
-        f"offset NEW - OLD: dx {dx:+.2f} m (+/- {sx:.2f}), dy {dy:+.2f} m (+/- {sy:.2f}), "
-        f"from {summary['pools_for_shift']} pool(s)",
+        offset,
         "",
         f"{'class':<12}" + "".join(f"{s:>12}" for s in STATUSES),
     ]

@@ -78,6 +78,10 @@ def compare_flights(
         classes: the classes that count (default: all).
         parcels: give each change the parcel holding most of it (``id_field``, or the
             parcel's row number).
+
+    Raises:
+        InputError: a layer without coverage, or coverages that are empty or do not
+            overlap (no ground both flights looked at).
     """
     for layer, option in ((old, "--old-coverage"), (new, "--new-coverage")):
         require_coverage(layer, option)
@@ -90,6 +94,18 @@ def compare_flights(
     b = _pools(new.detections, classes, work)
     old_cover = old.coverage.to_crs(work).geometry.union_all()
     new_cover = new.coverage.to_crs(work).geometry.union_all()
+    for layer, cover in ((old, old_cover), (new, new_cover)):
+        if cover is None or cover.is_empty:
+            raise InputError(
+                f"{layer.path}: its coverage is empty (the run read no valid imagery), so "
+                "no change can be told; detect on imagery of the area first"
+            )
+    if old_cover.intersection(new_cover).area <= 0:
+        raise InputError(
+            f"{old.path} and {new.path}: the ground their imagery covered does not overlap, "
+            "so no pool can be compared; give two layers of the same area (and check that "
+            "each file's CRS is the right one)"
+        )
 
     shift, se, used = _estimate_shift(a, b, max_shift)
     moved = shapely.transform(a.geometry.to_numpy(), lambda xy: xy + np.array(shift))
@@ -119,7 +135,8 @@ def compare_flights(
     classes_of = sorted({str(c) for c in layer["class"]})
     summary = {
         "shift_m": [round(shift[0], 3), round(shift[1], 3)],
-        "shift_se_m": [round(se[0], 3), round(se[1], 3)],
+        # null, not NaN (which is no JSON), when no pool pair gave the offset
+        "shift_se_m": [None if math.isnan(v) else round(v, 3) for v in se],
         "pools_for_shift": used,
         "pools_old": n_old,
         "pools_new": n_new,

@@ -100,7 +100,8 @@ def estimate(
     for row in strata.itertuples():
         sel = sample & (stratum == row.stratum)
         n_h, big_n = int(sel.sum()), int(row.size)
-        if n_h < 2:
+        # A stratum judged whole (a layer of a few detections) is known without error.
+        if n_h < min(2, big_n):
             raise InputError(
                 f"{source}: score stratum {row.stratum} has {n_h} judged detection(s); "
                 "at least 2 are needed"
@@ -109,9 +110,10 @@ def estimate(
         w = y * area[sel]
         fpc = 1.0 - n_h / big_n
         total += big_n * y.mean()
-        var_total += big_n**2 * fpc * y.var(ddof=1) / n_h
         water += big_n * w.mean()
-        var_water += big_n**2 * fpc * w.var(ddof=1) / n_h
+        if n_h < big_n:
+            var_total += big_n**2 * fpc * y.var(ddof=1) / n_h
+            var_water += big_n**2 * fpc * w.var(ddof=1) / n_h
         rows.append(
             {
                 "stratum": int(row.stratum),
@@ -128,6 +130,12 @@ def estimate(
     if len(found_n) < 2:
         raise InputError(f"{source}: {len(found_n)} search square(s) done; at least 2 are needed")
     recall, var_recall = _ratio(found_n, all_n)
+    if total > 0 and not recall > 0:  # a total over a recall of 0 (or unknown) is no number
+        raise InputError(
+            f"{source}: none of the {len(found_n)} done search square(s) holds a pool the "
+            "layer found, so the share of pools it finds is unknown; draw more or larger "
+            "squares ('geodetect sample --squares/--square-size') and review those"
+        )
     area_recall, var_area_recall = _ratio(found_a, all_a)
     pools, low, high = _total(total, var_total, recall, var_recall)
     water_m2, water_low, water_high = _total(water, var_water, area_recall, var_area_recall)

@@ -49,6 +49,9 @@ def read_detections(
     if "date" in detections.columns:  # GeoJSON readers turn ISO dates into datetimes
         dates = pd.to_datetime(detections["date"], errors="coerce")
         detections["date"] = dates.dt.strftime("%Y-%m-%d").where(dates.notna(), None)
+    if "score" not in detections.columns and not len(detections):
+        # An empty GeoJSON keeps no field names: `detect` over ground without pools.
+        detections["score"] = pd.Series(dtype=np.float64)
     if "score" not in detections.columns:
         raise LabelError(
             f"{source}: has no 'score' field; give a layer written by 'geodetect detect'"

@@ -138,6 +138,8 @@ def join_parcels(
     kept, report = repair_geometries(parcels)
     if report.dropped:
         log.warning("%s: %d parcel(s) without a polygon are left out", source, report.dropped)
+    if id_field is not None:
+        _require_unique(kept[id_field], source, id_field)
     roll = is_count = None
     if roll_field is not None:
         roll, is_count = parse_roll(kept[roll_field], source=source, field_name=roll_field)
@@ -200,6 +202,20 @@ def join_parcels(
         new = out.index[out["status"].to_numpy() == "new"][:20]
         summary["new"] = [_plain(v) for v in kept.loc[new, id_field]]
     return ParcelJoin(out, summary)
+
+
+def _require_unique(ids: pd.Series, source: str, id_field: str) -> None:
+    """LabelError unless each id names one feature: a parcel in two parts would be
+    judged against the roll twice, and one part reported missing the other's pool."""
+    repeated = ids[ids.notna() & ids.duplicated(keep=False)]
+    if len(repeated):
+        values = pd.unique(repeated)
+        shown = ", ".join(repr(_plain(v)) for v in values[:3])
+        raise LabelError(
+            f"{source}: --id-field {id_field!r} names {len(values)} parcel(s) on several "
+            f"features ({shown}); merge each parcel's parts into one feature (e.g. QGIS "
+            "Dissolve by that field) or give a field that is unique"
+        )
 
 
 # The fields join_parcels adds, whose names styles and users rely on.

@@ -36,6 +36,7 @@ import shapely
 from geodetect.county.layers import DetectionLayer, require_coverage, work_crs
 from geodetect.errors import InputError
 from geodetect.io.review import REVIEW_LAYERS
+from geodetect.io.vectors import layer_name
 
 STRATA = 4
 
@@ -93,8 +94,16 @@ def draw_review(
         ground = ground.intersection(area)
         detections = detections[shapely.within(detections.geometry.centroid.values, area)]
         detections = detections.reset_index(drop=True)
+    if not len(detections) and aoi is None:
+        raise InputError(
+            f"{layer.path}: has no detections, so there is nothing to review; check that "
+            "it is the layer 'geodetect detect' wrote for the area (an empty one found no pool)"
+        )
     if not len(detections):
-        raise InputError(f"{layer.path}: has no detections to review (inside the AOI)")
+        raise InputError(
+            f"{layer.path}: has no detections inside the AOI ({layer_name(aoi, 'aoi')}), so "
+            "there is nothing to review; give an --aoi that overlaps the layer"
+        )
 
     scores = detections["score"].to_numpy(dtype=np.float64)
     stratum, table = _strata(scores, n, rng)
