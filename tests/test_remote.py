@@ -276,8 +276,11 @@ def test_a_stac_api_search_through_the_command_line_gives_the_local_layer(
     assert len(searches) >= 2  # the answers came in pages
     _same_layer(out, local_layer)
     assert_one_line_error(none, "found no items", "--datetime")
-    usage = run_cli("detect", "--bbox", bbox, *common, "--out", tmp_path / "y.gpkg")
-    assert usage.returncode == 2 and "--bbox need --stac URL" in usage.stderr
+    # the search's terms without a STAC API (--bbox alone is also a tile service's area)
+    usage = run_cli(
+        "detect", "--bbox", bbox, "--collection", "ortho", *common, "--out", tmp_path / "y.gpkg"
+    )
+    assert usage.returncode == 2 and "--collection need --stac URL" in usage.stderr
 
 
 @pytest.mark.slow
