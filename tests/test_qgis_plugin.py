@@ -14,8 +14,11 @@ import time
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
+import test_change
+import test_parcels
 from servers import file_server
 
 from conftest import SAMPLE_DATA, run_cli
@@ -23,6 +26,10 @@ from conftest import SAMPLE_DATA, run_cli
 QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
 PLUGIN_DIR = SAMPLE_DATA.parent / "geodetect" / "qgis_plugin" / "geodetect_processing"
 needs_qgis = pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
+# The county tests' inputs, fixtures here too: two flights with known changes, and
+# parcels with a roll and their expected statuses.
+flights = test_change.flights
+parcel_county = test_parcels.county
 
 
 def _runner():
@@ -221,11 +228,14 @@ def test_the_runner_finds_the_recorded_command_and_says_what_to_do_without_one(
 
 
 # Processing run from PyQGIS as the Toolbox runs it: a project, a context, then the
-# layers the context asks to load (qgis_process has no project and loads nothing).
+# layers the context asks to load (qgis_process has no project and loads nothing). The
+# algorithm's log (what the dialog's Log tab shows) goes to stderr; given a glob as
+# argv[4], the run is cancelled as the dialog's Cancel button does it (feedback.cancel()
+# from another thread) once a file matches it.
 PYQGIS_RUN = """
-import json, sys
-from qgis.core import (QgsApplication, QgsProcessingContext, QgsProject, QgsRasterLayer,
-                       QgsVectorLayer)
+import glob, json, sys, threading, time
+from qgis.core import (QgsApplication, QgsProcessingContext, QgsProcessingFeedback,
+                       QgsProject, QgsRasterLayer, QgsVectorLayer)
 QgsApplication.setPrefixPath("/usr", True)
 app = QgsApplication([], False)
 app.initQgis()
@@ -250,7 +260,24 @@ for key, value in parameters.items():
         assert all(layer.isValid() for layer in layers), [v["raster"] for v in value]
         QgsProject.instance().addMapLayers(layers)
         parameters[key] = [layer.id() for layer in layers]
-processing.run(sys.argv[2], parameters, context=context)
+class Feedback(QgsProcessingFeedback):
+    def pushInfo(self, info):
+        print(info, file=sys.stderr, flush=True)
+
+    def pushCommandInfo(self, info):
+        print(info, file=sys.stderr, flush=True)
+
+    def reportError(self, error, fatalError=False):
+        print(error, file=sys.stderr, flush=True)
+
+feedback = Feedback()
+if len(sys.argv) > 4:
+    def cancel_once_there(pattern=sys.argv[4]):
+        while not glob.glob(pattern):
+            time.sleep(0.01)
+        feedback.cancel()
+    threading.Thread(target=cancel_once_there, daemon=True).start()
+processing.run(sys.argv[2], parameters, context=context, feedback=feedback)
 loaded = []
 for uri, details in context.layersToLoadOnCompletion().items():
     layer = QgsVectorLayer(uri, details.name, "ogr")
@@ -261,19 +288,25 @@ print(json.dumps(loaded))
 """
 
 
-def _pyqgis(tmp_path, algorithm, parameters, *, fails=False):
-    """Run ``algorithm`` as the Toolbox does; the layers it loads, or with ``fails``
-    its error output (it must fail)."""
+def _pyqgis_run(tmp_path, algorithm, parameters, *, cancel_when=None):
+    """Run ``algorithm`` as the Toolbox does (cancelled once a file matches the glob
+    ``cancel_when``); the finished process, its log on stderr."""
     python = "/usr/bin/python3"
     script = tmp_path / "run_in_qgis.py"
     script.write_text(PYQGIS_RUN)
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(tmp_path),
                QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "cfg"))  # fmt: skip
     env[_runner().ENV_COMMAND] = f"{sys.executable} -m geodetect"
-    proc = subprocess.run(
-        [python, script, PLUGIN_DIR.parent, algorithm, json.dumps(parameters)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+    argv = [python, script, PLUGIN_DIR.parent, algorithm, json.dumps(parameters)]
+    if cancel_when is not None:
+        argv.append(cancel_when)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _pyqgis(tmp_path, algorithm, parameters, *, fails=False):
+    """Run ``algorithm`` as the Toolbox does; the layers it loads, or with ``fails``
+    its error output (it must fail)."""
+    proc = _pyqgis_run(tmp_path, algorithm, parameters)
     if fails:
         assert proc.returncode != 0, proc.stdout
         return proc.stderr
@@ -317,3 +350,250 @@ def test_a_review_drawn_in_qgis_opens_the_layers_to_fill(tmp_path):
     assert names["Review: draw the missed pools"]["features"] == 0
     # the style geodetect wrote into the GeoPackage (by verdict), not a single symbol
     assert names["Review: judge each detection"]["renderer"] == "categorizedSymbol", loaded
+
+
+def _same_features(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> None:
+    """The same features in the same order: every attribute, the CRS, geometries to 1e-9
+    of a unit."""
+    assert len(a) == len(b) > 0, (len(a), len(b))
+    assert list(a.columns) == list(b.columns) and a.crs == b.crs
+    attributes = [c for c in a.columns if c != a.geometry.name]
+    pd.testing.assert_frame_equal(a[attributes], b[attributes], check_exact=True)
+    assert a.geometry.geom_equals_exact(b.geometry, tolerance=1e-9).all()
+
+
+def _log(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+@needs_qgis
+@pytest.mark.slow
+def test_train_in_qgis_writes_a_model_that_loads(untrained_model, tmp_path):
+    """Train from the Toolbox on the sample scene, its labels a layer inside a
+    GeoPackage, continuing the suite's tiny model (a new model would first build the
+    synthetic start: minutes) for the smallest budget: one model file that loads, with
+    the labels' 69 objects, the 6 s budget and the model it resumed recorded."""
+    from geodetect.model import load_model
+
+    scene, truth = SAMPLE_DATA / "train" / "scene.tif", SAMPLE_DATA / "train" / "truth.gpkg"
+    out = tmp_path / "trained.model"
+    proc = _pyqgis_run(tmp_path, "geodetect:train",
+                       {"INPUT": [str(scene)], "LABELS": f"{truth}|layername=pools",
+                        "RESUME": str(untrained_model), "MINUTES": 0.1,
+                        "OUTPUT": str(out)})  # fmt: skip
+    log = _log(proc)
+    assert f"--labels {truth} --layer pools" in log  # the layer inside the GeoPackage
+    assert "--max-minutes 0.1" in log
+    loaded = load_model(out)
+    assert loaded.spec.classes == ["pool"] and loaded.spec.chip_size == 64
+    training = loaded.spec.training
+    assert training["objects"] == 69
+    assert training["source"]["images"] == [str(scene)]
+    assert training["resumed_from"] == str(untrained_model) and training["start"] == "resumed"
+    assert training["stop_reason"] == "budget" and training["minutes"] < 1
+
+
+@needs_qgis
+def test_parcels_in_qgis_gives_the_command_lines_layer(parcel_county, tmp_path):
+    """The parcel join from the Toolbox, the parcels a layer of a GeoPackage that holds
+    another (in EPSG:4326, the detections in UTM): the command line's parcels, statuses
+    and summary, for the same inputs."""
+    detections, parcels, expected = parcel_county
+    source = tmp_path / "parcels.gpkg"
+    parcels.iloc[:2].to_file(source, layer="other")  # a layer before the parcels
+    parcels.to_crs("EPSG:4326").to_file(source, layer="parcels")
+    cli_out, qgis_out = tmp_path / "cli.gpkg", tmp_path / "qgis.gpkg"
+    cli = run_cli("parcels", detections, "--parcels", source, "--parcels-layer", "parcels",
+                  "--roll-field", "POOLS", "--id-field", "APN", "--min-area", "10",
+                  "--out", cli_out)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    log = _log(_pyqgis_run(tmp_path, "geodetect:parcels",
+                           {"DETECTIONS": str(detections), "PARCELS": f"{source}|layername=parcels",
+                            "ID_FIELD": "APN", "ROLL_FIELD": "POOLS", "MIN_AREA": 10,
+                            "OUTPUT": str(qgis_out)}))  # fmt: skip
+    assert cli.stdout.strip() and cli.stdout.rstrip() in log  # the same summary table
+    a, b = (gpd.read_file(p, layer="parcels") for p in (cli_out, qgis_out))
+    _same_features(a, b)
+    assert dict(zip(b["APN"], b["status"], strict=True)) == expected
+
+
+@needs_qgis
+def test_change_in_qgis_gives_the_command_lines_layer(flights, tmp_path):
+    """Change between two flights from the Toolbox (the new one GeoJSON in EPSG:4326
+    with its coverage beside it), with parcels picked as a layer of a GeoPackage that
+    holds another too, as `geodetect synth --county` writes them: the command line's
+    layer and summary for the same flights and parcels."""
+    import shapely
+
+    X0, Y0 = test_change.X0, test_change.Y0
+    old, new, counts = flights
+    parcels = gpd.GeoDataFrame(
+        {"APN": ["west", "east"]},
+        geometry=[shapely.box(X0, Y0, X0 + 150, Y0 + 300),
+                  shapely.box(X0 + 150, Y0, X0 + 300, Y0 + 300)],
+        crs="EPSG:32617",
+    )  # fmt: skip
+    parcels.to_file(tmp_path / "parcels.gpkg")  # for the command line: one layer
+    both = tmp_path / "county.gpkg"  # for QGIS: a layer of a file with two
+    parcels.to_file(both, layer="parcels")
+    parcels.assign(APN=["a", "b"]).to_file(both, layer="truth")
+    cli_out, qgis_out = tmp_path / "cli.gpkg", tmp_path / "qgis.gpkg"
+    cli = run_cli("change", old, new, "--out", cli_out, "--max-shift", "2.5",
+                  "--parcels", tmp_path / "parcels.gpkg", "--id-field", "APN")  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    log = _log(_pyqgis_run(tmp_path, "geodetect:change",
+                           {"OLD": str(old), "NEW": str(new), "MAX_SHIFT": 2.5,
+                            "PARCELS": f"{both}|layername=parcels", "ID_FIELD": "APN",
+                            "OUTPUT": str(qgis_out)}))  # fmt: skip
+    assert cli.stdout.strip() and cli.stdout.rstrip() in log  # the same table and shift
+    a, b = (gpd.read_file(p, layer="change") for p in (cli_out, qgis_out))
+    _same_features(a, b)
+    assert b["status"].value_counts().to_dict() == counts
+    assert set(b["parcel"]) == {"west", "east"}
+
+
+def _filled_review(tmp_path):
+    """The estimate tests' county (tests/test_estimate.py) as a detections file, and a
+    review of it drawn by `geodetect sample` and filled as a careful reviewer would."""
+    from test_estimate import _county, _fill
+
+    from geodetect.io.export import write_batches
+    from geodetect.io.review import read_review
+
+    layer, truth, found = _county()
+    pools = tmp_path / "pools.gpkg"
+    write_batches([layer.detections], pools, extra={"coverage": layer.coverage})
+    review = tmp_path / "review.gpkg"
+    sampled = run_cli("sample", pools, "--n", "120", "--squares", "12", "--square-size",
+                      "150", "--seed", "4", "--out", review)  # fmt: skip
+    assert sampled.returncode == 0, sampled.stderr
+    items, squares, _, _ = read_review(review)
+    drawn = type("R", (), {"items": items, "squares": squares})
+    items, squares, missed = _fill(drawn, truth, found, np.random.default_rng(0))
+    items.to_file(review, layer="review")
+    squares.to_file(review, layer="squares")
+    missed.to_file(review, layer="missed")
+    return pools, review, items
+
+
+def _estimates(tmp_path, pools, reviewed, *, partial=False):
+    """`geodetect estimate --json` and the Toolbox's estimate of the same review: the
+    command line's run, the Toolbox's, and the JSON file the Toolbox writes."""
+    out = tmp_path / f"{reviewed.stem}-{'partial' if partial else 'whole'}.json"
+    cli = run_cli("estimate", pools, "--reviewed", reviewed, "--json",
+                  *(["--partial"] if partial else []))  # fmt: skip
+    proc = _pyqgis_run(tmp_path, "geodetect:estimate",
+                       {"DETECTIONS": str(pools), "REVIEWED": str(reviewed),
+                        "PARTIAL": partial, "OUTPUT": str(out)})  # fmt: skip
+    return cli, proc, out
+
+
+@needs_qgis
+def test_estimate_in_qgis_gives_the_command_lines_numbers(tmp_path):
+    """The estimate from the Toolbox, of a filled review: the command line's JSON,
+    number for number, and its headline in the log."""
+    pools, review, _ = _filled_review(tmp_path)
+    cli, proc, out = _estimates(tmp_path, pools, review)
+    assert cli.returncode == 0, cli.stderr
+    log = _log(proc)
+    expected = json.loads(cli.stdout)
+    assert json.loads(out.read_text()) == expected
+    assert expected["squares"] == 12 and expected["pools_low"] < expected["pools"]
+    headline = f"{expected['pools']:.0f} pools (95 % CI {expected['pools_low']:.0f}-"
+    assert headline in log
+
+
+@needs_qgis
+def test_an_unfinished_review_in_qgis_is_refused_unless_partial(tmp_path):
+    """A review with one detection not judged: the command line's one-line refusal as
+    the algorithm's error (no JSON written), and with 'Estimate from an unfinished
+    review' the numbers of `--partial`."""
+    pools, review, items = _filled_review(tmp_path)
+    unfinished = tmp_path / "unfinished.gpkg"
+    shutil.copy(review, unfinished)
+    items.assign(verdict=["", *items["verdict"][1:]]).to_file(unfinished, layer="review")
+    cli, proc, out = _estimates(tmp_path, pools, unfinished)
+    assert cli.returncode != 0 and proc.returncode != 0 and not out.exists()
+    assert "Traceback" not in cli.stderr
+    error = cli.stderr.strip().splitlines()[-1].removeprefix("geodetect: error: ")
+    assert "not finished" in error and "--partial" in error
+    assert f"QgsProcessingException: {error}" in proc.stderr  # the algorithm's error
+    cli, proc, out = _estimates(tmp_path, pools, unfinished, partial=True)
+    assert cli.returncode == 0, cli.stderr
+    _log(proc)
+    partial = json.loads(out.read_text())
+    assert partial == json.loads(cli.stdout)
+    whole = json.loads(run_cli("estimate", pools, "--reviewed", review, "--json").stdout)
+    assert partial["pools"] != whole["pools"]  # one detection fewer judged
+
+
+def _one_tile_a_block(folder, model, side=4):
+    """side x side small GeoTIFFs of noise, one block of the plugin's detection apart
+    (the model's default chips and overlap, 16-chip blocks) and each inside one chip:
+    a run of side² blocks of one chip each, a few tenths of a second a block."""
+    from affine import Affine
+
+    from geodetect.detect import DEFAULT_BLOCK_CHIPS
+    from geodetect.detect.plan import default_chip_size, default_overlap
+    from geodetect.model import load_model
+
+    from conftest import NORTH_UP, write_geotiff
+
+    spec = load_model(model).spec
+    chip = default_chip_size(spec)
+    overlap = default_overlap(spec, chip)
+    stride, block = chip - overlap, DEFAULT_BLOCK_CHIPS * (chip - overlap)
+    size = stride - overlap  # beside the previous chip's overlap, before the next chip
+    folder.mkdir()
+    rng, tiles = np.random.default_rng(5), []
+    for r in range(side):
+        for c in range(side):
+            image = rng.integers(0, 255, size=(3, size, size), dtype=np.uint8)
+            at = Affine.translation(c * block + (overlap if c else 0),
+                                    r * block + (overlap if r else 0))  # fmt: skip
+            tiles.append(write_geotiff(folder / f"t{r}{c}.tif", image, transform=NORTH_UP @ at))
+    return tiles
+
+
+@needs_qgis
+@pytest.mark.slow
+def test_a_detection_cancelled_in_qgis_continues_where_it_stopped(untrained_model, tmp_path):
+    """Cancel a detection in the Toolbox once the journal holds a finished block (the
+    dialog's Cancel: feedback.cancel()): the run stops, says how to continue, and leaves
+    only the journal; the same algorithm run again reads only the blocks not done and
+    writes the layer of a run never stopped, feature for feature."""
+    import re
+
+    from test_county import _identical
+
+    tiles = _one_tile_a_block(tmp_path / "tiles", untrained_model)
+    whole = tmp_path / "whole.gpkg"
+    done = run_cli("detect", *tiles, "-m", untrained_model, "-o", whole)
+    assert done.returncode == 0, done.stderr
+    assert f"from {len(tiles)} chip(s)" in done.stderr  # one chip a block
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out, journal = out_dir / "pools.gpkg", out_dir / ".pools.gpkg.geodetect"
+    parameters = {"INPUT": [str(t) for t in tiles], "MODEL": str(untrained_model),
+                  "OUTPUT": str(out)}  # fmt: skip
+    stopped = _pyqgis_run(tmp_path, "geodetect:detect", parameters,
+                          cancel_when=str(journal / "*.parquet"))  # fmt: skip
+    assert stopped.returncode != 0, stopped.stderr
+    assert "cancelled; run it again with the same inputs and output to continue" in stopped.stderr
+    assert [p.name for p in out_dir.iterdir()] == [journal.name]  # no output, no temp file
+    finished = len(list(journal.glob("*.parquet")))
+    assert 1 <= finished < len(tiles), "the run ended before the cancel reached it"
+    deadline = time.monotonic() + 15  # its reader processes do not outlive it
+    while subprocess.run(["pgrep", "-f", str(out)], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "reader processes outlived the cancelled run"
+        time.sleep(0.2)
+    log = _log(_pyqgis_run(tmp_path, "geodetect:detect", parameters))
+    assert f"resuming: {finished} of {len(tiles)} block(s)" in log, log
+    read = re.search(r"from (\d+) chip\(s\) \(\d+ empty, (\d+) more from the journal", log)
+    assert read, log
+    assert (int(read.group(1)), int(read.group(2))) == (len(tiles) - finished, finished)
+    assert not journal.exists()  # removed once the layer is written
+    _identical(gpd.read_file(whole, layer="detections"), gpd.read_file(out, layer="detections"))
+    a, b = (gpd.read_file(p, layer="coverage") for p in (whole, out))
+    assert len(a) == len(tiles) and a.equals(b)  # the blocks read before count as looked at
