@@ -213,8 +213,10 @@ def train(
         OutputError: ``out`` exists (without ``overwrite``) or its folder does not.
         InputError, LabelError, RasterError: unusable inputs; nothing is written.
     """
-    if not isinstance(options, TrainOptions):
-        options = TrainOptions.of(out=options, **asked)
+    if not isinstance(options, TrainOptions):  # the model file, positional or out=
+        if options is not None and "out" in asked:
+            raise TypeError("train() got the model file twice (positional and out=)")
+        options = TrainOptions.of(**{"out": options, **asked})
     elif asked:
         raise TypeError("give train() a TrainOptions or its fields as keywords, not both")
     budget = Budget.of(options.length)  # options were checked before anything below
