@@ -419,6 +419,7 @@ def test_parcels_in_qgis_gives_the_command_lines_layer(parcel_county, tmp_path):
 
 
 @needs_qgis
+@pytest.mark.slow
 def test_change_in_qgis_gives_the_command_lines_layer(flights, tmp_path):
     """Change between two flights from the Toolbox (the new one GeoJSON in EPSG:4326
     with its coverage beside it), with parcels picked as a layer of a GeoPackage that
@@ -490,6 +491,7 @@ def _estimates(tmp_path, pools, reviewed, *, partial=False):
 
 
 @needs_qgis
+@pytest.mark.slow
 def test_estimate_in_qgis_gives_the_command_lines_numbers(tmp_path):
     """The estimate from the Toolbox, of a filled review: the command line's JSON,
     number for number, and its headline in the log."""
@@ -505,6 +507,7 @@ def test_estimate_in_qgis_gives_the_command_lines_numbers(tmp_path):
 
 
 @needs_qgis
+@pytest.mark.slow
 def test_an_unfinished_review_in_qgis_is_refused_unless_partial(tmp_path):
     """A review with one detection not judged: the command line's one-line refusal as
     the algorithm's error (no JSON written), and with 'Estimate from an unfinished

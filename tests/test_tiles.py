@@ -94,6 +94,7 @@ def test_a_tile_service_read_at_a_gsd_finds_the_scenes_objects_where_they_are(
     assert len(tiles_fetched) <= 1  # the probe of the area's centre, nothing else
 
 
+@pytest.mark.slow
 def test_the_command_line_reads_a_tile_service_over_its_bbox(service, untrained_model, tmp_path):
     scene, area, url, _ = service
     template = f"{url}/xyz/{{z}}/{{x}}/{{y}}.png"

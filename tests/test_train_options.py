@@ -76,7 +76,8 @@ def test_the_start_is_one_value_of_start_init_and_resume(tmp_path, untrained_mod
     assert TrainOptions.of(steps=5).length == Length(steps=5)
 
 
-def test_the_command_line_refuses_bad_options_before_reading_the_labels(tmp_path, untrained_model):
+@pytest.mark.slow
+def test_the_command_line_refuses_bad_options_before_reading_the_labels(tmp_path):
     """Neither the imagery nor the labels exist: each answer is about the option."""
     base = ["train", tmp_path / "nope.tif", "--labels", tmp_path / "nope.gpkg"]
     out = tmp_path / "m.model"
