@@ -243,50 +243,36 @@ def xyz_tiles(scene: Path, root: Path, zoom: int, *, tms: bool = False) -> tuple
     service at ``zoom``, as ``root/z/x/y.png`` (``y`` counted from the south with
     ``tms``), so that :func:`file_server` serves them as an XYZ service; returns the
     scene's area (west, south, east, north in degrees)."""
-    import math
-    import warnings
-
-    import numpy as np
     import rasterio
-    from affine import Affine
-    from rasterio.errors import NotGeoreferencedWarning
-    from rasterio.warp import Resampling, reproject, transform_bounds
+    from rasterio.warp import transform_bounds
 
     half = 20037508.342789244
-    size = 2 * half / 256 / 2**zoom
-    n = 2**zoom
+    last = 2**zoom - 1
+    matrix_tiles(
+        scene,
+        root / str(zoom),
+        "EPSG:3857",
+        (-half, half),
+        2 * half / 256 / 2**zoom,
+        name=lambda col, row: f"{col}/{last - row if tms else row}.png",
+    )
     with rasterio.open(scene) as ds:
-        area = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
-        data = ds.read()
-        valid = np.full((1, *data.shape[1:]), 255, np.uint8)
-        where = dict(src_transform=ds.transform, src_crs=ds.crs, dst_crs="EPSG:3857")
-    west, south, east, north = area
-    cols = [math.floor((lon + 180) / 360 * n) for lon in (west, east)]
-    rows = [
-        math.floor((1 - math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) / math.pi) / 2 * n)
-        for lat in (north, south)
-    ]
-    for x in range(cols[0], cols[1] + 1):
-        for y in range(rows[0], rows[1] + 1):
-            at = Affine(size, 0, -half + x * 256 * size, 0, -size, half - y * 256 * size)
-            tile = np.zeros((4, 256, 256), np.uint8)
-            reproject(data, tile[:3], dst_transform=at, resampling=Resampling.bilinear, **where)
-            reproject(valid, tile[3:], dst_transform=at, resampling=Resampling.nearest, **where)
-            path = root / str(zoom) / str(x) / f"{n - 1 - y if tms else y}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with warnings.catch_warnings():  # a tile has no georeferencing of its own
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(
-                    path, "w", driver="PNG", width=256, height=256, count=4, dtype="uint8"
-                ) as out:
-                    out.write(tile)
-    return area
+        return transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
 
 
-def matrix_tiles(scene: Path, root: Path, crs: str, origin: tuple, pixel: float) -> tuple:
+def matrix_tiles(
+    scene: Path,
+    root: Path,
+    crs: str,
+    origin: tuple,
+    pixel: float,
+    *,
+    name=lambda col, row: f"{col}/{row}.png",
+) -> tuple:
     """Cut ``scene`` into the 256 px PNG tiles (RGB and alpha) of a tile matrix in
     ``crs`` with its upper left corner at ``origin`` and ``pixel`` CRS units a pixel, as
-    ``root/COL/ROW.png``; returns the (first, last) columns and rows written."""
+    ``root/name(col, row)`` (``COL/ROW.png``); returns the (first, last) columns and
+    rows written."""
     import math
     import warnings
 
@@ -310,7 +296,7 @@ def matrix_tiles(scene: Path, root: Path, crs: str, origin: tuple, pixel: float)
             tile = np.zeros((4, 256, 256), np.uint8)
             reproject(data, tile[:3], dst_transform=at, resampling=Resampling.bilinear, **where)
             reproject(valid, tile[3:], dst_transform=at, resampling=Resampling.nearest, **where)
-            path = root / str(col) / f"{row}.png"
+            path = root / name(col, row)
             path.parent.mkdir(parents=True, exist_ok=True)
             with warnings.catch_warnings():  # a tile has no georeferencing of its own
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
