@@ -91,7 +91,7 @@ def parse_bands(text: str | None) -> list[int] | None:
     metavar="model|native|METRES",
     help="Pixel size of the target grid: 'model' (the model's; imagery more than 15% off "
     "it is resampled on the fly), a size in metres, or 'native' (each file's own pixels, "
-    "no warps).",
+    "no warps). A tile service is read at the zoom level that serves it.",
 )
 @click.option(
     "--crs",
