@@ -307,12 +307,14 @@ def matrix_tiles(
     return cols, rows
 
 
-def wmts_capabilities(url: str, template: str, sets: dict) -> str:
+def wmts_capabilities(url: str, template: str, sets: dict, *, bbox: tuple | None = None) -> str:
     """A WMTS 1.0.0 capabilities document of one layer, ``ortho``, in the tile matrix
     sets ``sets`` ({name: (CRS URN, origin, [(matrix id, pixel in CRS units, matrix
     width and height in tiles)...])}), its tiles at ``url``/``template`` (with
     {TileMatrixSet}, {TileMatrix}, {TileCol}, {TileRow}), plus a second layer,
-    ``other``, in the first set only, so that a layer must be named."""
+    ``other``, in the first set only, so that a layer must be named. ``bbox`` (west,
+    south, east, north in degrees): the layers' WGS84BoundingBox, which moves the
+    origin of GDAL's raster of a layer off its matrix's corner, as real services do."""
     matrix_sets, links = [], []
     for name, (crs, origin, matrices) in sets.items():
         rows = "".join(
@@ -330,11 +332,17 @@ def wmts_capabilities(url: str, template: str, sets: dict) -> str:
         links.append(
             f"<TileMatrixSetLink><TileMatrixSet>{name}</TileMatrixSet></TileMatrixSetLink>"
         )
+    extent = (
+        ""
+        if bbox is None
+        else f"<ows:WGS84BoundingBox><ows:LowerCorner>{bbox[0]!r} {bbox[1]!r}</ows:LowerCorner>"
+        f"<ows:UpperCorner>{bbox[2]!r} {bbox[3]!r}</ows:UpperCorner></ows:WGS84BoundingBox>"
+    )
     resource = f'<ResourceURL format="image/png" resourceType="tile" template="{url}/{template}"/>'
     layer = (
         "<Layer><ows:Title>{0}</ows:Title><ows:Identifier>{0}</ows:Identifier>"
         '<Style isDefault="true"><ows:Identifier>default</ows:Identifier></Style>'
-        "<Format>image/png</Format>{1}{2}</Layer>"
+        "<Format>image/png</Format>" + extent + "{1}{2}</Layer>"
     )
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'

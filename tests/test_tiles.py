@@ -185,7 +185,9 @@ def wmts(service):
         "utm": ("urn:ogc:def:crs:EPSG::32617", UTM_ORIGIN, utm),
     }
     template = "{TileMatrixSet}/{TileMatrix}/{TileCol}/{TileRow}.png"
-    capabilities = wmts_capabilities(url, template, sets)
+    # the layer's extent, a little more than the scene's: GDAL's raster starts there
+    extent = (area[0] - 0.001, area[1] - 0.001, area[2] + 0.001, area[3] + 0.001)
+    capabilities = wmts_capabilities(url, template, sets, bbox=extent)
     (root / "WMTSCapabilities.xml").write_text(capabilities, encoding="utf-8")
     return f"{url}/WMTSCapabilities.xml"
 

@@ -36,8 +36,9 @@ from geodetect.io.remote import PROBE_TIMEOUT_S, redact
 _HALF = 20037508.342789244
 _ZOOM0 = 2 * _HALF / 256
 TILE = 256
-#: The deepest zoom level geodetect asks of a service (about 2 cm at the equator).
-MAX_ZOOM = 23
+#: The deepest zoom level geodetect asks of a service (about 4 cm at the equator; GDAL's
+#: raster of zoom 23 would be 2^31 pixels wide, past its limit).
+MAX_ZOOM = 22
 #: A zoom level's ground pixel may be this much coarser than the one asked for (read
 #: then at the asked size); beyond it the next level down is read.
 ZOOM_TOLERANCE = 0.15
@@ -106,12 +107,13 @@ class TileService:
             )
         zoom = self.zoom_for(gsd)
         cols, rows = _tile_range(self.area, zoom)
-        self._probe(zoom, (cols[0] + cols[1]) // 2, (rows[0] + rows[1]) // 2)
-        key = hashlib.sha256(f"{self.template}|{zoom}|{cols}|{rows}".encode()).hexdigest()[:12]
+        self._probe(zoom, cols, rows)
+        key = hashlib.sha256(f"{self.template}|{zoom}".encode()).hexdigest()[:8]
+        area_key = hashlib.sha256(f"{key}|{cols}|{rows}".encode()).hexdigest()[:8]
         folder = cache_folder("tiles", what="tile cache")
-        service = folder / f"{self.host}-z{zoom}-{key[:8]}.xml"
+        service = folder / f"{self.host}-z{zoom}-{key}.xml"  # the service, any area
         _write_if_changed(service, self._wms_xml(zoom, folder / "fetched"))
-        vrt = folder / f"{self.host}-z{zoom}-{key}.vrt"
+        vrt = folder / f"{self.host}-z{zoom}-{key}-{area_key}.vrt"
         window = (
             cols[0] * TILE,
             rows[0] * TILE,
@@ -154,35 +156,40 @@ class TileService:
             "</GDAL_WMS>\n"
         )
 
-    def _probe(self, zoom: int, x: int, y: int) -> None:
-        """Fetch the tile at the area's centre: a wrong template or a zoom level the
-        service lacks is one line here, not an empty layer later."""
-        url = self.tile_url(zoom, x, y)
-        where = f"{self}: the tile at zoom {zoom} ({x}, {y}) over the area's centre"
-        try:
-            with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
+    def _probe(self, zoom: int, cols: tuple[int, int], rows: tuple[int, int]) -> None:
+        """Fetch the tile at the area's centre, else those at its corners (the centre
+        may lie over the sea, where services have none): a wrong template or a zoom
+        level the service lacks is one line here, not an empty layer later."""
+        centre = ((cols[0] + cols[1]) // 2, (rows[0] + rows[1]) // 2)
+        corners = [(x, y) for x in dict.fromkeys(cols) for y in dict.fromkeys(rows)]
+        for x, y in dict.fromkeys([centre, *corners]):
+            url = self.tile_url(zoom, x, y)
+            where = f"{self}: the tile at zoom {zoom} ({x}, {y}) over the area"
+            try:
+                with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
+                    if response.status != 204:
+                        return
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    continue
+                if exc.code in (401, 403):
+                    raise InputError(
+                        f"{where} is refused (HTTP {exc.code}); check the service's key or "
+                        "token in the URL"
+                    ) from None
+                raise InputError(f"{where}: the server answered HTTP {exc.code}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                reason = getattr(exc, "reason", exc)
                 raise InputError(
-                    f"{where} is not on the server (HTTP 404): check the URL template, the "
-                    f"--bbox, and whether the service serves zoom {zoom} (for a coarser one, "
-                    "detect at a larger --gsd with a model trained near it)"
+                    f"{self}: cannot reach the tile server ({reason}); check the URL and the "
+                    "network, and rerun"
                 ) from None
-            if exc.code in (401, 403):
-                raise InputError(
-                    f"{where} is refused (HTTP {exc.code}); check the service's key or "
-                    "token in the URL"
-                ) from None
-            raise InputError(f"{where}: the server answered HTTP {exc.code}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise InputError(
-                f"{self}: cannot reach the tile server ({reason}); check the URL and the "
-                "network, and rerun"
-            ) from None
-        if status == 204:
-            raise InputError(f"{where} is empty (HTTP 204): check the --bbox")
+        raise InputError(
+            f"{self}: no tile at zoom {zoom} over the area's centre or corners (HTTP 404 or "
+            f"204): check the URL template, the --bbox, and whether the service serves zoom "
+            f"{zoom} (for a coarser one, detect at a larger --gsd with a model trained near "
+            "it)"
+        )
 
 
 _WMTS_PREFIX = "WMTS:"
@@ -225,6 +232,9 @@ class WmtsService:
     matrix_set: str | None = None
     area: tuple[float, float, float, float] | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "area", _checked_area(self.area))
+
     @classmethod
     def parse(cls, text: str, area=None) -> WmtsService:
         """``WMTS:URL,layer=L,tilematrixset=S`` (options in any order) or a URL."""
@@ -240,13 +250,13 @@ class WmtsService:
                 f"{redact(url)}: unknown WMTS option(s) {', '.join(sorted(unknown))}; give "
                 "WMTS:URL,layer=NAME,tilematrixset=NAME"
             )
-        return cls(url, named.get("layer"), named.get("tilematrixset"), _checked_area(area))
+        return cls(url, named.get("layer"), named.get("tilematrixset"), area)
 
     def __str__(self) -> str:
         return f"WMTS {redact(self.url)}" + (f" layer {self.layer}" if self.layer else "")
 
     def with_area(self, area) -> WmtsService:
-        return WmtsService(self.url, self.layer, self.matrix_set, _checked_area(area))
+        return WmtsService(self.url, self.layer, self.matrix_set, area)
 
     @property
     def host(self) -> str:
@@ -298,11 +308,11 @@ class WmtsService:
         row1 = min(matrix.size[1] - 1, math.floor((matrix.origin[1] - min(ys)) / span_y))
         if col1 < col0 or row1 < row0:
             raise InputError(f"{self}: the --bbox lies outside the layer's tile matrix set")
-        ident = f"{self.url}|{layer}|{matrix_set}|{matrix.identifier}|{col0, col1, row0, row1}"
-        key = hashlib.sha256(ident.encode()).hexdigest()[:12]
+        ident = f"{self.url}|{layer}|{matrix_set}|{matrix.identifier}"
+        key = hashlib.sha256(ident.encode()).hexdigest()[:8]  # the service, any area
         folder = cache_folder("tiles", what="tile cache")
         name = f"{self.host}-{_safe(layer)}-{_safe(matrix.identifier)}"
-        service = folder / f"{name}-{key[:8]}.xml"
+        service = folder / f"{name}-{key}.xml"
         _write_if_changed(
             service,
             "<GDAL_WMTS>\n"
@@ -315,15 +325,21 @@ class WmtsService:
             f"  <Cache><Path>{escape(str(folder / 'fetched'))}</Path></Cache>\n"
             "</GDAL_WMTS>\n",
         )
-        window = (
-            col0 * matrix.tile[0],
-            row0 * matrix.tile[1],
-            (col1 - col0 + 1) * matrix.tile[0],
-            (row1 - row0 + 1) * matrix.tile[1],
-        )
-        vrt = folder / f"{name}-{key}.vrt"
-        srs = crs.to_wkt()
-        _write_if_changed(vrt, _window_vrt(service, srs, matrix.pixel, matrix.origin, window))
+        # GDAL's raster of the layer starts where the layer's bounding box (or the
+        # matrix limits) put it, not at the matrix's corner: offsets from its origin.
+        origin = _dataset_origin(service, self)
+        x_off = round((matrix.origin[0] + col0 * span_x - origin[0]) / matrix.pixel)
+        y_off = round((origin[1] - (matrix.origin[1] - row0 * span_y)) / matrix.pixel)
+        width = (col1 - col0 + 1) * matrix.tile[0]
+        height = (row1 - row0 + 1) * matrix.tile[1]
+        if x_off < 0:
+            x_off, width = 0, width + x_off
+        if y_off < 0:
+            y_off, height = 0, height + y_off
+        area_key = hashlib.sha256(f"{ident}|{x_off, y_off, width, height}".encode()).hexdigest()
+        vrt = folder / f"{name}-{key}-{area_key[:8]}.vrt"
+        window = (x_off, y_off, width, height)
+        _write_if_changed(vrt, _window_vrt(service, crs.to_wkt(), matrix.pixel, origin, window))
         return vrt
 
     def _capabilities(self):
@@ -377,7 +393,16 @@ class WmtsService:
                 break
         else:
             raise InputError(f"{self}: the capabilities define no tile matrix set {matrix_set!r}")
-        crs = CRS.from_user_input(candidate.findtext(f"{_OWS}SupportedCRS").strip())
+        named_crs = (candidate.findtext(f"{_OWS}SupportedCRS") or "").strip()
+        if named_crs.endswith((":102100", ":900913")):  # ESRI's and an old name for 3857
+            named_crs = "EPSG:3857"
+        try:
+            crs = CRS.from_user_input(named_crs)
+        except Exception:  # pyproj's CRSError, or nothing given
+            raise InputError(
+                f"{self}: the tile matrix set {matrix_set!r} has no CRS geodetect knows "
+                f"({named_crs or 'none given'})"
+            ) from None
         unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
         if crs.is_geographic:  # degrees: the 0.28 mm pixel is measured on WMTS's sphere
             unit = 2 * math.pi * 6378137.0 / 360.0
@@ -405,6 +430,18 @@ class WmtsService:
         return layer, matrix_set, crs, matrices
 
 
+def _dataset_origin(service: Path, named) -> tuple[float, float]:
+    """The upper left corner of the raster GDAL makes of a service description."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(service) as ds:
+            return ds.transform.c, ds.transform.f
+    except RasterioIOError as exc:
+        raise InputError(f"{named}: GDAL cannot open the service ({exc})") from None
+
+
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:40]
 
@@ -428,9 +465,9 @@ SERVICES = (TileService, WmtsService)
 def service_of(text: str | os.PathLike, area=None):
     """The service ``text`` names (a WMTS or an XYZ/TMS template), with ``area``."""
     text = os.fspath(text)
-    if is_wmts(text):
-        return WmtsService.parse(text, area)
-    return TileService(text, area)
+    if is_tile_service(text):  # a template, even a WMTS GetTile one
+        return TileService(text, area)
+    return WmtsService.parse(text, area)
 
 
 def with_area(inputs: list, area: tuple[float, float, float, float] | None) -> list:
