@@ -298,17 +298,19 @@ class RetinaNet:
         budget = Budget.of(options.length)
         fitted = fit_model(self.model, data.training, options, budget)
         self.model = fitted.result.model
-        prepared = Prepared(data.training, self.spec, self.model, options.start, self._origin)
-        spec = finish(prepared, fitted, options, budget)
         offset = self.history[-1].epoch if self.history else 0
-        for h in fitted.result.history:
+        for h in fitted.result.history:  # epochs count on from earlier fits (best too)
             h.epoch += offset
         self.history.extend(fitted.result.history)
+        prepared = Prepared(data.training, self.spec, self.model, options.start, self._origin)
+        spec = finish(prepared, fitted, options, budget)
         before = self.spec.training.get("steps", 0)
         record = {**spec.training, "steps": before + fitted.result.steps}
         record["epochs"] = len(self.history)
         record["history"] = [dataclasses.asdict(h) for h in self.history]
-        record["start"] = self.spec.training.get("start", record["start"])
+        for kept in ("start", "initialised_from"):  # how the model first started
+            if kept in self.spec.training:
+                record[kept] = self.spec.training[kept]
         self.spec = dataclasses.replace(spec, training=record)
         if plot and self.history:
             _show(plot_history(self.history))
@@ -361,11 +363,7 @@ class RetinaNet:
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the one model file ``geodetect detect`` reads (safetensors + metadata)."""
-        spec = self.spec
-        if self.history:
-            best = max((h.map_50 or 0) for h in self.history)
-            spec = dataclasses.replace(spec, training={**spec.training, "val_map_50": best})
-        return save_model(self.model, spec, path, overwrite=overwrite)
+        return save_model(self.model, self.spec, path, overwrite=overwrite)
 
     def loaded(self) -> LoadedModel:
         """This model as the detection pipeline takes it."""

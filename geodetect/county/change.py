@@ -207,8 +207,8 @@ def _estimate_shift(
         peak = np.median(d[chosen], axis=0)
         mad = np.median(np.abs(d[chosen] - peak), axis=0) * 1.4826
         se = tuple(float(v) for v in mad * math.sqrt(math.pi / 2) / math.sqrt(n))
-    else:
-        se = (math.nan, math.nan)
+    else:  # no pair near the peak: no offset is known, so none is applied
+        return (0.0, 0.0), (math.nan, math.nan), 0
     return (float(peak[0]), float(peak[1])), se, n
 
 
