@@ -221,3 +221,23 @@ def test_a_wmts_layer_is_read_in_its_tile_matrix_sets_crs_at_the_gsd(
             named.window(0.3)
     with pytest.raises(InputError, match="give the area"):
         detect([f"WMTS:{wmts},layer=ortho"], oracle, gsd=0.3, **kwargs)
+
+
+def test_a_tile_service_behind_basic_authentication(service, tmp_path, monkeypatch):
+    """user:password@ in the template reaches the probe and GDAL's tile requests alike
+    (as for any URL input); without them the probe's refusal is one line."""
+    import rasterio
+
+    monkeypatch.setenv("GEODETECT_CACHE", str(tmp_path / "cache"))
+    _, area, url, behaviour = service
+    behaviour.userpwd = "reader:s3cret"
+    try:
+        signed = url.replace("http://", "http://reader:s3cret@")
+        vrt = TileService(f"{signed}/xyz/{{z}}/{{x}}/{{y}}.png", area).window(0.3)
+        with rasterio.open(vrt) as ds:
+            assert (ds.read(4) > 0).mean() > 0.3  # the scene's tiles came through
+        assert "s3cret" not in vrt.name
+        with pytest.raises(InputError, match="refused \\(HTTP 401\\)"):
+            TileService(f"{url}/xyz/{{z}}/{{x}}/{{y}}.png", area).window(0.3)
+    finally:
+        behaviour.userpwd = None

@@ -215,20 +215,8 @@ def stamp(remote: Remote) -> Stamp:
     url = remote.url
     if url is None:
         return Stamp(None, None, None)
-    parts = urllib.parse.urlsplit(url)
-    headers = {"Range": "bytes=0-0"}
-    # The basic authentication GDAL sends: user:password@host, or GDAL_HTTP_USERPWD.
-    userpwd = os.environ.get("GDAL_HTTP_USERPWD")
-    if parts.username is not None:
-        userpwd = (
-            f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-        )
-        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-    if userpwd:
-        headers["Authorization"] = "Basic " + base64.b64encode(userpwd.encode()).decode()
-    request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
+        with http_get(url, {"Range": "bytes=0-0"}) as response:
             status, headers = response.status, response.headers
     except urllib.error.HTTPError as exc:
         raise InputError(_http_advice(remote, exc.code)) from None
@@ -250,6 +238,29 @@ def stamp(remote: Remote) -> Stamp:
         headers.get("ETag"),
         headers.get("Last-Modified"),
     )
+
+
+def http_get(url: str, headers: dict | None = None):
+    """``urllib.request.urlopen`` of ``url`` with the basic authentication GDAL would
+    send (``user:password@`` in the URL, or ``GDAL_HTTP_USERPWD``), within
+    :data:`PROBE_TIMEOUT_S`; the same errors as ``urlopen``, and ``URLError`` for a URL
+    it cannot request."""
+    headers = dict(headers or {})
+    parts = urllib.parse.urlsplit(url)
+    userpwd = os.environ.get("GDAL_HTTP_USERPWD")
+    if parts.username is not None:
+        userpwd = (
+            f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        )
+        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    if userpwd:
+        headers["Authorization"] = "Basic " + base64.b64encode(userpwd.encode()).decode()
+    try:
+        return urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=PROBE_TIMEOUT_S
+        )
+    except ValueError as exc:  # http.client.InvalidURL and the like
+        raise urllib.error.URLError(str(exc)) from None
 
 
 def _http_advice(remote: Remote, code: int) -> str:

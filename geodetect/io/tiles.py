@@ -23,14 +23,13 @@ import math
 import os
 import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from geodetect.cache import cache_folder
 from geodetect.errors import InputError
-from geodetect.io.remote import PROBE_TIMEOUT_S, redact
+from geodetect.io.remote import http_get, redact
 
 #: Web Mercator's half width in metres, and its pixel at zoom 0 for 256 px tiles.
 _HALF = 20037508.342789244
@@ -166,7 +165,7 @@ class TileService:
             url = self.tile_url(zoom, x, y)
             where = f"{self}: the tile at zoom {zoom} ({x}, {y}) over the area"
             try:
-                with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
+                with http_get(url) as response:
                     if response.status != 204:
                         return
             except urllib.error.HTTPError as exc:
@@ -349,7 +348,7 @@ class WmtsService:
         from pyproj import CRS
 
         try:
-            with urllib.request.urlopen(self.url, timeout=PROBE_TIMEOUT_S) as response:
+            with http_get(self.url) as response:
                 root = ET.fromstring(response.read())
         except urllib.error.HTTPError as exc:
             raise InputError(

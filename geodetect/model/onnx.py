@@ -237,6 +237,6 @@ def cached_export(loaded: LoadedModel) -> Path:
     return path
 
 
-def make_cache_dir(folder: Path) -> None:
-    """Create the ONNX cache folder, or say how to choose another."""
-    cache_folder(folder.name, what="ONNX cache", instead=" or pass --runtime torch")
+def make_cache_dir(folder: Path | None = None) -> None:
+    """Create the ONNX cache folder (:func:`cache_dir`), or say how to choose another."""
+    cache_folder("onnx", what="ONNX cache", instead=" or pass --runtime torch")

@@ -244,7 +244,7 @@ class DetectAlgorithm(GeodetectAlgorithm):
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", extension="model"))
         self.addParameter(
             QgsProcessingParameterExtent(
-                "AREA", "Area to read from a tile service layer (XYZ)", optional=True
+                "AREA", "Area to read from a tile service layer (XYZ or WMTS)", optional=True
             )
         )
         self.addParameter(
