@@ -199,11 +199,15 @@ def test_a_wmts_layer_is_read_in_its_tile_matrix_sets_crs_at_the_gsd(
     exactly; in Web Mercator, every object in its place. Several layers without
     layer=, an unknown layer or matrix set, and no area are one line each."""
     monkeypatch.setenv("GEODETECT_CACHE", str(tmp_path / "cache"))
-    scene, area, _, _ = service
+    scene, area, _, behaviour = service
     kwargs = dict(chip_size=96, overlap=48, progress=False)
     local = detect([scene], oracle, **kwargs)
     (utm,) = with_area([f"WMTS:{wmts},layer=ortho,tilematrixset=utm"], area)
+    behaviour.requests.clear()
     same = detect([utm], oracle, gsd=0.3, **kwargs)
+    # the capabilities were fetched once; GDAL's opens in every process read the copy
+    asked = [r for r in behaviour.requests if r[1] == "WMTSCapabilities.xml"]
+    assert len(asked) == 1
     assert same.crs.to_epsg() == 32617
     assert len(same) == len(local) >= 28
     found = evaluate(same, local, iou=0.99)

@@ -279,7 +279,7 @@ class WmtsService:
                 f"{self}: a WMTS layer covers a whole country or more; give the area to "
                 "read with --bbox WEST,SOUTH,EAST,NORTH (degrees)"
             )
-        layer, matrix_set, crs, matrices = self._capabilities()
+        layer, matrix_set, crs, matrices, document = self._capabilities()
         centre = ((self.area[0] + self.area[2]) / 2, (self.area[1] + self.area[3]) / 2)
         to_crs = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
         x, y = to_crs.transform(*centre)
@@ -312,10 +312,14 @@ class WmtsService:
         folder = cache_folder("tiles", what="tile cache")
         name = f"{self.host}-{_safe(layer)}-{_safe(matrix.identifier)}"
         service = folder / f"{name}-{key}.xml"
+        # The capabilities as fetched now, beside it: GDAL reads them from there in every
+        # reader process, not from the server each time (tiles still come from it).
+        capabilities = folder / f"{name}-{key}-capabilities.xml"
+        _write_if_changed(capabilities, document)
         _write_if_changed(
             service,
             "<GDAL_WMTS>\n"
-            f"  <GetCapabilitiesUrl>{escape(self.url)}</GetCapabilitiesUrl>\n"
+            f"  <GetCapabilitiesUrl>{escape(str(capabilities))}</GetCapabilitiesUrl>\n"
             f"  <Layer>{escape(layer)}</Layer>\n"
             f"  <TileMatrixSet>{escape(matrix_set)}</TileMatrixSet>\n"
             f"  <TileMatrix>{escape(matrix.identifier)}</TileMatrix>\n"
@@ -342,14 +346,16 @@ class WmtsService:
         return vrt
 
     def _capabilities(self):
-        """(layer, tile matrix set, its CRS, its matrices) from the capabilities."""
+        """(layer, tile matrix set, its CRS, its matrices, the document as fetched) from
+        the capabilities."""
         import xml.etree.ElementTree as ET
 
         from pyproj import CRS
 
         try:
             with http_get(self.url) as response:
-                root = ET.fromstring(response.read())
+                document = response.read()
+            root = ET.fromstring(document)
         except urllib.error.HTTPError as exc:
             raise InputError(
                 f"{self}: the capabilities could not be read (HTTP {exc.code}); check the URL"
@@ -426,7 +432,7 @@ class WmtsService:
             )
         if not matrices:
             raise InputError(f"{self}: the tile matrix set {matrix_set!r} has no matrices")
-        return layer, matrix_set, crs, matrices
+        return layer, matrix_set, crs, matrices, document
 
 
 def _dataset_origin(service: Path, named) -> tuple[float, float]:
@@ -565,14 +571,16 @@ def _window_vrt(
     )
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` unless it holds it already (a rerun's journal knows a
-    file by its size and time), through a temporary file and a rename."""
+def _write_if_changed(path: Path, content: str | bytes) -> None:
+    """Write ``content`` (text as UTF-8) to ``path`` unless it holds it already (a
+    rerun's journal knows a file by its size and time), through a temporary file and a
+    rename."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
     try:
-        if path.read_text(encoding="utf-8") == text:
+        if path.read_bytes() == data:
             return
     except OSError:
         pass
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(text, encoding="utf-8")
+    partial.write_bytes(data)
     os.replace(partial, path)
