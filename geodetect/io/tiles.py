@@ -296,15 +296,13 @@ class WmtsService:
             if fine_enough
             else min(matrices, key=lambda m: m.pixel)
         )
-        xs, ys = to_crs.transform(
-            [self.area[0], self.area[2], self.area[0], self.area[2]],
-            [self.area[1], self.area[1], self.area[3], self.area[3]],
-        )
+        # the area's outline, not its corners: in other projections its edges bulge
+        left, bottom, right, top = to_crs.transform_bounds(*self.area, densify_pts=21)
         span_x, span_y = matrix.tile[0] * matrix.pixel, matrix.tile[1] * matrix.pixel
-        col0 = max(0, math.floor((min(xs) - matrix.origin[0]) / span_x))
-        col1 = min(matrix.size[0] - 1, math.floor((max(xs) - matrix.origin[0]) / span_x))
-        row0 = max(0, math.floor((matrix.origin[1] - max(ys)) / span_y))
-        row1 = min(matrix.size[1] - 1, math.floor((matrix.origin[1] - min(ys)) / span_y))
+        col0 = max(0, math.floor((left - matrix.origin[0]) / span_x))
+        col1 = min(matrix.size[0] - 1, math.floor((right - matrix.origin[0]) / span_x))
+        row0 = max(0, math.floor((matrix.origin[1] - top) / span_y))
+        row1 = min(matrix.size[1] - 1, math.floor((matrix.origin[1] - bottom) / span_y))
         if col1 < col0 or row1 < row0:
             raise InputError(f"{self}: the --bbox lies outside the layer's tile matrix set")
         ident = f"{self.url}|{layer}|{matrix_set}|{matrix.identifier}"
