@@ -372,26 +372,27 @@ def _log(proc: subprocess.CompletedProcess) -> str:
 def test_train_in_qgis_writes_a_model_that_loads(untrained_model, tmp_path):
     """Train from the Toolbox on the sample scene, its labels a layer inside a
     GeoPackage, continuing the suite's tiny model (a new model would first build the
-    synthetic start: minutes) for the smallest budget: one model file that loads, with
-    the labels' 69 objects, the 6 s budget and the model it resumed recorded."""
+    synthetic start: minutes) for 3 counted steps (the budget left at its 30 minutes):
+    one model file that loads, with the labels' 69 objects, the steps and the model it
+    resumed recorded."""
     from geodetect.model import load_model
 
     scene, truth = SAMPLE_DATA / "train" / "scene.tif", SAMPLE_DATA / "train" / "truth.gpkg"
     out = tmp_path / "trained.model"
     proc = _pyqgis_run(tmp_path, "geodetect:train",
                        {"INPUT": [str(scene)], "LABELS": f"{truth}|layername=pools",
-                        "RESUME": str(untrained_model), "MINUTES": 0.1,
+                        "RESUME": str(untrained_model), "STEPS": 3,
                         "OUTPUT": str(out)})  # fmt: skip
     log = _log(proc)
     assert f"--labels {truth} --layer pools" in log  # the layer inside the GeoPackage
-    assert "--max-minutes 0.1" in log
+    assert "--max-minutes 30 --steps 3" in log
     loaded = load_model(out)
     assert loaded.spec.classes == ["pool"] and loaded.spec.chip_size == 64
     training = loaded.spec.training
     assert training["objects"] == 69
     assert training["source"]["images"] == [str(scene)]
     assert training["resumed_from"] == str(untrained_model) and training["start"] == "resumed"
-    assert training["stop_reason"] == "budget" and training["minutes"] < 1
+    assert training["stop_reason"] == "steps" and training["steps"] == 3
 
 
 @needs_qgis

@@ -324,6 +324,16 @@ class TrainAlgorithm(GeodetectAlgorithm):
             )
         )
         self.addParameter(
+            QgsProcessingParameterNumber(
+                "STEPS",
+                "Training steps (empty: as many as the budget allows; the same steps and "
+                "labels give the same model on any machine)",
+                QgsProcessingParameterNumber.Integer,
+                optional=True,
+                minValue=1,
+            )
+        )
+        self.addParameter(
             QgsProcessingParameterFileDestination(
                 "OUTPUT", "Model file", fileFilter="geodetect model (*.model)"
             )
@@ -342,7 +352,10 @@ class TrainAlgorithm(GeodetectAlgorithm):
         if resume:
             args += ["--resume", resume]
         minutes = self.parameterAsDouble(parameters, "MINUTES", context)
-        return [*args, "--max-minutes", f"{minutes:g}", "--overwrite"], {"OUTPUT": out}
+        args += ["--max-minutes", f"{minutes:g}"]
+        if parameters.get("STEPS") not in (None, ""):  # whichever ends first
+            args += ["--steps", str(self.parameterAsInt(parameters, "STEPS", context))]
+        return [*args, "--overwrite"], {"OUTPUT": out}
 
 
 class EvaluateAlgorithm(GeodetectAlgorithm):
